@@ -1,0 +1,95 @@
+"""zfprobe program -> ONNX model (opset 17).
+
+Canonical zfprobe nodes keep static parameters as attributes; ONNX 13+ wants several of them as
+constant inputs. ``TO_INPUTS`` says which attributes move to inputs, in which order, so the
+emitted model is plain ONNX that onnxruntime (or any other runtime) executes as is.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from zfprobe.graph import Graph
+
+OPSET = 17
+IR_VERSION = 8
+
+_I64 = np.int64
+# op -> list of (attribute name, dtype, default) turned into trailing inputs, in input order.
+TO_INPUTS = {
+    "Reshape": [("shape", _I64, None)],
+    "Squeeze": [("axes", _I64, None)],
+    "Unsqueeze": [("axes", _I64, None)],
+    "Slice": [("starts", _I64, None), ("ends", _I64, None), ("axes", _I64, None), ("steps", _I64, None)],
+    "Pad": [("pads", _I64, None), ("value", np.float32, 0.0)],
+    "Clip": [("min", np.float32, None), ("max", np.float32, None)],
+    "Split": [("split", _I64, None)],
+    "ReduceSum": [("axes", _I64, None)],
+    "Expand": [("shape", _I64, None)],
+}
+_DROP_ATTRS = {"Softmax": {"legacy_flatten"}, "Pad": {"value"}}
+
+_NP_TO_ONNX = {np.dtype(np.float32): 1, np.dtype(np.int64): 7, np.dtype(np.float64): 11, np.dtype(np.int32): 6,
+               np.dtype(np.uint8): 2, np.dtype(np.bool_): 9, np.dtype(np.float16): 10}
+
+
+def _value_info(name: str, dtype, rank: int, batch_name: str):
+    import onnx
+
+    dims = [batch_name] + [None] * (rank - 1) if rank else []
+    return onnx.helper.make_tensor_value_info(name, _NP_TO_ONNX[np.dtype(dtype)], dims)
+
+
+def to_onnx(program: Graph, batch_names: dict[str, str] | None = None):
+    """Emit ``program`` as an ``onnx.ModelProto`` that passes ``onnx.checker``."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    batch_names = batch_names or {}
+    nodes, initializers = [], []
+    used_consts = set()
+    counter = [0]
+
+    def const_input(value, dtype) -> str:
+        counter[0] += 1
+        name = f"zf_attr/{counter[0]}"
+        initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    for node in program.nodes:
+        attrs = dict(node.attrs)
+        inputs = list(node.inputs)
+        for key, dtype, default in TO_INPUTS.get(node.op_type, []):
+            value = attrs.pop(key, default)
+            if value is None or (isinstance(value, float) and not np.isfinite(value)):
+                inputs.append("")
+            else:
+                inputs.append(const_input(value, dtype))
+        while inputs and inputs[-1] == "":
+            inputs.pop()
+        for key in _DROP_ATTRS.get(node.op_type, ()):
+            attrs.pop(key, None)
+        if node.op_type == "ConstantOfShape":
+            attrs["value"] = numpy_helper.from_array(np.array([attrs.get("value", 0.0)], dtype=np.float32))
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        nodes.append(helper.make_node(node.op_type, inputs, node.outputs, name=node.name, **attrs))
+        used_consts.update(i for i in node.inputs if i in program.constants)
+
+    for name in sorted(used_consts):
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(program.constants[name]), name))
+
+    inputs = [_value_info(t, program.dtypes.get(t, np.float32), len(program.shapes[t]), batch_names.get(t, f"N_{i}"))
+              for i, t in enumerate(program.inputs)]
+    outputs = [_value_info(t, program.dtypes.get(t, np.float32), len(program.shapes[t]), batch_names.get(t, f"B_{i}"))
+               for i, t in enumerate(program.outputs)]
+    graph = helper.make_graph(nodes, _safe_name(program.name), inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="zfprobe")
+    model.ir_version = IR_VERSION
+    for key, value in program.metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = f"zfprobe.{key}", str(value)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_-.:()," else "_" for ch in name)[:200]

@@ -1,0 +1,77 @@
+"""Runs zfprobe programs with onnxruntime, on CUDA when onnxruntime-gpu has a GPU, else on CPU.
+
+A program is emitted as ONNX once (see :mod:`zfprobe.adapters.onnx_export`) and its session is
+cached, so repeated projections of the same layer pay for graph optimization only once.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from zfprobe.graph import Graph
+from zfprobe.adapters.onnx_export import to_onnx
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def choose_providers(device: str = "auto") -> list[str]:
+    """``auto``: CUDA when onnxruntime-gpu sees a GPU, else CPU; ``cpu`` / ``cuda`` force one."""
+    have = available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in have:
+            from zfprobe.errors import OptionError
+
+            raise OptionError("device 'cuda' asked for, but onnxruntime has no CUDA provider here "
+                              "(install zfprobe[gpu] on a machine with an NVIDIA GPU)")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in have and _cuda_device_present():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _cuda_device_present() -> bool:
+    # onnxruntime-gpu lists the CUDA provider even without a GPU and then falls back noisily.
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
+class OnnxRuntimeBackend:
+    """Executes programs; one cached ``InferenceSession`` per program object."""
+
+    name = "onnxruntime"
+
+    def __init__(self, device: str = "auto", threads: int | None = None):
+        self.providers = choose_providers(device)
+        self.threads = threads
+        self._sessions: dict[int, tuple[Graph, object]] = {}
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+
+    def session(self, program: Graph):
+        key = id(program)
+        cached = self._sessions.get(key)
+        if cached is not None and cached[0] is program:
+            return cached[1]
+        import onnxruntime as ort
+
+        model = to_onnx(program)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=self.providers)
+        self._sessions[key] = (program, sess)
+        return sess
+
+    def run(self, program: Graph, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+        sess = self.session(program)
+        return sess.run(list(outputs or program.outputs), feeds)

@@ -1,0 +1,188 @@
+"""The Probe: one model (any front-end) bound to one backend; the object every analysis uses.
+
+``zfprobe.load(path)`` makes one from a file; the torch and Keras adapters make the same object
+from live models. It resolves layer names, computes activations through only the part of the
+network a layer needs, and projects seeds with a cached deconvnet program per (layer, rule).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from zfprobe.deconv import PROJECTION, SEED, SEED_IMAGE, DeconvOptions, build_deconvnet, build_forward, path_nodes
+from zfprobe.errors import ImageError, LayerNotFoundError, ModelLoadError
+from zfprobe.graph import Graph
+from zfprobe.inverses import check_invertible
+
+# Upper bound on the memory one reverse batch may take; larger seed sets run in chunks.
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str           # what the user types
+    tensor: str         # the tensor it names
+    op_type: str
+    shape: tuple[int, ...]
+    invertible: bool
+    blocker: str        # why not ('' when invertible): "node 'x' (Op): reason"
+
+
+class Probe:
+    def __init__(self, graph: Graph, backend, source: str = "", preprocessing=None):
+        self.graph = graph
+        self.backend = backend
+        self.source = source
+        self.preprocessing = preprocessing
+        self._programs: dict[tuple, Graph] = {}
+        self._layers: list[LayerInfo] | None = None
+        self._aliases = self._build_aliases()
+
+    # -- layers ----------------------------------------------------------------------------
+    def _build_aliases(self) -> dict[str, str]:
+        aliases: dict[str, str] = {}
+        for node in self.graph.nodes:
+            outs = [o for o in node.outputs if o]
+            for o in outs:
+                aliases[o] = o
+            if outs and node.name not in aliases:
+                aliases[node.name] = outs[0]
+            if node.source and node.source not in aliases and outs:
+                aliases[node.source] = outs[0]
+        for t in self.graph.inputs:
+            aliases[t] = t
+        return aliases
+
+    @property
+    def input_name(self) -> str:
+        return self.graph.inputs[0]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.graph.shape(self.input_name)
+
+    def resolve(self, layer: str) -> str:
+        """The tensor a layer name (node name or tensor name) refers to."""
+        tensor = self._aliases.get(layer)
+        if tensor is None:
+            raise LayerNotFoundError(layer, [info.name for info in self.layers()])
+        return tensor
+
+    def layer_names(self) -> list[str]:
+        return [info.name for info in self.layers()]
+
+    def layers(self) -> list[LayerInfo]:
+        """Every probe-able layer in order, with whether the deconvnet can pass through it."""
+        if self._layers is not None:
+            return self._layers
+        blocked: dict[str, str] = {}  # tensor -> first blocker at or below it
+        infos = []
+        for node in self.graph.nodes:
+            own = check_invertible(self.graph, node)
+            reason = f"node '{node.name}' ({node.op_type}): {own}" if own else ""
+            if not reason:
+                for t in self.graph.variable_inputs(node):
+                    if t in blocked:
+                        reason = blocked[t]
+                        break
+            for i, out in enumerate(o for o in node.outputs if o):
+                if reason:
+                    blocked[out] = reason
+                name = node.name if i == 0 and node.name not in self.graph.shapes else out
+                if out not in self.graph.shapes:
+                    continue
+                infos.append(LayerInfo(name, out, node.op_type, self.graph.shape(out), not reason, reason))
+        self._layers = infos
+        return infos
+
+    # -- computation -----------------------------------------------------------------------
+    def _check_images(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        want = self.input_shape[1:]
+        if images.ndim != len(self.input_shape) or tuple(images.shape[1:]) != tuple(want):
+            raise ImageError(f"images of shape {images.shape} do not fit the model input [N, {', '.join(map(str, want))}]")
+        return np.ascontiguousarray(images, dtype=self.graph.dtypes.get(self.input_name, np.float32))
+
+    def forward_program(self, tensors: Sequence[str]) -> Graph:
+        key = ("forward", tuple(tensors))
+        if key not in self._programs:
+            self._programs[key] = build_forward(self.graph, list(tensors))
+        return self._programs[key]
+
+    def activations(self, images: np.ndarray, layer: str | Sequence[str]):
+        """Layer output(s) for a batch of preprocessed images (one array, or a list for a list)."""
+        many = not isinstance(layer, str)
+        tensors = [self.resolve(l) for l in ([layer] if not many else layer)]
+        images = self._check_images(images)
+        outs = self.backend.run(self.forward_program(tensors), {self.input_name: images}, tensors)
+        return outs if many else outs[0]
+
+    def deconv_program(self, layer: str, rule: str = "deconvnet", lrn: str = "identity") -> Graph:
+        tensor = self.resolve(layer)
+        options = DeconvOptions(rule, lrn)
+        key = ("deconv", tensor, options)
+        if key not in self._programs:
+            self._programs[key] = build_deconvnet(self.graph, tensor, options)
+        return self._programs[key]
+
+    def project(self, images: np.ndarray, layer: str, seeds: np.ndarray, seed_image: np.ndarray | None = None,
+                rule: str = "deconvnet", lrn: str = "identity", batch_size: int | None = None) -> np.ndarray:
+        """Project each seed row to pixel space ([K, *input]); see zfprobe.deconv for the contract."""
+        program = self.deconv_program(layer, rule, lrn)
+        images = self._check_images(images)
+        seeds = np.ascontiguousarray(seeds, dtype=np.float32)
+        tensor = self.resolve(layer)
+        if tuple(seeds.shape[1:]) != tuple(self.graph.shape(tensor)[1:]):
+            raise ValueError(f"seeds of shape {seeds.shape} do not match layer {layer} {self.graph.shape(tensor)}")
+        k = seeds.shape[0]
+        seed_image = np.zeros(k, np.int64) if seed_image is None else np.asarray(seed_image, np.int64)
+        if k == 0:
+            return np.zeros((0,) + tuple(images.shape[1:]), np.float32)
+        chunk = batch_size or self.seed_batch_size(tensor)
+        results = []
+        for start in range(0, k, chunk):
+            feeds = {self.input_name: images, SEED: seeds[start:start + chunk], SEED_IMAGE: seed_image[start:start + chunk]}
+            results.append(self.backend.run(program, feeds, [PROJECTION])[0])
+        return results[0] if len(results) == 1 else np.concatenate(results)
+
+    def visualize(self, image, layer: str, **options):
+        """Project units of one image at ``layer``; see :func:`zfprobe.visualize.visualize`."""
+        from zfprobe.visualize import visualize
+
+        return visualize(self, image, layer, **options)
+
+    def export_deconv(self, layer: str, path: str, rule: str = "deconvnet", lrn: str = "identity") -> None:
+        """Save the deconvnet of ``layer`` as a standalone ONNX model (inputs: image, zf_seed, zf_seed_image)."""
+        from zfprobe.adapters.onnx_export import to_onnx
+        from zfprobe.outputs import write_file_atomically
+
+        write_file_atomically(path, to_onnx(self.deconv_program(layer, rule, lrn)).SerializeToString())
+
+    def seed_batch_size(self, tensor: str) -> int:
+        """How many seeds fit one reverse batch within the memory budget."""
+        per_seed = sum(4 * int(np.prod(self.graph.shape(o)[1:])) for n in path_nodes(self.graph, tensor) for o in n.outputs if o in self.graph.shapes)
+        return max(1, min(256, int(DEFAULT_MEMORY_BUDGET // max(1, 3 * per_seed))))
+
+
+def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None, device: str = "auto",
+         backend: str | None = None) -> Probe:
+    """Open a model file (.onnx now; .keras/.h5 through the Keras adapter) as a :class:`Probe`."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".keras", ".h5", ".hdf5"):
+        from zfprobe.adapters import keras_adapter  # noqa: WPS433 (loaded only when used)
+
+        return keras_adapter.load(path, device=device)
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"model file '{path}' does not exist")
+    from zfprobe.adapters.onnx_import import import_onnx
+    from zfprobe.adapters.onnxruntime_backend import OnnxRuntimeBackend
+    from zfprobe.preprocess import default_preprocessing
+
+    graph = import_onnx(path, input_shape)
+    shape = graph.shape(graph.inputs[0])
+    prep = default_preprocessing(shape, path) if len(shape) == 4 else None
+    return Probe(graph, OnnxRuntimeBackend(device), source=path, preprocessing=prep)
