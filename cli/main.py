@@ -9,9 +9,12 @@ import sys
 
 import click
 
+from zfprobe.cli.common import (RULES, open_probe, parse_unit, preprocessing_from_options,
+                                preprocessing_options)
 from zfprobe.errors import OptionError, ZfprobeError
 
-RULES = ["deconvnet", "gradient", "guided"]
+# Commands that live in their own modules (cli/<name>.py, each defining ``command``).
+COMMAND_MODULES = ["mine_cmd", "occlude_cmd"]
 
 
 class _Group(click.Group):
@@ -24,49 +27,6 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("zfprobe: interrupted; no output was written", err=True)
             sys.exit(130)
-
-
-def parse_size(value: str | None) -> tuple[int, int] | None:
-    if not value:
-        return None
-    try:
-        parts = [int(p) for p in value.lower().replace(",", "x").split("x")]
-    except ValueError:
-        raise OptionError(f"cannot read input size '{value}'; write HxW, e.g. 224x224") from None
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise OptionError(f"cannot read input size '{value}'; write HxW, e.g. 224x224")
-    return parts[0], parts[1]
-
-
-def parse_floats(value: str | None) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise OptionError(f"cannot read '{value}' as comma-separated numbers") from None
-
-
-def parse_unit(value: str | None) -> tuple[int, tuple[int, ...]] | None:
-    if not value:
-        return None
-    try:
-        parts = [int(v) for v in value.split(",")]
-    except ValueError:
-        raise OptionError(f"cannot read unit '{value}'; write CHANNEL,Y,X") from None
-    return parts[0], tuple(parts[1:])
-
-
-def open_probe(model: str, input_size: str | None, device: str = "auto", channels_hint: int | None = None):
-    import zfprobe
-
-    size = parse_size(input_size)
-    shape = None
-    if size is not None:
-        shape = (channels_hint or 3, *size)
-    return zfprobe.load(model, input_shape=shape, device=device)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,22 +52,6 @@ def layers(model, input_size, in_channels):
     click.echo(f"input: {probe.input_name} {list(probe.input_shape)}")
 
 
-def _preprocessing(probe, preset, mean, std, scale, bgr, resize):
-    prep = probe.preprocessing
-    if prep is None:
-        raise OptionError("this model's input is not an image batch [N, C, H, W]; zfprobe cannot visualize it")
-    if preset:
-        prep = prep.with_preset(preset)
-    for key, value in (("mean", parse_floats(mean)), ("std", parse_floats(std)), ("scale", scale)):
-        if value is not None:
-            setattr(prep, key, value)
-    if bgr is not None:
-        prep.channel_order = "BGR" if bgr else "RGB"
-    if resize:
-        prep.resize = resize
-    return prep
-
-
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--image", "-i", required=True, type=click.Path(dir_okay=False), help="The input image.")
@@ -120,21 +64,14 @@ def _preprocessing(probe, preset, mean, std, scale, bgr, resize):
 @click.option("--rule", type=click.Choice(RULES), default="deconvnet", show_default=True)
 @click.option("--lrn", type=click.Choice(["identity", "gradient"]), default="identity", show_default=True,
               help="How LRN layers are reversed (the paper: identity).")
-@click.option("--preset", type=click.Choice(["imagenet", "caffe", "unit", "raw", "tf"]), help="Preprocessing preset.")
-@click.option("--input-size", help="HxW, for models without a fixed input size.")
-@click.option("--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406 (after scaling).")
-@click.option("--std", help="Per-channel std.")
-@click.option("--scale", type=float, help="Pixel scale applied before mean/std (e.g. 0.00392 for 1/255).")
-@click.option("--bgr/--rgb", default=None, help="Channel order the model expects.")
-@click.option("--resize", type=click.Choice(["crop", "stretch"]), help="How the image is fitted to the input size.")
+@preprocessing_options
 @click.option("--percentile", type=float, help="Scale each projection by this percentile of |p| (contrast).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset, input_size, mean, std, scale, bgr,
               resize, percentile, device, out_dir):
     """Project units of LAYER for IMAGE to pixel space; write PNGs, a contact sheet and a manifest."""
     probe = open_probe(model, input_size, device)
-    prep = _preprocessing(probe, preset, mean, std, scale, bgr, resize)
+    prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
     position = None
     channels = list(channels)
     parsed = parse_unit(unit)
@@ -161,6 +98,22 @@ def export_deconv(model, layer, rule, lrn, input_size, out_path):
     probe = open_probe(model, input_size, "cpu")
     probe.export_deconv(layer, out_path, rule, lrn)
     click.echo(f"deconvnet of {layer} ({rule}) -> {out_path}")
+
+
+def _register_command_modules() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"zfprobe.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"zfprobe.cli.{name}":
+                continue
+            raise
+        cli.add_command(module.command)
+
+
+_register_command_modules()
 
 
 def main() -> None:
