@@ -41,11 +41,17 @@ def cli():
 @click.option("--channels", "in_channels", type=int, help="Input channels, with --input-size.")
 def layers(model, input_size, in_channels):
     """List the layers of MODEL you can probe, with shapes and whether the deconvnet passes."""
+    from zfprobe.receptive_field import describe, receptive_fields
+
     probe = open_probe(model, input_size, "cpu", in_channels)
-    rows = [(info.name, info.op_type, "x".join(str(s) for s in info.shape[1:]),
-             "yes" if info.invertible else f"no: {info.blocker}") for info in probe.layers()]
-    header = ("layer", "op", "output (C x H x W)", "deconvnet")
-    widths = [min(48, max(len(r[i]) for r in rows + [header])) for i in range(3)]
+    infos = probe.layers()
+    layout = probe.preprocessing.layout if probe.preprocessing else None
+    rfs = receptive_fields(probe.graph, [info.tensor for info in infos], layout)
+    rf_cols = [describe(rfs[info.tensor]) if info.tensor in rfs else ("-", "-") for info in infos]
+    rows = [(info.name, info.op_type, "x".join(str(s) for s in info.shape[1:]), rf[0], rf[1],
+             "yes" if info.invertible else f"no: {info.blocker}") for info, rf in zip(infos, rf_cols)]
+    header = ("layer", "op", "output (C x H x W)", "RF size", "RF stride", "deconvnet")
+    widths = [min(48, max(len(r[i]) for r in rows + [header])) for i in range(5)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths + [0])))
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths + [0])))

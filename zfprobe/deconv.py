@@ -58,8 +58,13 @@ def check_path(graph: Graph, layer: str) -> None:
             raise UnsupportedOpError(node.name, node.op_type, problem, node.source)
 
 
-def build_deconvnet(graph: Graph, layer: str, options: DeconvOptions = DeconvOptions()) -> Graph:
-    """Build the program that projects seeds at ``layer`` to the input (see module docstring)."""
+def build_deconvnet(graph: Graph, layer: str, options: DeconvOptions = DeconvOptions(),
+                    single_image: bool = False) -> Graph:
+    """Build the program that projects seeds at ``layer`` to the input (see module docstring).
+
+    ``single_image=True`` builds the variant for N = 1: forward tensors broadcast against the K
+    seeds instead of being copied per seed, which saves memory and time.
+    """
     check_path(graph, layer)
     image = graph.inputs[0]
     b = ProgramBuilder(graph)
@@ -67,7 +72,7 @@ def build_deconvnet(graph: Graph, layer: str, options: DeconvOptions = DeconvOpt
     b.shapes[SEED_IMAGE] = (1,)
     b.dtypes[SEED] = np.dtype(np.float32)
     b.dtypes[SEED_IMAGE] = np.dtype(np.int64)
-    ctx = InverseContext(b, graph, options, SEED_IMAGE)
+    ctx = InverseContext(b, graph, options, SEED_IMAGE, single_image)
 
     forward = graph.ancestors([layer])
     for node in forward:
@@ -92,7 +97,8 @@ def build_deconvnet(graph: Graph, layer: str, options: DeconvOptions = DeconvOpt
         inputs=[image, SEED, SEED_IMAGE],
         outputs=[PROJECTION],
         name=f"deconv({graph.name}:{layer}:{options.rule})",
-        metadata={"layer": layer, "rule": options.rule, "lrn": options.lrn, "image_input": image},
+        metadata={"layer": layer, "rule": options.rule, "lrn": options.lrn, "image_input": image,
+                  "single_image": single_image},
     )
 
 

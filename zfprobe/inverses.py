@@ -65,8 +65,9 @@ class InverseContext:
     """What a reversal needs: the program builder, the forward graph, the options, and
     per-seed copies of forward tensors (``saved``)."""
 
-    def __init__(self, builder: ProgramBuilder, graph: Graph, options, seed_image: str):
+    def __init__(self, builder: ProgramBuilder, graph: Graph, options, seed_image: str, single_image: bool = False):
         self.b = builder
+        self.single_image = single_image
         self.graph = graph
         self.options = options
         self.seed_image = seed_image
@@ -84,7 +85,10 @@ class InverseContext:
             self.b.nodes.append(node)
 
     def saved(self, tensor: str) -> str:
-        """The forward tensor ``tensor`` with one row per seed ([K, ...])."""
+        """The forward tensor ``tensor`` for each seed: [K, ...], or [1, ...] (broadcasting)
+        when the program is built for a single image."""
+        if self.single_image:
+            return tensor
         if tensor not in self._saved:
             self._saved[tensor] = self.b.op("Gather", tensor, self.seed_image, axis=0, hint="saved")
         return self._saved[tensor]
@@ -308,11 +312,16 @@ def _maxpool(ctx, node, gy):
     share a switch add up, which is the exact adjoint of max pooling."""
     in_shape, out_shape = _spatial_in_out(ctx, node)
     per_image = int(np.prod(in_shape[1:]))
-    idx = ctx.saved(ctx.switches(node.outputs[0]))
-    # onnxruntime (like torch) numbers switches over the whole N x C x H x W batch.
-    idx = ctx.b.op("Mod", idx, ctx.b.const(per_image, "per_image", np.int64), hint="switch")
-    idx = ctx.b.op("Reshape", idx, shape=[-1, int(np.prod(out_shape[1:]))])
-    upd = ctx.b.op("Reshape", gy[0], shape=[-1, int(np.prod(out_shape[1:]))])
+    per_seed = int(np.prod(out_shape[1:]))
+    upd = ctx.b.op("Reshape", gy[0], shape=[-1, per_seed])
+    if ctx.single_image:
+        idx = ctx.b.op("Reshape", ctx.switches(node.outputs[0]), shape=[1, per_seed], hint="switch")
+        idx = ctx.b.op("Expand", idx, ctx.b.op("Shape", upd), hint="switch")
+    else:
+        # onnxruntime (like torch) numbers switches over the whole N x C x H x W batch.
+        idx = ctx.saved(ctx.switches(node.outputs[0]))
+        idx = ctx.b.op("Mod", idx, ctx.b.const(per_image, "per_image", np.int64), hint="switch")
+        idx = ctx.b.op("Reshape", idx, shape=[-1, per_seed])
     flat = ctx.b.op("ScatterElements", ctx.zeros(gy[0], (per_image,)), idx, upd, axis=1, reduction="add", hint="unpool")
     return [ctx.b.op("Reshape", flat, shape=[-1] + list(in_shape[1:]))]
 
@@ -367,6 +376,8 @@ def _gmp(ctx, node, gy):
     x = ctx.b.op("Reshape", ctx.saved(node.inputs[0]), shape=[-1, c, area])
     idx = ctx.b.op("ArgMax", x, axis=2, keepdims=1, select_last_index=0)
     g = ctx.b.op("Reshape", gy[0], shape=[-1, c, 1])
+    if ctx.single_image:
+        idx = ctx.b.op("Expand", idx, ctx.b.op("Shape", g))
     flat = ctx.b.op("ScatterElements", ctx.zeros(gy[0], (c, area)), idx, g, axis=2, reduction="add")
     return [ctx.b.op("Reshape", flat, shape=[-1, *in_shape[1:]])]
 
@@ -420,11 +431,13 @@ def _lrn(ctx, node, gy):
     shape = ctx.shape(node.inputs[0])
     c, area = shape[1], int(np.prod(shape[2:]))
     x = ctx.saved(node.inputs[0])
-    ones = ctx.b.const(np.ones((1, 1, size, 1), np.float32), "lrn_window")
 
     def channel_window_sum(t: str, before: int, after: int) -> str:
+        # A sum over a window of channels: an average pool along the channel axis, times size.
         t4 = ctx.b.op("Reshape", t, shape=[-1, 1, c, area])
-        s = ctx.b.op("Conv", t4, ones, kernel_shape=[size, 1], strides=[1, 1], dilations=[1, 1], pads=[before, 0, after, 0], group=1)
+        s = ctx.b.op("AveragePool", t4, kernel_shape=[size, 1], strides=[1, 1], pads=[before, 0, after, 0],
+                     count_include_pad=1, ceil_mode=0)
+        s = ctx.mul(s, ctx.b.const(float(size), "lrn_size"))
         return ctx.b.op("Reshape", s, shape=[-1, *shape[1:]])
 
     sq_sum = channel_window_sum(ctx.mul(x, x), lo, hi)

@@ -54,6 +54,9 @@ class Probe:
                 aliases[node.source] = outs[0]
         for t in self.graph.inputs:
             aliases[t] = t
+        # front-end supplied names (e.g. torch module paths -> their output tensors)
+        for alias, tensor in self.graph.metadata.get("aliases", {}).items():
+            aliases.setdefault(alias, tensor)
         return aliases
 
     @property
@@ -120,19 +123,20 @@ class Probe:
         outs = self.backend.run(self.forward_program(tensors), {self.input_name: images}, tensors)
         return outs if many else outs[0]
 
-    def deconv_program(self, layer: str, rule: str = "deconvnet", lrn: str = "identity") -> Graph:
+    def deconv_program(self, layer: str, rule: str = "deconvnet", lrn: str = "identity",
+                       single_image: bool = False) -> Graph:
         tensor = self.resolve(layer)
         options = DeconvOptions(rule, lrn)
-        key = ("deconv", tensor, options)
+        key = ("deconv", tensor, options, single_image)
         if key not in self._programs:
-            self._programs[key] = build_deconvnet(self.graph, tensor, options)
+            self._programs[key] = build_deconvnet(self.graph, tensor, options, single_image)
         return self._programs[key]
 
     def project(self, images: np.ndarray, layer: str, seeds: np.ndarray, seed_image: np.ndarray | None = None,
                 rule: str = "deconvnet", lrn: str = "identity", batch_size: int | None = None) -> np.ndarray:
         """Project each seed row to pixel space ([K, *input]); see zfprobe.deconv for the contract."""
-        program = self.deconv_program(layer, rule, lrn)
         images = self._check_images(images)
+        program = self.deconv_program(layer, rule, lrn, single_image=images.shape[0] == 1)
         seeds = np.ascontiguousarray(seeds, dtype=np.float32)
         tensor = self.resolve(layer)
         if tuple(seeds.shape[1:]) != tuple(self.graph.shape(tensor)[1:]):

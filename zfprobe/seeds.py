@@ -94,7 +94,7 @@ class SeedRequest:
         if self.mode not in ("unit", "map"):
             raise OptionError(f"unknown seed mode '{self.mode}'; choose unit or map")
         channels = list(self.channels)
-        if self.top:
+        if self.top is not None:
             channels += [c for c in top_channels(acts, self.top, image_index) if c not in channels]
         if not channels:
             channels = top_channels(acts, min(9, acts.shape[1]), image_index)

@@ -1,0 +1,102 @@
+"""``zfprobe mine``: the top-k images of every feature map over a dataset (the paper's Fig. 2)."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import click
+
+from zfprobe.cli.common import RULES, open_probe, preprocessing_from_options, preprocessing_options
+from zfprobe.errors import OptionError
+
+
+@click.command("mine")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("data", type=click.Path())
+@click.option("--layer", "-l", "layers", required=True, multiple=True, help="Layer to mine (repeatable; one pass for all).")
+@click.option("--top", "-k", "k", type=int, default=9, show_default=True, help="Images kept per channel.")
+@click.option("--channels", "-c", help="Channels to project and show, e.g. 0-15,40 (default: all; mining covers all).")
+@click.option("--per-page", type=int, default=64, show_default=True, help="Channels per contact sheet page.")
+@click.option("--rule", type=click.Choice(RULES), default="deconvnet", show_default=True)
+@click.option("--lrn", type=click.Choice(["identity", "gradient"]), default="identity", show_default=True)
+@click.option("--batch-size", type=int, help="Images per forward pass (default: from a 256 MB activation budget).")
+@click.option("--limit", type=int, help="Use only the first N images of the dataset.")
+@click.option("--array-key", help="Array to use in a .npz file (default: images, x, or the first).")
+@click.option("--tile", type=int, help="Tile size in pixels on the sheets (default: from the receptive field).")
+@click.option("--percentile", type=float, help="Scale each projection by this percentile of |p| (contrast).")
+@click.option("--no-project", is_flag=True, help="Only mine: write index.csv and manifest.json, no pictures.")
+@click.option("--no-channel-pngs", is_flag=True, help="Do not write one PNG per channel.")
+@click.option("--restart", is_flag=True, help="Ignore a saved state in OUT and mine from the first image.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@preprocessing_options
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, limit, array_key, tile, percentile,
+            no_project, no_channel_pngs, restart, quiet, preset, input_size, mean, std, scale, bgr, resize, device, out_dir):
+    """Top-K images per feature map of each LAYER over DATA (a folder of images or a .npy/.npz array).
+
+    Writes per layer contact sheets (projections | image patches, as in Zeiler & Fergus Fig. 2),
+    one PNG per channel, index.csv and manifest.json into OUT, all at once at the end. While
+    mining, OUT/.mine-state.npz is checkpointed: rerunning the same command resumes (a finished
+    mining pass is reused), other inputs start clean, --restart always starts clean.
+    """
+    from zfprobe.datasets import open_dataset
+    from zfprobe.mining import STATE_FILE, mine, parse_channels
+    from zfprobe.mining_render import render_layer, save_mining
+
+    if k < 1:
+        raise OptionError("--top must be at least 1")
+    if per_page < 1:
+        raise OptionError("--per-page must be at least 1")
+    if limit is not None and limit < 1:
+        raise OptionError("--limit must be at least 1")
+    if batch_size is not None and batch_size < 1:
+        raise OptionError("--batch-size must be at least 1")
+    if percentile is not None and not 0 < percentile <= 100:
+        raise OptionError("--percentile must be in (0, 100]")
+    probe = open_probe(model, input_size, device)
+    prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
+    for layer in layers:
+        probe.resolve(layer)
+    if not no_project:
+        for layer in layers:  # a layer the deconvnet cannot pass fails now, not after mining
+            probe.deconv_program(layer, rule, lrn)
+    dataset = open_dataset(data, prep, probe.input_shape, array_key)
+    state = os.path.join(out_dir, STATE_FILE)
+    if restart and os.path.exists(state):
+        os.unlink(state)
+    os.makedirs(out_dir, exist_ok=True)
+    skipped_msgs = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = mine(probe, dataset, list(layers), k=k, batch_size=batch_size, progress=not quiet,
+                      state_path=state, resume=not restart, limit=limit, log=lambda m: click.echo(m, err=True))
+        skipped_msgs = [str(w.message) for w in caught if str(w.message).startswith("skipped ")]
+    for msg in skipped_msgs[:20]:
+        click.echo(f"zfprobe: warning: {msg}", err=True)
+    if len(skipped_msgs) > 20:
+        click.echo(f"zfprobe: warning: ... and {len(skipped_msgs) - 20} more unreadable file(s)", err=True)
+    n_used = result.images_seen - len(result.skipped)
+    if n_used < k:
+        click.echo(f"zfprobe: warning: only {n_used} image(s) were read; each channel shows at most {n_used} instead of {k}", err=True)
+    pictures = {}
+    if not no_project:
+        for layer in layers:
+            top = result.layers[layer]
+            chans = parse_channels(channels, top.channels)
+            pictures[layer] = render_layer(probe, result, layer, rule, lrn, chans, percentile)
+    else:
+        from zfprobe.mining_render import LayerPictures
+        from zfprobe.receptive_field import receptive_field
+
+        for layer in layers:
+            top = result.layers[layer]
+            rf = receptive_field(probe.graph, top.tensor, prep.layout)
+            pictures[layer] = LayerPictures(layer, top.tensor, rule, parse_channels(channels, top.channels), rf.size, rf.stride)
+    files = save_mining(out_dir, probe, result, pictures, rule, lrn, per_page, tile,
+                        channel_pngs=not no_channel_pngs and not no_project, sheets=not no_project,
+                        extra={"no_project": bool(no_project)})
+    s = result.summary()
+    click.echo(f"mined {s['images_used']} image(s) ({s['skipped']} skipped) for {len(layers)} layer(s), top {k}, "
+               f"{s['images_per_second'] or 0:.0f} img/s -> {out_dir} ({len(files)} files; see index.csv"
+               + ("" if no_project else " and */sheet_001.png") + ")")
+

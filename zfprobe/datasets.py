@@ -1,0 +1,262 @@
+"""Datasets for dataset-wide analyses (mining): a folder of images or an array file, streamed.
+
+* **Folder**: every file below it (recursively, sorted by relative path) whose extension Pillow
+  can read (jpg, png, bmp, gif, tiff, webp, ...). Files that fail to decode are skipped with a
+  warning and counted (``skipped``), never a crash. Each image goes through the model's
+  :class:`~zfprobe.preprocess.Preprocessing` exactly as ``visualize`` does it.
+* **Array file** (``.npy``, ``.npz``): ``uint8`` pixels ``[N, H, W]`` or ``[N, H, W, C]`` are
+  preprocessed like image files (resized if their size differs); a floating-point array whose
+  per-item shape equals the model input (e.g. ``[N, 1, 28, 28]``) is taken as already
+  preprocessed model input; other float arrays are pixel values 0..255. ``.npy`` files are
+  memory-mapped; in a ``.npz`` the array ``images`` (else ``x``, else the first one) is used.
+
+Batches are produced one at a time, so memory does not grow with the dataset.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from zfprobe.errors import ImageError, ZfprobeError
+from zfprobe.preprocess import Preprocessing, _fit, read_pixels
+
+
+class DatasetError(ZfprobeError):
+    """A dataset that cannot be used (missing, empty, no readable images, bad array)."""
+
+
+def image_extensions() -> set[str]:
+    from PIL import Image
+
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+@dataclass
+class Batch:
+    """``tensors`` [B, *input] for dataset items ``indices`` (skipped items are left out)."""
+
+    indices: np.ndarray
+    tensors: np.ndarray
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (index, reason)
+
+
+class Dataset:
+    """Base class: ``len(ds)`` items, each with a name; batches in index order."""
+
+    prep: Preprocessing
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def name(self, index: int) -> str:
+        raise NotImplementedError
+
+    def batches(self, batch_size: int, start: int = 0) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(display RGB uint8 [H, W, 3], model input [1, *input]) of one item."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+
+class ImageFolder(Dataset):
+    def __init__(self, root: str, prep: Preprocessing):
+        self.root = os.path.abspath(root)
+        self.prep = prep
+        exts = image_extensions()
+        files, ignored = [], 0
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in filenames:
+                if f.startswith("."):
+                    continue
+                if os.path.splitext(f)[1].lower() in exts:
+                    files.append(os.path.relpath(os.path.join(dirpath, f), self.root))
+                else:
+                    ignored += 1
+        self.files = sorted(files)
+        self.ignored = ignored
+        if not self.files:
+            what = f" ({ignored} file(s) with extensions Pillow does not read)" if ignored else ""
+            raise DatasetError(f"no images in '{root}'{what}; give a folder of image files or a .npy / .npz array")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def name(self, index: int) -> str:
+        return self.files[index]
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        pixels = read_pixels(os.path.join(self.root, self.files[index]), self.prep)
+        display = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+        return display, self.prep.to_tensor(pixels)
+
+    def batches(self, batch_size: int, start: int = 0) -> Iterator[Batch]:
+        for lo in range(start, len(self), batch_size):
+            idx, tensors, skipped = [], [], []
+            for i in range(lo, min(lo + batch_size, len(self))):
+                try:
+                    tensors.append(self.load(i)[1][0])
+                    idx.append(i)
+                except ImageError as exc:
+                    skipped.append((i, str(exc)))
+            arr = np.stack(tensors) if tensors else np.zeros((0,), np.float32)
+            yield Batch(np.asarray(idx, np.int64), arr, skipped)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.root.encode())
+        for f in self.files:
+            st = os.stat(os.path.join(self.root, f))
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(json.dumps(self.prep.to_dict(), sort_keys=True, default=list).encode())
+        return h.hexdigest()
+
+    def describe(self) -> dict:
+        return {"kind": "folder", "path": self.root, "images": len(self.files), "ignored_files": self.ignored}
+
+
+class ArrayDataset(Dataset):
+    def __init__(self, path: str | None, prep: Preprocessing, input_shape: tuple[int, ...], key: str | None = None,
+                 array: np.ndarray | None = None):
+        self.path = os.path.abspath(path) if path else None
+        self.prep = prep
+        self.key = key
+        if array is None:
+            array, self.key = _open_array(path, key)
+        self.array = array
+        self.input_shape = tuple(input_shape)
+        self.preprocessed = array.dtype.kind == "f" and tuple(array.shape[1:]) == self.input_shape[1:]
+        if len(array) == 0:
+            raise DatasetError(f"the array in '{path}' holds no images")
+        if not self.preprocessed:
+            if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[3] not in (1, 3, 4)):
+                raise DatasetError(
+                    f"cannot use an array of shape {array.shape} ({array.dtype}) as images: give uint8 pixels "
+                    f"[N, H, W] or [N, H, W, C], or model inputs [N, {', '.join(map(str, self.input_shape[1:]))}]")
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def name(self, index: int) -> str:
+        base = os.path.basename(self.path) if self.path else "array"
+        return f"{base}[{index}]"
+
+    def _pixels(self, raw: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        x = raw
+        if x.dtype != np.uint8:
+            x = np.clip(np.round(x.astype(np.float64)), 0, 255).astype(np.uint8)
+        if x.ndim == 2:
+            x = x[..., None]
+        if x.shape[2] == 4:
+            x = x[..., :3]
+        want_c = self.prep.channels
+        if x.shape[2] != want_c:
+            x = np.repeat(x, 3, axis=2) if want_c == 3 else np.round(x.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None].astype(np.uint8)
+        if tuple(x.shape[:2]) != tuple(self.prep.size):
+            im = Image.fromarray(x[..., 0] if x.shape[2] == 1 else x)
+            x = np.asarray(_fit(im, self.prep.size, self.prep.resize), np.uint8)
+            if x.ndim == 2:
+                x = x[..., None]
+        return x
+
+    def _tensor(self, raw: np.ndarray) -> np.ndarray:
+        if self.preprocessed:
+            return np.asarray(raw, np.float32)
+        return self.prep.to_tensor(self._pixels(raw))[0]
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        raw = np.asarray(self.array[index])
+        if self.preprocessed:
+            t = np.asarray(raw, np.float32)[None]
+            return self.prep.to_display(t[0]), t
+        pixels = self._pixels(raw)
+        display = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+        return display, self.prep.to_tensor(pixels)
+
+    def batches(self, batch_size: int, start: int = 0) -> Iterator[Batch]:
+        for lo in range(start, len(self), batch_size):
+            hi = min(lo + batch_size, len(self))
+            raw = np.asarray(self.array[lo:hi])
+            if self.preprocessed:
+                tensors = np.ascontiguousarray(raw, dtype=np.float32)
+            elif raw.dtype == np.uint8 and tuple(raw.shape[1:3]) == tuple(self.prep.size) and (
+                    raw.ndim == 3 and self.prep.channels == 1 or raw.ndim == 4 and raw.shape[3] == self.prep.channels):
+                tensors = _batch_to_tensor(raw, self.prep)  # fast path: vectorized preprocessing
+            else:
+                tensors = np.stack([self._tensor(r) for r in raw])
+            yield Batch(np.arange(lo, hi, dtype=np.int64), tensors, [])
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        if self.path:
+            st = os.stat(self.path)
+            h.update(f"{self.path}\0{st.st_size}\0{st.st_mtime_ns}\0{self.key}".encode())
+        else:
+            h.update(np.ascontiguousarray(self.array).tobytes())
+        h.update(json.dumps(self.prep.to_dict(), sort_keys=True, default=list).encode())
+        return h.hexdigest()
+
+    def describe(self) -> dict:
+        return {"kind": "array", "path": self.path, "key": self.key, "images": len(self),
+                "shape": list(self.array.shape), "dtype": str(self.array.dtype), "preprocessed": self.preprocessed}
+
+
+def _batch_to_tensor(raw: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    x = raw.astype(np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    if prep.channels == 3 and prep.channel_order.upper() == "BGR":
+        x = x[..., ::-1]
+    x = (x * prep.scale - prep._per_channel(prep.mean)) / prep._per_channel(prep.std)
+    if prep.layout == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _open_array(path: str, key: str | None) -> tuple[np.ndarray, str | None]:
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False), None
+        with np.load(path, allow_pickle=False) as z:
+            names = list(z.files)
+            if not names:
+                raise DatasetError(f"'{path}' holds no arrays")
+            if key is None:
+                key = next((k for k in ("images", "x", "X", "data") if k in names), names[0])
+            elif key not in names:
+                raise DatasetError(f"'{path}' has no array '{key}'; it has {', '.join(names)}")
+            return z[key], key
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read the array file '{path}': {str(exc).splitlines()[0]}") from None
+
+
+def open_dataset(path: str, prep: Preprocessing, input_shape: tuple[int, ...], key: str | None = None) -> Dataset:
+    """A folder of images or a .npy / .npz array file (see the module docstring)."""
+    if prep is None:
+        raise DatasetError("this model's input is not an image batch; zfprobe cannot mine it")
+    if os.path.isdir(path):
+        return ImageFolder(path, prep)
+    if not os.path.exists(path):
+        raise DatasetError(f"dataset '{path}' does not exist; give a folder of images or a .npy / .npz file")
+    if os.path.splitext(path)[1].lower() in (".npy", ".npz"):
+        return ArrayDataset(path, prep, input_shape, key)
+    raise DatasetError(f"'{path}' is neither a folder nor a .npy / .npz array file")
+
+
+def warn_skipped(name: str, reason: str) -> None:
+    warnings.warn(f"skipped {name}: {reason}", stacklevel=2)

@@ -1,0 +1,418 @@
+"""Top-k per feature map over a dataset (the paper's Fig. 2): mining, then projection.
+
+**Mining** streams the dataset in batches through only the part of the network the requested
+layers need (one forward pass serves every layer), and keeps, for each channel of each layer, the
+``k`` images whose strongest position in that channel is largest: one entry per image (as the
+paper shows 9 different images), with that position and its value. Memory holds one batch of
+activations plus ``[C, k]`` arrays per layer, whatever the dataset's size. Order (and so ties) is
+deterministic: value descending, then image index ascending; within an image the first position
+in raster order wins. A layer without spatial extent (an FC layer ``[N, F]``) is mined per unit:
+each of its F units is a "channel" with a single position, and its receptive field is the whole
+image.
+
+**Projection** sends every kept unit down the deconvnet (any rule), batched: images in chunks,
+all the units that belong to a chunk's images in one reverse batch. Each unit keeps two crops at
+its nominal receptive field (one size for the whole layer; see :mod:`zfprobe.receptive_field`):
+the image patch (grey beyond the image border) and the projection.
+
+Resume: :func:`mine` can write its state (the top-k arrays, the number of images consumed and a
+fingerprint of model, dataset, layers, k and preprocessing) atomically every few seconds; a later
+call with the same inputs continues from there, with different inputs it starts clean.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from zfprobe.datasets import Dataset
+from zfprobe.errors import OptionError, ZfprobeError
+
+STATE_FILE = ".mine-state.npz"
+_NO_IMAGE = np.iinfo(np.int64).max  # sorts after every real image index
+DEFAULT_BATCH_BUDGET = 256 * 1024**2  # bytes of activations one mining batch may hold
+
+
+@dataclass(frozen=True)
+class MinedUnit:
+    """One kept unit: ``rank`` (0 = strongest) of ``channel``, at ``position`` of image ``image``."""
+
+    layer: str
+    channel: int
+    rank: int
+    image: int
+    position: tuple[int, ...]
+    value: float
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "channel": self.channel, "rank": self.rank, "image": self.image,
+                "position": list(self.position), "value": self.value}
+
+
+class LayerTopK:
+    """The running top-k of one layer: ``values``, ``images``, ``positions`` (flat raster index
+    over the spatial axes), each ``[C, k]``; empty slots have image -1 (value -inf)."""
+
+    def __init__(self, layer: str, tensor: str, shape: tuple[int, ...], k: int):
+        self.layer, self.tensor, self.k = layer, tensor, int(k)
+        self.shape = tuple(shape)  # without batch: (C, *spatial) or (F,)
+        self.channels = self.shape[0]
+        self.spatial = self.shape[1:]
+        self._values = np.full((self.channels, self.k), -np.inf, np.float32)
+        self._images = np.full((self.channels, self.k), _NO_IMAGE, np.int64)
+        self._positions = np.full((self.channels, self.k), -1, np.int64)
+
+    # -- update ----------------------------------------------------------------------------
+    def update(self, acts: np.ndarray, indices: np.ndarray) -> None:
+        """Merge a batch: ``acts`` [B, *shape] of the images with dataset indices ``indices``."""
+        b = acts.shape[0]
+        if b == 0:
+            return
+        flat = acts.reshape(b, self.channels, -1)
+        pos = flat.argmax(axis=2)                                   # first maximum in raster order
+        val = np.take_along_axis(flat, pos[..., None], axis=2)[..., 0].astype(np.float32)
+        val = np.where(np.isnan(val), -np.inf, val)
+        values = np.concatenate([self._values, val.T], axis=1)
+        images = np.concatenate([self._images, np.broadcast_to(np.asarray(indices, np.int64)[None], (self.channels, b))], axis=1)
+        positions = np.concatenate([self._positions, pos.T.astype(np.int64)], axis=1)
+        if values.shape[1] > 4 * self.k + 64:  # keep only candidates that can make the top k
+            part = np.argpartition(-values, self.k - 1, axis=1)[:, : self.k]
+            kth = np.take_along_axis(values, part, axis=1).min(axis=1, keepdims=True)
+            keep = values >= kth
+            # rows are ragged after filtering: sort with the dropped entries pushed to the end
+            values = np.where(keep, values, -np.inf)
+            images = np.where(keep, images, _NO_IMAGE)
+        order = np.lexsort((images, -values.astype(np.float64)), axis=1)[:, : self.k]
+        self._values = np.take_along_axis(values, order, axis=1)
+        self._images = np.take_along_axis(images, order, axis=1)
+        self._positions = np.take_along_axis(positions, order, axis=1)
+
+    # -- results ---------------------------------------------------------------------------
+    @property
+    def values(self) -> np.ndarray:
+        return np.where(self._images == _NO_IMAGE, -np.inf, self._values)
+
+    @property
+    def images(self) -> np.ndarray:
+        return np.where(self._images == _NO_IMAGE, -1, self._images)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """[C, k, ndim] positions over the spatial axes (ndim 0 for FC layers); -1 when empty."""
+        if not self.spatial:
+            return np.zeros((self.channels, self.k, 0), np.int64)
+        filled = self._positions >= 0
+        coords = np.stack(np.unravel_index(np.where(filled, self._positions, 0), self.spatial), axis=-1)
+        return np.where(filled[..., None], coords, -1)
+
+    def entries(self, channel: int) -> list[MinedUnit]:
+        out = []
+        pos = self.positions
+        for r in range(self.k):
+            img = int(self._images[channel, r])
+            if img == _NO_IMAGE:
+                break
+            out.append(MinedUnit(self.layer, int(channel), r, img, tuple(int(p) for p in pos[channel, r]),
+                                 float(self._values[channel, r])))
+        return out
+
+    def units(self, channels: Sequence[int] | None = None) -> list[MinedUnit]:
+        chans = range(self.channels) if channels is None else channels
+        return [u for c in chans for u in self.entries(int(c))]
+
+    # -- state -----------------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        return {"values": self._values, "images": self._images, "positions": self._positions}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self._values = np.array(arrays["values"], np.float32)
+        self._images = np.array(arrays["images"], np.int64)
+        self._positions = np.array(arrays["positions"], np.int64)
+
+
+@dataclass
+class MiningResult:
+    layers: dict[str, LayerTopK]
+    dataset: Dataset
+    k: int
+    images_seen: int
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    resumed_from: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        done = self.images_seen - self.resumed_from
+        return done / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self) -> dict:
+        return {"images": len(self.dataset), "images_used": self.images_seen - len(self.skipped),
+                "skipped": len(self.skipped), "k": self.k, "resumed_from": self.resumed_from,
+                "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 1)
+                if np.isfinite(self.images_per_second) else None}
+
+
+# ------------------------------------------------------------------------ mining -------------
+def layer_shapes(probe, layers: Sequence[str]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    out = {}
+    for layer in layers:
+        tensor = probe.resolve(layer)
+        shape = tuple(probe.graph.shape(tensor))
+        if len(shape) < 2:
+            raise OptionError(f"layer '{layer}' has shape {list(shape)}: there are no channels or units to mine")
+        out[layer] = (tensor, shape[1:])
+    return out
+
+
+def auto_batch_size(probe, layers: Sequence[str], budget: int = DEFAULT_BATCH_BUDGET) -> int:
+    """Images per batch such that the activations of the truncated network fit ``budget``."""
+    from zfprobe.deconv import build_forward
+
+    tensors = [probe.resolve(l) for l in layers]
+    sub = build_forward(probe.graph, tensors)
+    per_image = sum(4 * int(np.prod(probe.graph.shape(o)[1:])) for n in sub.nodes for o in n.outputs if o in probe.graph.shapes)
+    per_image += 4 * int(np.prod(probe.input_shape[1:]))
+    return int(max(1, min(256, budget // max(1, 2 * per_image))))
+
+
+def _fingerprint(probe, dataset: Dataset, layers: dict, k: int) -> str:
+    model = probe.source
+    st = os.stat(model) if model and os.path.isfile(model) else None
+    parts = {"model": [model, st.st_size if st else None, st.st_mtime_ns if st else None, probe.graph.name],
+             "dataset": dataset.fingerprint(), "layers": {l: [t, list(s)] for l, (t, s) in layers.items()}, "k": k}
+    return json.dumps(parts, sort_keys=True)
+
+
+def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch_size: int | None = None,
+         progress: bool = False, state_path: str | None = None, resume: bool = True,
+         checkpoint_every: float = 30.0, limit: int | None = None, log=None) -> MiningResult:
+    """Find, for each channel of each layer, the ``k`` images with the strongest activation.
+
+    ``state_path``: where to checkpoint (atomically, every ``checkpoint_every`` seconds and at the
+    end or on interruption); with ``resume`` a matching state continues, a stale one is ignored.
+    ``limit``: use only the first ``limit`` items of the dataset.
+    """
+    if isinstance(layers, str):
+        layers = [layers]
+    if not layers:
+        raise OptionError("give at least one layer to mine (--layer)")
+    if k < 1:
+        raise OptionError("--top must be at least 1")
+    shapes = layer_shapes(probe, layers)
+    tops = {l: LayerTopK(l, t, s, k) for l, (t, s) in shapes.items()}
+    n_total = len(dataset) if limit is None else min(len(dataset), int(limit))
+    batch_size = int(batch_size or auto_batch_size(probe, list(layers)))
+    if batch_size < 1:
+        raise OptionError("--batch-size must be at least 1")
+    fingerprint = _fingerprint(probe, dataset, shapes, k) + f"|limit={n_total}"
+    start, skipped = 0, []
+    if state_path and resume and os.path.isfile(state_path):
+        loaded = _load_state(state_path, fingerprint, tops)
+        if loaded is None:
+            (log or (lambda m: None))(f"{state_path}: saved state is for other inputs; starting clean")
+        else:
+            start, skipped = loaded
+            (log or (lambda m: None))(f"resuming after {start} of {n_total} images")
+    tensors = [shapes[l][0] for l in layers]
+    program = probe.forward_program(tensors)
+    consumed = start
+    t0 = time.perf_counter()
+    last_save = time.monotonic()
+    bar = _progress(n_total, start, progress)
+
+    def save():
+        if state_path:
+            _save_state(state_path, fingerprint, tops, consumed, skipped, n_total)
+
+    try:
+        batches = _prefetch(_limited(dataset.batches(batch_size, start), n_total))
+        for batch in batches:
+            for index, reason in batch.skipped:
+                skipped.append((int(index), reason))
+                warnings.warn(f"skipped {dataset.name(int(index))}: {reason}", stacklevel=2)
+            if len(batch.indices):
+                images = probe._check_images(batch.tensors)
+                outs = probe.backend.run(program, {probe.input_name: images}, tensors)
+                for layer, acts in zip(layers, outs):
+                    tops[layer].update(acts, batch.indices)
+            done = int(batch.indices.max() + 1) if len(batch.indices) else 0
+            done = max(done, max((i + 1 for i, _ in batch.skipped), default=0))
+            bar.update(done - consumed)
+            consumed = done
+            if state_path and time.monotonic() - last_save > checkpoint_every:
+                save()
+                last_save = time.monotonic()
+    except BaseException:
+        save()  # everything consumed so far is in the top-k: a rerun resumes from here
+        raise
+    finally:
+        bar.close()
+    save()
+    seconds = time.perf_counter() - t0
+    if consumed - len(skipped) <= 0:
+        raise ZfprobeError(f"none of the {n_total} dataset item(s) could be read ({len(skipped)} skipped); nothing to mine")
+    return MiningResult(tops, dataset, k, consumed, skipped, start, seconds)
+
+
+def _limited(batches: Iterator, n_total: int) -> Iterator:
+    for batch in batches:
+        keep = batch.indices < n_total
+        if not keep.all():
+            batch.tensors = batch.tensors[keep]
+            batch.indices = batch.indices[keep]
+        batch.skipped = [(i, r) for i, r in batch.skipped if i < n_total]
+        if len(batch.indices) or batch.skipped:
+            yield batch
+        if (len(batch.indices) and batch.indices.max() >= n_total - 1) or not keep.all():
+            return
+
+
+def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
+    """Read and preprocess the next batches in a thread while the backend runs this one."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zfprobe-data")
+    sentinel = object()
+    pending = []
+    try:
+        for _ in range(depth):
+            pending.append(pool.submit(next, it, sentinel))
+        while pending:
+            item = pending.pop(0).result()
+            if item is sentinel:
+                break
+            pending.append(pool.submit(next, it, sentinel))
+            yield item
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True)
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc="mining", dynamic_ncols=True, smoothing=0.1)
+
+
+def _save_state(path: str, fingerprint: str, tops: dict[str, LayerTopK], consumed: int, skipped, n_total: int) -> None:
+    from zfprobe.outputs import write_file_atomically
+
+    arrays = {}
+    for i, top in enumerate(tops.values()):
+        for key, arr in top.state().items():
+            arrays[f"l{i}_{key}"] = arr
+    meta = {"fingerprint": fingerprint, "consumed": consumed, "total": n_total, "layers": list(tops),
+            "skipped": [[int(i), r] for i, r in skipped], "complete": consumed >= n_total}
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
+    write_file_atomically(path, buf.getvalue())
+
+
+def _load_state(path: str, fingerprint: str, tops: dict[str, LayerTopK]):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("fingerprint") != fingerprint or meta.get("layers") != list(tops):
+                return None
+            for i, top in enumerate(tops.values()):
+                top.load_state({key: z[f"l{i}_{key}"] for key in ("values", "images", "positions")})
+    except (OSError, ValueError, KeyError):
+        return None
+    return int(meta["consumed"]), [(int(i), r) for i, r in meta.get("skipped", [])]
+
+
+# ------------------------------------------------------------------------ projection ---------
+@dataclass
+class UnitProjection:
+    unit: MinedUnit
+    projection: np.ndarray | None   # [*input] full projection (only when asked for)
+    projection_crop: np.ndarray     # float [h, w, C] RGB-ordered crop of the projection at the RF box
+    patch: np.ndarray               # uint8 [h, w, 3] image patch at the RF box (grey beyond the border)
+    box: tuple[tuple[int, int], ...]  # the nominal box, unclipped ((y0, y1), (x0, x1))
+
+
+def project_units(probe, dataset: Dataset, layer: str, units: Sequence[MinedUnit], rule: str = "deconvnet",
+                  lrn: str = "identity", image_chunk: int = 32, keep_full: bool = False) -> Iterator[UnitProjection]:
+    """Deconvnet projection and crops of each unit, batched: ``image_chunk`` images per forward
+    pass and all their units in one reverse batch. Yields in the order of the units' images."""
+    from zfprobe.deconv import DeconvOptions
+    from zfprobe.receptive_field import receptive_field
+    from zfprobe.render import projection_to_hwc
+
+    DeconvOptions(rule, lrn)
+    tensor = probe.resolve(layer)
+    shape = tuple(probe.graph.shape(tensor))
+    prep = dataset.prep
+    rf = receptive_field(probe.graph, tensor, prep.layout)
+    probe.deconv_program(layer, rule, lrn)  # fails early on a node that cannot be inverted
+    by_image: dict[int, list[MinedUnit]] = {}
+    for u in units:
+        by_image.setdefault(u.image, []).append(u)
+    order = sorted(by_image)
+    for lo in range(0, len(order), image_chunk):
+        chunk = order[lo: lo + image_chunk]
+        displays, tensors = zip(*(dataset.load(i) for i in chunk))
+        images = np.concatenate(tensors)
+        chunk_units = [u for i in chunk for u in by_image[i]]
+        seeds = np.zeros((len(chunk_units),) + shape[1:], np.float32)
+        seed_image = np.zeros(len(chunk_units), np.int64)
+        where = {img: j for j, img in enumerate(chunk)}
+        for s, u in enumerate(chunk_units):
+            seeds[(s, u.channel) + tuple(u.position)] = u.value
+            seed_image[s] = where[u.image]
+        projections = probe.project(images, layer, seeds, seed_image, rule=rule, lrn=lrn)
+        for s, u in enumerate(chunk_units):
+            box = rf.nominal_box(u.position)
+            p = projection_to_hwc(projections[s], prep.layout, prep.channel_order)
+            yield UnitProjection(u, projections[s] if keep_full else None, crop(p, box, 0.0),
+                                 crop(displays[seed_image[s]], box, 128).astype(np.uint8), box)
+
+
+def crop(image: np.ndarray, box, fill) -> np.ndarray:
+    """``image`` [H, W, C] cut to ``box`` ((y0, y1), (x0, x1)) inclusive; ``fill`` beyond the border."""
+    (y0, y1), (x0, x1) = box
+    h, w = image.shape[:2]
+    out = np.full((y1 - y0 + 1, x1 - x0 + 1) + image.shape[2:], fill, dtype=image.dtype)
+    sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, h - 1), max(x0, 0), min(x1, w - 1)
+    if sy0 <= sy1 and sx0 <= sx1:
+        out[sy0 - y0: sy1 - y0 + 1, sx0 - x0: sx1 - x0 + 1] = image[sy0: sy1 + 1, sx0: sx1 + 1]
+    return out
+
+
+def parse_channels(spec: str | None, n: int) -> list[int]:
+    """'0-15,20,31' -> [0..15, 20, 31] (checked against the layer's ``n`` channels); None -> all."""
+    if not spec:
+        return list(range(n))
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise OptionError(f"cannot read channels '{spec}'; write e.g. 0-15,20") from None
+    bad = [c for c in out if not 0 <= c < n]
+    if bad:
+        raise OptionError(f"channel {bad[0]} is out of range: the layer has {n} channels (0..{n - 1})")
+    return list(dict.fromkeys(out))
