@@ -467,7 +467,7 @@ def _gemm_check(graph, node):
 
 @inverse("MatMul")
 def _matmul(ctx, node, gy):
-    w_t = ctx.b.op("Transpose", node.inputs[1], perm=list(range(len(ctx.shape(node.inputs[1])) - 2)) + [-1, -2])
+    w_t = ctx.b.op("Transpose", node.inputs[1], perm=[1, 0])
     return [ctx.b.op("MatMul", gy[0], w_t), None]
 
 

@@ -421,6 +421,18 @@ def _node_macs(graph: Graph, node: Node) -> float:
 
 def build_engine(probe, layer: str | None, cls: ClassOutput | None, size: int, rows: list[int], cols: list[int],
                  method: str = "auto") -> _Engine:
+    """The plan and programs for one geometry, cached on the probe (so backend sessions are reused)."""
+    key = ("occlusion", layer, cls, size, tuple(rows), tuple(cols), method)
+    cache = getattr(probe, "_programs", None)
+    if cache is not None and key in cache:
+        return cache[key]
+    engine = _build_engine(probe, layer, cls, size, rows, cols, method)
+    if cache is not None:
+        cache[key] = engine
+    return engine
+
+
+def _build_engine(probe, layer, cls, size, rows, cols, method) -> _Engine:
     graph: Graph = probe.graph
     chain = local_chain(graph) if method != "plain" else []
     rplan = _plan_axis(chain, 0, rows, size) if chain else None
@@ -466,14 +478,6 @@ def _assemble(probe, layer, cls, chain, rplan, cplan, end) -> _Engine:
 def _batch_size(graph: Graph, program: Graph, budget: int) -> int:
     per = sum(4 * int(np.prod(graph.shapes[o][1:])) for n in program.nodes for o in n.outputs if o in graph.shapes)
     return int(max(1, min(MAX_BATCH, budget // max(1, 2 * per))))
-
-
-def _crop(padded: np.ndarray, margin: tuple[int, int], r0: np.ndarray, c0: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Windows [B, C, h, w] of the padded map [C, H', W'] at (unpadded) starts r0, c0."""
-    ri = (r0 + margin[0])[:, None] + np.arange(h)[None, :]
-    ci = (c0 + margin[1])[:, None] + np.arange(w)[None, :]
-    out = padded[:, ri[:, :, None], ci[:, None, :]]      # [C, B, h, w]
-    return np.ascontiguousarray(out.transpose(1, 0, 2, 3))
 
 
 def _pad_for(cache: np.ndarray, r_start: np.ndarray, c_start: np.ndarray, h: int, w: int, value: float):
@@ -548,11 +552,13 @@ def run_engine(engine: _Engine, image: np.ndarray, fill: np.ndarray, size: int, 
             if prefix[i].pointwise and gi > 0:
                 inp = np.ascontiguousarray(prev)
             else:
-                pad_arr, margin = padded[gi]
-                inp = _crop(pad_arr, margin, r0, c0, h, w)
+                pad_arr, (mr, mc) = padded[gi]
+                inp = np.empty((B, pad_arr.shape[0], h, w), np.float32)
                 ph, pw = prev.shape[2], prev.shape[3]
                 dr, dc = prev_r - r0, prev_c - c0
                 for b in range(B):
+                    rr, cc = r0[b] + mr, c0[b] + mc
+                    inp[b] = pad_arr[:, rr:rr + h, cc:cc + w]
                     # the part of the previous window inside this input window
                     ra, ca = max(0, -dr[b]), max(0, -dc[b])
                     rb, cb = min(ph, h - dr[b]), min(pw, w - dc[b])
