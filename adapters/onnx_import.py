@@ -76,7 +76,14 @@ def _fixed_input_shape(value_info, input_shape: tuple[int, ...] | None) -> tuple
     dims = value_info.type.tensor_type.shape.dim
     declared = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
     if input_shape is not None:
-        shape = tuple(int(s) for s in input_shape)
+        shape = tuple(input_shape)
+        if len(shape) == 2 and len(declared) == 4:  # an image size H x W: keep the declared channels
+            h, w = shape
+            if declared[3] is not None and declared[1] is None:  # NHWC
+                shape = (h, w, declared[3])
+            else:
+                shape = (declared[1] or 3, h, w)
+        shape = tuple(int(s) for s in shape)
         if len(shape) == len(declared) - 1:
             shape = (1,) + shape
         if len(shape) != len(declared):

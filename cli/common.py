@@ -47,7 +47,7 @@ def open_probe(model: str, input_size: str | None, device: str = "auto", channel
     size = parse_size(input_size)
     shape = None
     if size is not None:
-        shape = (channels_hint or 3, *size)
+        shape = (channels_hint, *size) if channels_hint else size
     return zfprobe.load(model, input_shape=shape, device=device)
 
 

@@ -219,3 +219,22 @@ def test_bad_option_values(tmp_path):
                        "CHANNEL,Y,X")
     assert_clean_error(run_cli("visualize", MODEL, "--image", DIGIT, "--layer", "conv2", "--unit", "1,30,2", "-o", tmp_path / "o"),
                        "outside")
+
+
+def test_dynamic_input_size(tmp_path, image_8x8):
+    """A model whose spatial size is not fixed needs --input-size; without it the error says so."""
+    w = numpy_helper.from_array(np.random.RandomState(0).randn(4, 1, 3, 3).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                               helper.make_node("Relu", ["c"], ["y"], name="relu")], "dyn",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "dyn.onnx"
+    onnx.save(model, str(path))
+    assert_clean_error(run_cli("layers", path), "--input-size")
+    r = run_cli("layers", path, "--input-size", "12x10")
+    assert r.returncode == 0 and "4x12x10" in r.stdout, r.stderr
+    r = run_cli("visualize", path, "--image", image_8x8, "--layer", "relu", "--input-size", "16", "-o", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["model"]["input_shape"] == [1, 1, 16, 16]
