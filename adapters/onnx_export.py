@@ -60,6 +60,8 @@ def to_onnx(program: Graph, batch_names: dict[str, str] | None = None):
         inputs = list(node.inputs)
         for key, dtype, default in TO_INPUTS.get(node.op_type, []):
             value = attrs.pop(key, default)
+            if node.op_type == "Pad" and key == "value":  # the pad value takes the data's type
+                dtype = program.dtypes.get(node.inputs[0], np.dtype(np.float32))
             if value is None or (isinstance(value, float) and not np.isfinite(value)):
                 inputs.append("")
             else:

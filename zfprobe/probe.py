@@ -133,8 +133,13 @@ class Probe:
         return self._programs[key]
 
     def project(self, images: np.ndarray, layer: str, seeds: np.ndarray, seed_image: np.ndarray | None = None,
-                rule: str = "deconvnet", lrn: str = "identity", batch_size: int | None = None) -> np.ndarray:
-        """Project each seed row to pixel space ([K, *input]); see zfprobe.deconv for the contract."""
+                rule: str = "deconvnet", lrn: str = "identity", batch_size: int | None = None,
+                windowed: bool = True) -> np.ndarray:
+        """Project each seed row to pixel space ([K, *input]); see zfprobe.deconv for the contract.
+
+        Rows that keep a single unit take the receptive-field-windowed path (zfprobe.windowed)
+        where the network allows it: the same result, computed only where it can be non-zero.
+        """
         images = self._check_images(images)
         program = self.deconv_program(layer, rule, lrn, single_image=images.shape[0] == 1)
         seeds = np.ascontiguousarray(seeds, dtype=np.float32)
@@ -146,6 +151,11 @@ class Probe:
         if k == 0:
             return np.zeros((0,) + tuple(images.shape[1:]), np.float32)
         chunk = batch_size or self.seed_batch_size(tensor)
+        units = unit_positions(seeds)
+        if units is not None and windowed:
+            program = self.windowed_program(layer, rule, lrn, single_image=images.shape[0] == 1)
+            if program is not None:
+                return self._project_windowed(program, images, seeds, units, seed_image, chunk)
         results = []
         for start in range(0, k, chunk):
             feeds = {self.input_name: images, SEED: seeds[start:start + chunk], SEED_IMAGE: seed_image[start:start + chunk]}
@@ -165,10 +175,55 @@ class Probe:
 
         write_file_atomically(path, to_onnx(self.deconv_program(layer, rule, lrn)).SerializeToString())
 
+    def windowed_program(self, layer: str, rule: str, lrn: str, single_image: bool) -> Graph | None:
+        """The windowed deconvnet of ``layer``, or None where the path does not allow windows."""
+        from zfprobe.windowed import NotWindowable, build_windowed_deconvnet
+
+        tensor = self.resolve(layer)
+        options = DeconvOptions(rule, lrn)
+        key = ("windowed", tensor, options, single_image)
+        if key not in self._programs:
+            try:
+                self._programs[key] = build_windowed_deconvnet(self.graph, tensor, options, single_image)
+            except NotWindowable:
+                self._programs[key] = None
+        return self._programs[key]
+
+    def _project_windowed(self, program: Graph, images: np.ndarray, seeds: np.ndarray, units: np.ndarray,
+                          seed_image: np.ndarray, chunk: int) -> np.ndarray:
+        from zfprobe.windowed import OUTPUT_WINDOW, SEED_WINDOW, WindowPlan
+
+        plan = WindowPlan(program, images.shape[0])
+        seed_hw = tuple(seeds.shape[2:])
+        rows = np.arange(len(seeds))
+        window_seeds = seeds[rows, :, units[:, 0], units[:, 1]][:, :, None, None]
+        out = []
+        for start in range(0, len(seeds), chunk):
+            sl = slice(start, start + chunk)
+            feeds = {self.input_name: images, SEED_WINDOW: np.ascontiguousarray(window_seeds[sl]),
+                     SEED_IMAGE: seed_image[sl]}
+            feeds.update(plan.feeds(units[sl], seed_image[sl], seed_hw))
+            windows = self.backend.run(program, feeds, [OUTPUT_WINDOW])[0]
+            out.append(plan.paste(windows, units[sl], tuple(images.shape[2:])))
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
     def seed_batch_size(self, tensor: str) -> int:
         """How many seeds fit one reverse batch within the memory budget."""
         per_seed = sum(4 * int(np.prod(self.graph.shape(o)[1:])) for n in path_nodes(self.graph, tensor) for o in n.outputs if o in self.graph.shapes)
         return max(1, min(256, int(DEFAULT_MEMORY_BUDGET // max(1, 3 * per_seed))))
+
+
+def unit_positions(seeds: np.ndarray) -> np.ndarray | None:
+    """(y, x) of the single non-zero unit of each seed row [K, C, H, W], or None if any row has more."""
+    if seeds.ndim != 4:
+        return None
+    flat = seeds.reshape(len(seeds), -1)
+    nonzero = np.count_nonzero(flat, axis=1)
+    if np.any(nonzero > 1):
+        return None
+    idx = np.argmax(flat != 0, axis=1)
+    _, y, x = np.unravel_index(idx, seeds.shape[1:])
+    return np.stack([y, x], axis=1).astype(np.int64)
 
 
 def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None, device: str = "auto",
@@ -179,7 +234,7 @@ def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None, de
     if ext in (".keras", ".h5", ".hdf5"):
         from zfprobe.adapters import keras_adapter  # noqa: WPS433 (loaded only when used)
 
-        return keras_adapter.load(path, device=device)
+        return keras_adapter.load(path, device=device, input_shape=input_shape, backend=backend)
     if not os.path.isfile(path):
         raise ModelLoadError(f"model file '{path}' does not exist")
     from zfprobe.adapters.onnx_import import import_onnx
@@ -189,4 +244,8 @@ def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None, de
     graph = import_onnx(path, input_shape)
     shape = graph.shape(graph.inputs[0])
     prep = default_preprocessing(shape, path) if len(shape) == 4 else None
+    if backend == "torch":  # torch kernels instead of onnxruntime (weights from the file)
+        from zfprobe.adapters.torch_backend import TorchBackend
+
+        return Probe(graph, TorchBackend(device=device), source=path, preprocessing=prep)
     return Probe(graph, OnnxRuntimeBackend(device), source=path, preprocessing=prep)
