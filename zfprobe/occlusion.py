@@ -42,7 +42,6 @@ Two exact ways to compute the maps (``method``):
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -112,9 +111,7 @@ def fill_values(fill, prep, channels: int) -> tuple[np.ndarray, str]:
     if fill == "mean":
         return np.zeros(channels, np.float32), f"mean (the dataset mean {tuple(float(m) for m in mean)}: 0 in model space)"
     pixel = GREY_PIXEL if fill == "grey" else float(fill)
-    value = (pixel * prep.scale - mean) / std
-    if prep.channels == 3 and prep.channel_order.upper() == "BGR":
-        value = value[::-1]
+    value = (pixel * prep.scale - mean) / std  # mean / std are in the model's channel order already
     label = "grey (pixel 128)" if fill == "grey" else f"pixel {pixel:g}"
     return value.astype(np.float32), label
 
@@ -376,6 +373,7 @@ class _Engine:
     chain: list[_Op]
     rows: _AxisPlan | None
     cols: _AxisPlan | None
+    channels_last: bool = False       # an NHWC image input (plain path only)
     groups: list[list[int]] = field(default_factory=list)
     programs: list[Graph] = field(default_factory=list)
     suffix: Graph | None = None
@@ -420,19 +418,22 @@ def _node_macs(graph: Graph, node: Node) -> float:
 
 
 def build_engine(probe, layer: str | None, cls: ClassOutput | None, size: int, rows: list[int], cols: list[int],
-                 method: str = "auto") -> _Engine:
-    """The plan and programs for one geometry, cached on the probe (so backend sessions are reused)."""
-    key = ("occlusion", layer, cls, size, tuple(rows), tuple(cols), method)
+                 method: str = "auto", channels_last: bool = False, depth: int | None = None) -> _Engine:
+    """The plan and programs for one geometry, cached on the probe (so backend sessions are reused).
+
+    ``depth`` (tests) fixes how many chain ops run incrementally instead of the cost model."""
+    key = ("occlusion", layer, cls, size, tuple(rows), tuple(cols), method, channels_last, depth)
     cache = getattr(probe, "_programs", None)
     if cache is not None and key in cache:
         return cache[key]
-    engine = _build_engine(probe, layer, cls, size, rows, cols, method)
+    engine = _build_engine(probe, layer, cls, size, rows, cols, "plain" if channels_last else method, depth)
+    engine.channels_last = channels_last
     if cache is not None:
         cache[key] = engine
     return engine
 
 
-def _build_engine(probe, layer, cls, size, rows, cols, method) -> _Engine:
+def _build_engine(probe, layer, cls, size, rows, cols, method, depth=None) -> _Engine:
     graph: Graph = probe.graph
     chain = local_chain(graph) if method != "plain" else []
     rplan = _plan_axis(chain, 0, rows, size) if chain else None
@@ -442,12 +443,14 @@ def _build_engine(probe, layer, cls, size, rows, cols, method) -> _Engine:
         end = _choose_end(graph, chain, rplan, cplan, layer, cls)
         if method == "incremental" and end == 0:
             end = 1
+        if depth is not None:
+            end = min(depth, len(chain))
     while True:
         try:
             return _assemble(probe, layer, cls, chain, rplan, cplan, end)
-        except _NotIncremental:
+        except _NotIncremental as exc:
             if end == 0:
-                raise
+                raise OptionError(f"occlusion needs a model whose outputs depend on its image input only ({exc})") from None
             end -= 1
 
 
@@ -459,6 +462,7 @@ def _assemble(probe, layer, cls, chain, rplan, cplan, end) -> _Engine:
     chain_out = {op.node.outputs[0]: i for i, op in enumerate(prefix)}
     if layer is not None and (layer in chain_out or (layer == graph.inputs[0] and end)):
         engine.layer_in_prefix = chain_out.get(layer, -1)
+    cache = getattr(probe, "_programs", {})  # programs do not depend on the geometry: shared
     # groups: a windowed op and the point-wise ops after it (leading point-wise ops form a group)
     for i, op in enumerate(prefix):
         if not engine.groups or not op.pointwise:
@@ -468,10 +472,18 @@ def _assemble(probe, layer, cls, chain, rplan, cplan, end) -> _Engine:
     for group in engine.groups:
         ops = [prefix[i] for i in group]
         extra = [layer] if engine.layer_in_prefix is not None and engine.layer_in_prefix in group else []
-        engine.programs.append(_window_program(graph, ops, extra))
+        key = ("occlusion-window", tuple(op.node.name for op in ops), tuple(extra))
+        if key not in cache:
+            cache[key] = _window_program(graph, ops, extra)
+        engine.programs.append(cache[key])
     start = prefix[-1].node.outputs[0] if prefix else graph.inputs[0]
     suffix_layer = layer if engine.layer_in_prefix is None else None
-    engine.suffix = _suffix_program(graph, start, skip, suffix_layer, cls)
+    if suffix_layer is None and cls is None:
+        return engine  # the layer lies in the windowed part and no class maps are wanted
+    key = ("occlusion-suffix", start, frozenset(skip), suffix_layer, cls)
+    if key not in cache:  # shared by every geometry, so the backend's session is built once
+        cache[key] = _suffix_program(graph, start, skip, suffix_layer, cls)
+    engine.suffix = cache[key]
     return engine
 
 
@@ -492,12 +504,13 @@ def _pad_for(cache: np.ndarray, r_start: np.ndarray, c_start: np.ndarray, h: int
 
 def run_engine(engine: _Engine, image: np.ndarray, fill: np.ndarray, size: int, rows: list[int], cols: list[int],
                memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool = False):
-    """Per-position layer totals [nr, nc, C] (or None) and probabilities [nr, nc, K] (or None)."""
+    """Per-position layer totals [nr, nc, C] and probabilities [nr, nc, K] (each or None), and the
+    same two for the unoccluded image ([C] and [K])."""
     probe = engine.probe
     graph: Graph = probe.graph
     backend = probe.backend
     prefix = engine.chain[:engine.end]
-    x = np.ascontiguousarray(image[0], dtype=np.float32)        # [C, H, W]
+    x = np.ascontiguousarray(image[0], dtype=np.float32)        # [C, H, W] ([H, W, C] if channels_last)
     # caches of the original image: the input of every group, the layer, the prefix end
     group_inputs = [graph.variable_inputs(prefix[g[0]].node)[0] for g in engine.groups]
     wanted = [t for t in group_inputs if t != graph.inputs[0]]
@@ -522,13 +535,23 @@ def run_engine(engine: _Engine, image: np.ndarray, fill: np.ndarray, size: int, 
         lmap = cache[engine.layer].astype(np.float64)
         layer_total0 = lmap.reshape(lmap.shape[0], -1).sum(1)
         lcum = np.pad(lmap.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))  # integral image
+    # the unoccluded image, through the same suffix program
+    base_totals, base_probs = layer_total0, None
+    if engine.suffix is not None:
+        base_in = cache[end_tensor] if prefix else x
+        outs = backend.run(engine.suffix, {engine.suffix.inputs[0]: base_in[None]}, engine.suffix.outputs)
+        k = 0
+        if engine.layer is not None and engine.layer_in_prefix is None:
+            base_totals, k = outs[0][0].astype(np.float64), 1
+        base_probs = outs[k][0] if engine.cls is not None else None
 
     nr, nc = len(rows), len(cols)
     grid = [(a, b) for a in range(nr) for b in range(nc)]
     totals = probs = None
-    batch = _batch_size(graph, engine.suffix, memory_budget)
+    batch = min(_batch_size(graph, p, memory_budget) for p in ([engine.suffix] if engine.suffix else engine.programs))
     rows_a, cols_a = np.asarray(rows), np.asarray(cols)
-    fill_patch = np.broadcast_to(fill.astype(np.float32)[:, None, None], (x.shape[0], size, size))
+    channels = x.shape[2] if engine.channels_last else x.shape[0]
+    fill_patch = np.broadcast_to(fill.astype(np.float32)[:, None, None], (channels, size, size))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -574,13 +597,22 @@ def run_engine(engine: _Engine, image: np.ndarray, fill: np.ndarray, size: int, 
                 lpatch = outs[0] if group[k] == last else outs[1]
                 layer_tot = _window_totals(layer_total0, lcum, lpatch, engine.rows.out_start[group[k]][ir],
                                            engine.cols.out_start[group[k]][ic])
+        if engine.suffix is None:
+            totals = totals if totals is not None else np.zeros((nr, nc, layer_tot.shape[1]), np.float64)
+            totals[ir, ic] = layer_tot
+            if bar is not None:
+                bar.update(B)
+            continue
         # the full input of the suffix: the cached map (or image) with the last window pasted in
         base = cache[prefix[-1].node.outputs[0]] if prefix else x
         full = np.empty((B,) + base.shape, np.float32)
         full[:] = base
         ph, pw = prev.shape[2], prev.shape[3]
         for b in range(B):
-            full[b, :, prev_r[b]:prev_r[b] + ph, prev_c[b]:prev_c[b] + pw] = prev[b]
+            if engine.channels_last:
+                full[b, prev_r[b]:prev_r[b] + ph, prev_c[b]:prev_c[b] + pw, :] = prev[b].transpose(1, 2, 0)
+            else:
+                full[b, :, prev_r[b]:prev_r[b] + ph, prev_c[b]:prev_c[b] + pw] = prev[b]
         outs = backend.run(engine.suffix, {engine.suffix.inputs[0]: full}, engine.suffix.outputs)
         k = 0
         if engine.layer is not None and engine.layer_in_prefix is None:
@@ -598,7 +630,7 @@ def run_engine(engine: _Engine, image: np.ndarray, fill: np.ndarray, size: int, 
             bar.update(B)
     if bar is not None:
         bar.close()
-    return totals, probs
+    return totals, probs, base_totals, base_probs
 
 
 def _window_totals(total0: np.ndarray, cum: np.ndarray, patch: np.ndarray, r0: np.ndarray, c0: np.ndarray) -> np.ndarray:
@@ -698,9 +730,10 @@ def occlude(probe, image, layer: str | None, size: int = 8, stride: int = 4, lab
     x = probe._check_images(x)
     if x.shape[0] != 1:
         raise ImageError(f"occlusion takes one image, not a batch of {x.shape[0]}")
-    if x.ndim != 4 or (prep is not None and prep.layout != "NCHW"):
-        raise ImageError("occlusion needs an image input [1, C, H, W]")
-    _, c, h, w = x.shape
+    if x.ndim != 4:
+        raise ImageError("occlusion needs an image input [1, C, H, W] or [1, H, W, C]")
+    channels_last = prep is not None and prep.layout == "NHWC"
+    _, c, h, w = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if channels_last else x.shape
     if display is None:
         g = x[0].mean(0)
         g = (g - g.min()) / max(1e-12, float(g.max() - g.min())) * 255
@@ -725,34 +758,26 @@ def occlude(probe, image, layer: str | None, size: int = 8, stride: int = 4, lab
     if layer is None and cls is None:
         raise OptionError("nothing to compute: give a layer, or use a model with a class output")
     tensor = probe.resolve(layer) if layer is not None else None
+    if tensor is not None and channel is not None:
+        n_channels = graph.shape(tensor)[1] if len(graph.shape(tensor)) > 1 else 1
+        if not 0 <= channel < n_channels:
+            raise OptionError(f"channel {channel} is out of range: layer {layer} has {n_channels} channels (0..{n_channels - 1})")
     names = class_names if class_names is not None else (prep.labels if prep is not None else None)
 
     rows, cols = positions(h, size, stride), positions(w, size, stride)
-    engine = build_engine(probe, tensor, cls, size, rows, cols, method)
+    engine = build_engine(probe, tensor, cls, size, rows, cols, method, channels_last)
     t1 = time.perf_counter()
 
-    # the unoccluded image
-    base_outs = probe.backend.run(engine_base_program(probe, tensor, cls), {probe.input_name: x},
-                                  None)
-    k = 0
-    base_totals = None
-    if tensor is not None:
-        base_totals = base_outs[0][0].astype(np.float64)
-        k = 1
-    base_probs = base_outs[k][0] if cls is not None else None
+    totals, probs, base_totals, base_probs = run_engine(engine, x, fill_vec, size, rows, cols, memory_budget, progress)
+    t2 = time.perf_counter()
     if tensor is not None:
         if channel is None:
             channel = int(np.argmax(base_totals))
-        elif not 0 <= channel < base_totals.shape[0]:
-            raise OptionError(f"channel {channel} is out of range: layer {layer} has {base_totals.shape[0]} channels")
     base_label = int(np.argmax(base_probs)) if base_probs is not None else None
     label_source = None
     if cls is not None:
         label_source = "given" if label is not None else "top-1 of the unoccluded image"
         label = int(label) if label is not None else base_label
-
-    totals, probs = run_engine(engine, x, fill_vec, size, rows, cols, memory_budget, progress)
-    t2 = time.perf_counter()
 
     projection, note = None, ""
     if project and tensor is not None and layer != probe.input_name:
@@ -783,28 +808,21 @@ def occlude(probe, image, layer: str | None, size: int = 8, stride: int = 4, lab
         timings={"plan": round(t1 - t0, 4), "maps": round(t2 - t1, 4), "projection": round(t3 - t2, 4)})
 
 
-def engine_base_program(probe, tensor: str | None, cls: ClassOutput | None) -> Graph:
-    """The whole network on the unoccluded image: layer totals and probabilities (cached)."""
-    key = ("occlusion-base", tensor, cls)
-    programs = probe._programs
-    if key not in programs:
-        programs[key] = _suffix_program(probe.graph, probe.input_name, set(), tensor, cls)
-    return programs[key]
-
-
 def occlusion_maps(probe, images: np.ndarray, layer: str | None, size: int, stride: int, fill: np.ndarray | float = 0.0,
-                   method: str = "auto", channel: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+                   method: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET, channels_last: bool = False):
     """Low level: raw per-position results for a preprocessed image [1, C, H, W].
 
     Returns ``(totals [nr, nc, C] or None, probabilities [nr, nc, K] or None, rows, cols, method)``;
-    ``fill`` is in model space (a scalar or one value per channel).
+    ``fill`` is in model space (a scalar or one value per channel). ``channels_last``: the image
+    is [1, H, W, C].
     """
     x = probe._check_images(images)
-    check_geometry(x.shape[2], x.shape[3], size, stride)
-    fill_vec = np.broadcast_to(np.asarray(fill, np.float32).reshape(-1), (x.shape[1],)).copy()
+    h, w, c = (x.shape[1], x.shape[2], x.shape[3]) if channels_last else (x.shape[2], x.shape[3], x.shape[1])
+    check_geometry(h, w, size, stride)
+    fill_vec = np.broadcast_to(np.asarray(fill, np.float32).reshape(-1), (c,)).copy()
     cls = class_output(probe.graph)
     tensor = probe.resolve(layer) if layer is not None else None
-    rows, cols = positions(x.shape[2], size, stride), positions(x.shape[3], size, stride)
-    engine = build_engine(probe, tensor, cls, size, rows, cols, method)
-    totals, probs = run_engine(engine, x, fill_vec, size, rows, cols, memory_budget)
+    rows, cols = positions(h, size, stride), positions(w, size, stride)
+    engine = build_engine(probe, tensor, cls, size, rows, cols, method, channels_last)
+    totals, probs, _, _ = run_engine(engine, x, fill_vec, size, rows, cols, memory_budget)
     return totals, probs, rows, cols, engine.method

@@ -168,6 +168,12 @@ class Probe:
 
         return visualize(self, image, layer, **options)
 
+    def occlude(self, image, layer: str, **options):
+        """Occlusion sensitivity maps (paper, Fig. 7); see :func:`zfprobe.occlusion.occlude`."""
+        from zfprobe.occlusion import occlude
+
+        return occlude(self, image, layer, **options)
+
     def export_deconv(self, layer: str, path: str, rule: str = "deconvnet", lrn: str = "identity") -> None:
         """Save the deconvnet of ``layer`` as a standalone ONNX model (inputs: image, zf_seed, zf_seed_image)."""
         from zfprobe.adapters.onnx_export import to_onnx
