@@ -153,9 +153,9 @@ class Probe:
         chunk = batch_size or self.seed_batch_size(tensor)
         units = unit_positions(seeds)
         if units is not None and windowed:
-            program = self.windowed_program(layer, rule, lrn, single_image=images.shape[0] == 1)
-            if program is not None:
-                return self._project_windowed(program, images, seeds, units, seed_image, chunk)
+            windowed_program = self.windowed_program(layer, rule, lrn, single_image=images.shape[0] == 1)
+            if windowed_program is not None:
+                return self._project_windowed(windowed_program, images, seeds, units, seed_image, chunk)
         results = []
         for start in range(0, k, chunk):
             feeds = {self.input_name: images, SEED: seeds[start:start + chunk], SEED_IMAGE: seed_image[start:start + chunk]}
