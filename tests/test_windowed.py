@@ -67,3 +67,28 @@ def test_feature_map_seeds_use_the_full_program(probes):
 
     assert unit_positions(seeds) is None
     np.testing.assert_allclose(probe.project(x, "relu2", seeds), probe.project(x, "relu2", seeds, windowed=False))
+
+
+def test_unit_seeds_on_a_path_without_windows_use_the_full_program(tmp_path):
+    """A spatial Transpose is invertible but not windowable: unit seeds must fall back, not fail."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.RandomState(0).randn(4, 1, 3, 3).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                               helper.make_node("Transpose", ["c"], ["t"], perm=[0, 1, 3, 2]),
+                               helper.make_node("Relu", ["t"], ["y"], name="relu")], "t",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 9, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "t.onnx"))
+    probe = zfprobe.load(tmp_path / "t.onnx")
+    x = np.random.RandomState(1).rand(1, 1, 9, 7).astype(np.float32)
+    seeds = np.zeros((2, 4, 7, 9), np.float32)
+    seeds[0, 1, 2, 3] = 1.0
+    seeds[1, 3, 6, 8] = 2.0
+    assert probe.windowed_program("relu", "deconvnet", "identity", True) is None
+    got = probe.project(x, "relu", seeds)
+    np.testing.assert_allclose(got, probe.project(x, "relu", seeds, windowed=False))
+    assert np.abs(got).max() > 0
