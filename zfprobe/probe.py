@@ -210,7 +210,7 @@ class Probe:
                      SEED_IMAGE: seed_image[sl]}
             feeds.update(plan.feeds(units[sl], seed_image[sl], seed_hw))
             windows = self.backend.run(program, feeds, [OUTPUT_WINDOW])[0]
-            out.append(plan.paste(windows, units[sl], tuple(images.shape[2:])))
+            out.append(plan.paste(windows, units[sl], tuple(images.shape[1:])))
         return out[0] if len(out) == 1 else np.concatenate(out)
 
     def seed_batch_size(self, tensor: str) -> int:

@@ -85,8 +85,15 @@ def _input_window(graph: Graph, node: Node, win: Window) -> Window:
     return win
 
 
+def _is_layout_transpose(graph: Graph, node: Node) -> bool:
+    """The NHWC -> NCHW transpose a channels-last front-end puts right after the image input."""
+    return node.op_type == "Transpose" and node.inputs[0] == graph.inputs[0] and node.attrs.get("perm") == [0, 3, 1, 2]
+
+
 def _check_windowable(graph: Graph, node: Node) -> None:
     op = node.op_type
+    if _is_layout_transpose(graph, node):
+        return
     if check_invertible(graph, node):
         raise NotWindowable(node.name)
     for t in [*graph.variable_inputs(node), *[o for o in node.outputs if o]]:
@@ -126,7 +133,11 @@ def _check_windowable(graph: Graph, node: Node) -> None:
 
 
 def plan_windows(graph: Graph, layer: str) -> tuple[list[Node], dict[str, Window]]:
-    """Window of every tensor on the path for a 1x1 seed window at ``layer`` (or NotWindowable)."""
+    """Window of every tensor on the path for a 1x1 seed window at ``layer`` (or NotWindowable).
+
+    A channels-last image input is seen through its layout transpose: the windows end at the
+    transpose's (channels-first) output, and the host transposes the pasted result back.
+    """
     if not _is_spatial4(graph, layer):
         raise NotWindowable(layer)
     forward = graph.ancestors([layer])
@@ -136,7 +147,7 @@ def plan_windows(graph: Graph, layer: str) -> tuple[list[Node], dict[str, Window
     windows: dict[str, Window] = {layer: Window(1, 1, 1, 0, 1, 0)}
     for node in reversed(path):
         outs = [windows[o] for o in node.outputs if o in windows]
-        if not outs:
+        if not outs or _is_layout_transpose(graph, node):
             continue
         win = outs[0]
         for other in outs[1:]:
@@ -327,8 +338,12 @@ def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bo
         total = placed[0] if len(placed) == 1 else b.op("Sum", *placed)
         return b.op("Mul", total, ctx.valid(tensor, want), hint="inside")
 
+    terminal, layout = image, "NCHW"
     for node in reversed(forward):
         if not graph.variable_inputs(node):
+            continue
+        if _is_layout_transpose(graph, node):
+            terminal, layout = node.outputs[0], "NHWC"
             continue
         outs = [signal_at(o) if o in windows else None for o in node.outputs]
         if all(g is None for g in outs):
@@ -353,15 +368,16 @@ def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bo
             if g is not None and tensor and not graph.is_constant(tensor):
                 contributions.setdefault(tensor, []).append((g, win_out))
 
-    final = signal_at(image)
+    final = signal_at(terminal)
     b.add("Identity", [final], outputs=[OUTPUT_WINDOW])
-    win = windows[image]
-    b.shapes[OUTPUT_WINDOW] = (1, graph.shape(image)[1], win.h, win.w)
+    win = windows[terminal]
+    b.shapes[OUTPUT_WINDOW] = (1, graph.shape(terminal)[1], win.h, win.w)
     program = b.build(inputs=[image, SEED_WINDOW, "zf_seed_image", *[p["input"] for p in ctx.plan]],
                       outputs=[OUTPUT_WINDOW], name=f"windowed_deconv({graph.name}:{layer}:{options.rule})",
                       metadata={"layer": layer, "rule": options.rule, "lrn": options.lrn})
     program.metadata["windows"] = ctx.plan
     program.metadata["image_window"] = win
+    program.metadata["layout"] = layout
     return program
 
 
@@ -394,11 +410,13 @@ class WindowPlan:
                 out[entry["input"]] = ox.reshape(-1, 1, 1, 1).astype(np.int64)
         return out
 
-    def paste(self, windows: np.ndarray, positions: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-        """Put each seed's image window into a full-size projection (clipped to the image)."""
+    def paste(self, windows: np.ndarray, positions: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+        """Put each seed's image window into a full-size projection (clipped to the image), in
+        the image input's layout (``image_shape``: one image's shape, without the batch axis)."""
         win: Window = self.program.metadata["image_window"]
         k, c = windows.shape[:2]
-        H, W = image_hw
+        nhwc = self.program.metadata.get("layout") == "NHWC"
+        H, W = image_shape[:2] if nhwc else image_shape[1:]
         out = np.zeros((k, c, H, W), np.float32)
         oy, ox = win.offsets(positions[:, 0].astype(np.int64), positions[:, 1].astype(np.int64))
         for i in range(k):
@@ -407,4 +425,4 @@ class WindowPlan:
             ye, xe = min(H, y0 + win.h), min(W, x0 + win.w)
             if ye > ys and xe > xs:
                 out[i, :, ys:ye, xs:xe] = windows[i, :, ys - y0:ye - y0, xs - x0:xe - x0]
-        return out
+        return np.ascontiguousarray(out.transpose(0, 2, 3, 1)) if nhwc else out
