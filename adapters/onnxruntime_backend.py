@@ -63,7 +63,9 @@ class OnnxRuntimeBackend:
             return cached[1]
         import onnxruntime as ort
 
-        model = to_onnx(program)
+        from zfprobe.adapters.ort_rewrites import conv_transpose_as_conv
+
+        model = to_onnx(conv_transpose_as_conv(program))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if self.threads:

@@ -96,7 +96,8 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
                         channel_pngs=not no_channel_pngs and not no_project, sheets=not no_project,
                         extra={"no_project": bool(no_project)})
     s = result.summary()
+    speed = "saved mining pass reused" if result.resumed_from >= result.images_seen else f"{s['images_per_second'] or 0:.0f} img/s"
     click.echo(f"mined {s['images_used']} image(s) ({s['skipped']} skipped) for {len(layers)} layer(s), top {k}, "
-               f"{s['images_per_second'] or 0:.0f} img/s -> {out_dir} ({len(files)} files; see index.csv"
+               f"{speed} -> {out_dir} ({len(files)} files; see index.csv"
                + ("" if no_project else " and */sheet_001.png") + ")")
 

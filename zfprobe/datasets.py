@@ -8,7 +8,8 @@
   preprocessed like image files (resized if their size differs); a floating-point array whose
   per-item shape equals the model input (e.g. ``[N, 1, 28, 28]``) is taken as already
   preprocessed model input; other float arrays are pixel values 0..255. ``.npy`` files are
-  memory-mapped; in a ``.npz`` the array ``images`` (else ``x``, else the first one) is used.
+  memory-mapped; in a ``.npz`` the array ``images`` (else ``x``, else the first one) is used
+  and read into memory (use ``.npy`` for arrays larger than memory).
 
 Batches are produced one at a time, so memory does not grow with the dataset.
 """

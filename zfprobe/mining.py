@@ -10,8 +10,9 @@ in raster order wins. A layer without spatial extent (an FC layer ``[N, F]``) is
 each of its F units is a "channel" with a single position, and its receptive field is the whole
 image.
 
-**Projection** sends every kept unit down the deconvnet (any rule), batched: images in chunks,
-all the units that belong to a chunk's images in one reverse batch. Each unit keeps two crops at
+**Projection** sends every kept unit down the deconvnet (any rule), batched: units sorted by
+image, each backend call as many seeds as the memory budget allows together with only the
+images they belong to (one forward pass per image, one reverse pass per batch of seeds). Each unit keeps two crops at
 its nominal receptive field (one size for the whole layer; see :mod:`zfprobe.receptive_field`):
 the image patch (grey beyond the image border) and the projection.
 
@@ -78,17 +79,17 @@ class LayerTopK:
         flat = acts.reshape(b, self.channels, -1)
         pos = flat.argmax(axis=2)                                   # first maximum in raster order
         val = np.take_along_axis(flat, pos[..., None], axis=2)[..., 0].astype(np.float32)
-        val = np.where(np.isnan(val), -np.inf, val)
-        values = np.concatenate([self._values, val.T], axis=1)
-        images = np.concatenate([self._images, np.broadcast_to(np.asarray(indices, np.int64)[None], (self.channels, b))], axis=1)
-        positions = np.concatenate([self._positions, pos.T.astype(np.int64)], axis=1)
-        if values.shape[1] > 4 * self.k + 64:  # keep only candidates that can make the top k
-            part = np.argpartition(-values, self.k - 1, axis=1)[:, : self.k]
-            kth = np.take_along_axis(values, part, axis=1).min(axis=1, keepdims=True)
-            keep = values >= kth
-            # rows are ragged after filtering: sort with the dropped entries pushed to the end
-            values = np.where(keep, values, -np.inf)
-            images = np.where(keep, images, _NO_IMAGE)
+        val = np.where(np.isnan(val), -np.inf, val).T              # [C, B]
+        # Only entries that reach the current k-th value can enter (>=: a tie may win on index).
+        cand = val >= self._values[:, -1:]
+        if not cand.any():
+            return
+        cols = np.flatnonzero(cand.any(axis=0))
+        cand = cand[:, cols]
+        indices = np.asarray(indices, np.int64)[cols]
+        values = np.concatenate([self._values, np.where(cand, val[:, cols], -np.inf)], axis=1)
+        images = np.concatenate([self._images, np.where(cand, indices[None], _NO_IMAGE)], axis=1)
+        positions = np.concatenate([self._positions, np.where(cand, pos.T[:, cols], -1)], axis=1)
         order = np.lexsort((images, -values.astype(np.float64)), axis=1)[:, : self.k]
         self._values = np.take_along_axis(values, order, axis=1)
         self._images = np.take_along_axis(images, order, axis=1)
@@ -229,30 +230,48 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
 
     def save():
         if state_path:
-            _save_state(state_path, fingerprint, tops, consumed, skipped, n_total)
+            done = [(i, r) for i, r in skipped if i < consumed]  # not those of a batch in flight
+            _save_state(state_path, fingerprint, tops, consumed, done, n_total)
 
+    def finish(batch, future) -> None:
+        """Merge a finished batch into the top-k (runs while the backend computes the next)."""
+        nonlocal consumed, last_save
+        if future is not None:
+            for layer, acts in zip(layers, future.result()):
+                tops[layer].update(acts, batch.indices)
+        done = int(batch.indices.max() + 1) if len(batch.indices) else 0
+        done = max(done, max((i + 1 for i, _ in batch.skipped), default=0))
+        bar.update(done - consumed)
+        consumed = done
+        if state_path and time.monotonic() - last_save > checkpoint_every:
+            save()
+            last_save = time.monotonic()
+
+    def run(images):
+        return probe.backend.run(program, {probe.input_name: images}, tensors)
+
+    runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zfprobe-forward")
+    pending = None
     try:
         batches = _prefetch(_limited(dataset.batches(batch_size, start), n_total))
         for batch in batches:
             for index, reason in batch.skipped:
                 skipped.append((int(index), reason))
                 warnings.warn(f"skipped {dataset.name(int(index))}: {reason}", stacklevel=2)
-            if len(batch.indices):
-                images = probe._check_images(batch.tensors)
-                outs = probe.backend.run(program, {probe.input_name: images}, tensors)
-                for layer, acts in zip(layers, outs):
-                    tops[layer].update(acts, batch.indices)
-            done = int(batch.indices.max() + 1) if len(batch.indices) else 0
-            done = max(done, max((i + 1 for i, _ in batch.skipped), default=0))
-            bar.update(done - consumed)
-            consumed = done
-            if state_path and time.monotonic() - last_save > checkpoint_every:
-                save()
-                last_save = time.monotonic()
+            future = runner.submit(run, probe._check_images(batch.tensors)) if len(batch.indices) else None
+            if pending is not None:
+                finish(*pending)
+            pending = (batch, future)
+        if pending is not None:
+            finish(*pending)
+            pending = None
     except BaseException:
+        if pending is not None and pending[1] is not None:
+            pending[1].cancel()
         save()  # everything consumed so far is in the top-k: a rerun resumes from here
         raise
     finally:
+        runner.shutdown(wait=True)
         bar.close()
     save()
     seconds = time.perf_counter() - t0
@@ -349,8 +368,9 @@ class UnitProjection:
 
 def project_units(probe, dataset: Dataset, layer: str, units: Sequence[MinedUnit], rule: str = "deconvnet",
                   lrn: str = "identity", image_chunk: int = 32, keep_full: bool = False) -> Iterator[UnitProjection]:
-    """Deconvnet projection and crops of each unit, batched: ``image_chunk`` images per forward
-    pass and all their units in one reverse batch. Yields in the order of the units' images."""
+    """Deconvnet projection and crops of each unit, batched: each backend call sends as many
+    seeds as the memory budget allows (``probe.seed_batch_size``) with only the images they
+    belong to (at most ``image_chunk``). Yields in the order of the units' images."""
     from zfprobe.deconv import DeconvOptions
     from zfprobe.receptive_field import receptive_field
     from zfprobe.render import projection_to_hwc
@@ -361,23 +381,30 @@ def project_units(probe, dataset: Dataset, layer: str, units: Sequence[MinedUnit
     prep = dataset.prep
     rf = receptive_field(probe.graph, tensor, prep.layout)
     probe.deconv_program(layer, rule, lrn)  # fails early on a node that cannot be inverted
-    by_image: dict[int, list[MinedUnit]] = {}
-    for u in units:
-        by_image.setdefault(u.image, []).append(u)
-    order = sorted(by_image)
-    for lo in range(0, len(order), image_chunk):
-        chunk = order[lo: lo + image_chunk]
-        displays, tensors = zip(*(dataset.load(i) for i in chunk))
-        images = np.concatenate(tensors)
-        chunk_units = [u for i in chunk for u in by_image[i]]
-        seeds = np.zeros((len(chunk_units),) + shape[1:], np.float32)
-        seed_image = np.zeros(len(chunk_units), np.int64)
+    # Units sorted by image; each backend call takes as many seeds as fit the memory budget and
+    # only the images those seeds belong to (the forward pass is paid once per image, not per seed).
+    ordered = sorted(units, key=lambda u: (u.image, u.channel, u.rank))
+    per_call = max(1, probe.seed_batch_size(tensor))
+    loaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    lo = 0
+    while lo < len(ordered):
+        call = ordered[lo: lo + per_call]
+        chunk = sorted({u.image for u in call})
+        if len(chunk) > image_chunk:  # bound the images of one call
+            chunk = chunk[:image_chunk]
+            call = [u for u in call if u.image in set(chunk)]
+        lo += len(call)
+        loaded = {i: loaded[i] if i in loaded else dataset.load(i) for i in chunk}
+        displays = [loaded[i][0] for i in chunk]
+        images = np.concatenate([loaded[i][1] for i in chunk])
         where = {img: j for j, img in enumerate(chunk)}
-        for s, u in enumerate(chunk_units):
+        seeds = np.zeros((len(call),) + shape[1:], np.float32)
+        seed_image = np.zeros(len(call), np.int64)
+        for s, u in enumerate(call):
             seeds[(s, u.channel) + tuple(u.position)] = u.value
             seed_image[s] = where[u.image]
         projections = probe.project(images, layer, seeds, seed_image, rule=rule, lrn=lrn)
-        for s, u in enumerate(chunk_units):
+        for s, u in enumerate(call):
             box = rf.nominal_box(u.position)
             p = projection_to_hwc(projections[s], prep.layout, prep.channel_order)
             yield UnitProjection(u, projections[s] if keep_full else None, crop(p, box, 0.0),

@@ -218,6 +218,10 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
         path = os.path.join(out_dir, rel)
         if os.path.isfile(path):
             os.unlink(path)
+            parent = os.path.dirname(path)
+            while os.path.abspath(parent) != os.path.abspath(out_dir) and os.path.isdir(parent) and not os.listdir(parent):
+                os.rmdir(parent)
+                parent = os.path.dirname(parent)
     return final
 
 

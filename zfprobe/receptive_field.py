@@ -202,7 +202,8 @@ def receptive_field(graph: Graph, tensor: str, layout: str | None = None) -> Ten
 
 # ------------------------------------------------------------------ propagation --------------
 def _collapse(ins: list[TensorRF], out_shape, image_size, exact: bool = True) -> TensorRF:
-    """Every unit sees the union of everything the inputs see."""
+    """Every unit sees the union of everything the inputs see. That union is always exact;
+    ``exact`` says whether it is also each unit's own box (global pools, FC layers: yes)."""
     fixed: dict[int, tuple[int, int]] = {}
     for rf in ins:
         for src in range(len(image_size)):
@@ -210,8 +211,7 @@ def _collapse(ins: list[TensorRF], out_shape, image_size, exact: bool = True) ->
             if src in fixed:
                 lo, hi = min(lo, fixed[src][0]), max(hi, fixed[src][1])
             fixed[src] = (lo, hi)
-    return TensorRF("", tuple(out_shape), image_size, [None] * len(out_shape), fixed,
-                    exact and all(r.exact for r in ins))
+    return TensorRF("", tuple(out_shape), image_size, [None] * len(out_shape), fixed, exact)
 
 
 def _extent(rf: TensorRF, src: int) -> tuple[int, int]:
@@ -229,7 +229,7 @@ def _propagate(graph: Graph, node, k: int, ins: list[TensorRF], out_shape, image
     if op in WINDOW_OPS and len(node.inputs) and node.inputs[0] in graph.shapes:
         return _window(node, x, out_shape)
     if op in GLOBAL_OPS:
-        return _collapse([x], out_shape, image_size)
+        return _collapse([x], out_shape, image_size, exact=True)
     if op in POINTWISE_OPS:
         return _union(ins, out_shape, image_size)
     if op == "Pad":
@@ -246,21 +246,32 @@ def _propagate(graph: Graph, node, k: int, ins: list[TensorRF], out_shape, image
     if op == "Concat":
         return _concat(graph, node, ins, out_shape, image_size)
     if op in REDUCE_OPS:
-        axes = node.attr("axes", [node.attr("axis", 0)] if op in ("ArgMax", "ArgMin") else list(range(len(x.shape))))
+        if op in ("ArgMax", "ArgMin"):
+            axes = [node.attr("axis", 0) % len(x.shape)]
+        else:
+            axes = [a % len(x.shape) for a in node.attr("axes", list(range(len(x.shape))))]
         keep = node.attr("keepdims", 1)
-        if not any(x.axes[a] is not None for a in axes):  # reducing over channels only
-            new = [ax for a, ax in enumerate(x.axes) if keep or a not in axes]
-            if len(new) == rank:
-                return _replace_axes(x, [None if a in axes else ax for a, ax in zip(range(len(x.axes)), x.axes)] if keep else new, out_shape)
-        return _collapse([x], out_shape, image_size)
-    if op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Gemm", "MatMul", "Softmax", "LogSoftmax"):
-        # Shape changes that keep the spatial axes in place keep their geometry (e.g. Unsqueeze
-        # of a channel axis); anything else mixes positions: every unit sees everything.
-        if tuple(out_shape) == tuple(x.shape) and op in ("Reshape", "Squeeze", "Unsqueeze", "Softmax", "LogSoftmax"):
-            if op in ("Softmax", "LogSoftmax") and x.axes[node.attr("axis", -1) % len(x.shape)] is not None:
-                return _collapse([x], out_shape, image_size)
+        if any(x.axes[a] is not None for a in axes):
+            return _collapse([x], out_shape, image_size, exact=True)  # pools over space: sees all
+        new = [ax for a, ax in enumerate(x.axes) if keep or a not in axes]
+        if len(new) == rank:  # a reduction over channels only keeps the spatial geometry
+            return _replace_axes(x, new, out_shape)
+        return None
+    if op in ("Gemm", "MatMul"):
+        return _collapse(ins, out_shape, image_size, exact=True)
+    if op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Softmax", "LogSoftmax"):
+        same = tuple(out_shape) == tuple(x.shape)
+        if op in ("Softmax", "LogSoftmax"):
+            if x.axes[node.attr("axis", -1) % len(x.shape)] is not None:
+                return _collapse([x], out_shape, image_size, exact=True)
             return _replace_axes(x, list(x.axes), out_shape)
-        return _collapse(ins, out_shape, image_size)
+        if same:
+            return _replace_axes(x, list(x.axes), out_shape)
+        if all(ax is None for ax in x.axes):  # nothing spatial left to rearrange
+            return _replace_axes(x, [None] * rank, out_shape)
+        # Positions are rearranged (e.g. Flatten before an FC layer): every unit is reported as
+        # seeing everything its input sees; its own box is smaller (exact = False).
+        return _collapse(ins, out_shape, image_size, exact=False)
     return None
 
 
