@@ -777,13 +777,13 @@ class _Compiled:
             try:
                 fn = make(node)
             except UnsupportedTorchOpError as exc:
-                raise UnsupportedTorchOpError(f"node '{node.name}'{_where(node)}: {exc}") from None
+                raise UnsupportedTorchOpError(f"node '{node.name}'{_node_origin(node)}: {exc}") from None
             self.steps.append((node, fn, list(node.inputs), list(node.outputs)))
         if missing:
             node = missing[0]
             kinds = sorted({n.op_type for n in missing})
             raise UnsupportedTorchOpError(
-                f"the torch backend cannot execute op type {node.op_type} (node '{node.name}'{_where(node)})"
+                f"the torch backend cannot execute op type {node.op_type} (node '{node.name}'{_node_origin(node)})"
                 f"{'; also ' + ', '.join(k for k in kinds if k != node.op_type) if len(kinds) > 1 else ''}; "
                 "use the onnxruntime backend for this model")
         # last step that reads each tensor; tensors read by no later step are dropped right away
@@ -825,7 +825,7 @@ class _Compiled:
                 self.free_after[i].append(t)
 
 
-def _where(node: Node) -> str:
+def _node_origin(node: Node) -> str:
     return f", from {node.source}" if node.source and node.source != node.name else ""
 
 
@@ -932,7 +932,7 @@ class TorchBackend:
                 try:
                     result = fn(*[env[t] if t else None for t in ins])
                 except Exception as exc:  # an internal error with the node named
-                    raise RuntimeError(f"torch backend failed at node '{node.name}' ({node.op_type}{_where(node)}): {exc}") from exc
+                    raise RuntimeError(f"torch backend failed at node '{node.name}' ({node.op_type}{_node_origin(node)}): {exc}") from exc
                 if isinstance(result, tuple):
                     for o, r in zip(outs, result):
                         if o:

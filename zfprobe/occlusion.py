@@ -42,7 +42,6 @@ Two exact ways to compute the maps (``method``):
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -709,24 +708,12 @@ def occlude(probe, image, layer: str | None, size: int = 8, stride: int = 4, lab
     ``channel`` overrides the strongest feature map of ``layer``. ``layer`` may be None when only
     the class maps are wanted.
     """
-    from zfprobe.preprocess import load_image
-
     t0 = time.perf_counter()
     if method not in METHODS:
         raise OptionError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
     graph: Graph = probe.graph
     prep = preprocessing if preprocessing is not None else probe.preprocessing
-    image_path = None
-    if isinstance(image, (str, os.PathLike)):
-        if prep is None:
-            raise ImageError("this model has no image preprocessing; pass a preprocessed array")
-        image_path = os.fspath(image)
-        display, x = load_image(image_path, prep)
-    else:
-        x = np.asarray(image, dtype=np.float32)
-        if x.ndim == len(probe.input_shape) - 1:
-            x = x[None]
-        display = prep.to_display(x[0]) if prep else None
+    display, x, image_path = probe.load_input(image, prep)
     x = probe._check_images(x)
     if x.shape[0] != 1:
         raise ImageError(f"occlusion takes one image, not a batch of {x.shape[0]}")

@@ -109,6 +109,24 @@ class Probe:
             raise ImageError(f"images of shape {images.shape} do not fit the model input [N, {', '.join(map(str, want))}]")
         return np.ascontiguousarray(images, dtype=self.graph.dtypes.get(self.input_name, np.float32))
 
+    def load_input(self, image, preprocessing=None) -> tuple[np.ndarray | None, np.ndarray, str | None]:
+        """One image as (display RGB uint8 or None, model input [1, ...], path or None), from a
+        file path (preprocessed) or an already preprocessed array ([1, ...] or without batch)."""
+        from zfprobe.preprocess import load_image
+
+        prep = preprocessing or self.preprocessing
+        if isinstance(image, (str, os.PathLike)):
+            if prep is None:
+                raise ImageError("this model has no image preprocessing; pass a preprocessed array")
+            path = os.fspath(image)
+            display, tensor = load_image(path, prep)
+            return display, tensor, path
+        tensor = np.asarray(image, dtype=np.float32)
+        if tensor.ndim == len(self.input_shape) - 1:
+            tensor = tensor[None]
+        display = prep.to_display(tensor[0]) if prep else None
+        return display, tensor, None
+
     def forward_program(self, tensors: Sequence[str]) -> Graph:
         key = ("forward", tuple(tensors))
         if key not in self._programs:

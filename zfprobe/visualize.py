@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from zfprobe.preprocess import Preprocessing, load_image
+from zfprobe.preprocess import Preprocessing
 from zfprobe.render import contact_sheet, projection_to_hwc, signed_to_uint8
 from zfprobe.seeds import Seed, SeedRequest, seed_tensor
 
@@ -113,15 +113,9 @@ def visualize(probe, image, layer: str, channels: list[int] | None = None, top: 
     DeconvOptions(rule, lrn)  # validate early, before any computation
     prep = preprocessing or probe.preprocessing
     t0 = time.perf_counter()
-    image_path = None
-    if isinstance(image, (str, os.PathLike)):
-        image_path = os.fspath(image)
-        display, tensor = load_image(image_path, prep)
-    else:
-        tensor = np.asarray(image, dtype=np.float32)
-        if tensor.ndim == len(probe.input_shape) - 1:
-            tensor = tensor[None]
-        display = prep.to_display(tensor[0]) if prep else np.zeros((1, 1, 3), np.uint8)
+    display, tensor, image_path = probe.load_input(image, prep)
+    if display is None:
+        display = np.zeros((1, 1, 3), np.uint8)
     probe.deconv_program(layer, rule, lrn)  # surfaces non-invertible nodes before computing
     acts = probe.activations(tensor, layer)
     seeds = SeedRequest(list(channels or []), top, mode, position).resolve(acts)

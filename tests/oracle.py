@@ -1,0 +1,772 @@
+"""Independent oracle for zfprobe's projections, computed with torch autograd.
+
+Definition (what zfprobe's ``Probe.project`` must return): for seed ``k``,
+
+    proj[k] = J(x_{seed_image[k]})^T seeds[k]
+
+the vector-Jacobian product of the probed layer's output w.r.t. the input image, except that at
+every rectifier the backward pass is replaced according to ``rule`` (``g`` = incoming signal,
+``x`` = the rectifier's forward input):
+
+=====================  ==========================  ========================  ===========================
+rectifier              gradient                    deconvnet                 guided
+=====================  ==========================  ========================  ===========================
+Relu                   g * 1[x > 0]                relu(g)                   relu(g) * 1[x > 0]
+Clip(0, m) / ReLU6     g * 1[0 < x < m]            relu(g) * 1[x < m]        relu(g) * 1[0 < x < m]
+LeakyRelu(a)           g * (x > 0 ? 1 : a)         leaky_a(g)                leaky_a(g) * (x > 0 ? 1 : a)
+=====================  ==========================  ========================  ===========================
+
+Everything else -- convolutions, max pooling (the gradient routes to the arg-max: zfprobe's
+"switches"; overlapping windows add), average pooling, inference BatchNorm, Gemm, Concat, Add,
+Mul (product rule), reshapes, LRN (its true gradient: compare with ``lrn="gradient"``) -- is
+plain autograd.
+
+The rule-aware rectifiers are ``torch.autograd.Function`` s (:class:`RuleReLU`, ...). They read
+the rule when the BACKWARD pass runs (set by :func:`rectifier_rule`, a context manager), so one
+forward pass serves all three rules. Two entry points:
+
+- :func:`oracle_from_onnx`: converts the ONNX model with onnx2torch into a ``torch.fx``
+  GraphModule, REPLACES its rectifier modules (``nn.ReLU``, ``nn.ReLU6`` / ``nn.Hardtanh(0, m)``,
+  onnx2torch's ``OnnxClip`` with min 0, ``nn.LeakyReLU``) by rule-aware modules, and captures
+  the probed ONNX tensor with a forward hook on the module that produces it (onnx2torch creates
+  one module per ONNX node and records the node's ONNX input / output names in
+  ``onnx_mapping``; the forward pass stops there).
+- :func:`oracle_from_module`: for a native torch module. Inside :func:`rectifier_rule` the
+  functions ``torch.nn.functional.relu / relu_ / relu6 / hardtanh / hardtanh_ / leaky_relu /
+  leaky_relu_`` are PATCHED (module-level attributes of ``torch.nn.functional``) with rule-aware
+  versions. That covers ``F.relu(...)`` written in a forward and the modules ``nn.ReLU``,
+  ``nn.ReLU6``, ``nn.Hardtanh`` and ``nn.LeakyReLU`` (whose forwards call those functions).
+  It does NOT cover ``torch.relu``, ``torch.clamp`` or ``Tensor.relu()``: networks given to this
+  oracle must not use them (tests/nets.py doesn't), and the oracle counts patched calls so a
+  network whose rectifiers were all missed is reported (``min_rectifiers``).
+
+Forward decisions (``decisions=``, ONNX route). A projection is discontinuous in the forward
+pass's discrete decisions: each rectifier's mask and each max-pooling switch. Two correct float32
+implementations of the same forward pass (torch here, onnxruntime in zfprobe) differ in the last
+bits, and on a large network a few units in ten million sit so close to a decision boundary
+(a ReLU input of 1e-8 next to values of 10) that they land on different sides; through such a unit
+the projections then differ by far more than rounding. With ``decisions="onnxruntime"`` (the
+default of the ONNX route) the oracle runs the model's own graph in onnxruntime, reads the input
+of every rectifier and max-pool on the way to the probed layer, and takes the masks and switches
+from THOSE values (argmax, first maximum on ties, like ONNX MaxPool's indices); all values that
+flow, the rules and the whole backward pass stay torch's. That shares with zfprobe only "the
+forward values of the model as onnxruntime computes them", not any of zfprobe's logic: which
+tensor decides which mask, the unpooling, the rules and every adjoint are the oracle's own.
+``decisions="torch"`` takes them from torch's forward pass (the native route always does).
+
+Each seed is back-propagated separately (one forward pass per distinct image, then one backward
+pass per seed and rule), so seeds never mix even when they share an image. Computation is in
+float32, like the onnxruntime forward pass zfprobe relies on.
+
+Onnx-route details worth knowing:
+- onnx2torch 1.5.15 imports torchvision at import time (only for NMS / RoIAlign converters);
+  torchvision from PyPI does not import beside the CPU torch build here, so a stub
+  ``torchvision`` is installed in ``sys.modules`` when the real one cannot be imported.
+- Only the ancestors of the probed tensor are converted (so an op the probe never needs cannot
+  break the conversion, e.g. inception_v1's asymmetric-pad AveragePool). onnx2torch has no
+  converter for Dropout before opset 10 (the opset-9 Caffe2 zoo graphs have ``Dropout-7`` with a
+  mask output): those become ``Identity`` (inference semantics); ``Constant`` tensors become
+  initializers (onnx2torch reads Conv weights only from initializers). Nothing else changes.
+- onnx2torch converts ``Clip(0, None)`` to ``nn.ReLU``, ``Clip(0, 6)`` to ``nn.ReLU6``, other
+  clips to ``OnnxClip``; ``HardSigmoid`` becomes ``OnnxHardSigmoid`` (a clamp of
+  ``alpha*x+beta`` to [0, 1], NOT a rectifier here: plain autograd); ``LRN`` becomes
+  ``nn.LocalResponseNorm`` (same formula as ONNX for odd sizes); a MaxPool with asymmetric pads
+  becomes ``Sequential(ConstantPad(-inf), MaxPool2d)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+RULES = ("deconvnet", "gradient", "guided")
+
+# --------------------------------------------------------------------------------------------
+# state: the current rule, a count of rectifier calls, the reference values for decisions
+
+_RULE = {"rule": None, "calls": 0}
+_REF: dict = {"values": None}      # ONNX tensor name -> torch tensor, for the running forward
+
+
+def _current_rule() -> str:
+    rule = _RULE["rule"]
+    if rule is None:
+        raise RuntimeError("rule-aware rectifier used outside oracle.rectifier_rule(...)")
+    return rule
+
+
+def _count() -> None:
+    _current_rule()
+    _RULE["calls"] += 1
+
+
+def _ref(name: str | None, like: torch.Tensor) -> torch.Tensor:
+    """The tensor that decides masks / switches for a rectifier or pool reading ``like``."""
+    values = _REF["values"]
+    if name is None or values is None:
+        return like
+    ref = values[name]
+    if tuple(ref.shape) != tuple(like.shape):
+        raise RuntimeError(f"reference {name!r} has shape {tuple(ref.shape)}, "
+                           f"the forward pass {tuple(like.shape)}")
+    return ref
+
+
+# --------------------------------------------------------------------------------------------
+# rule-aware rectifiers: forward on x, decisions on d (= x, or onnxruntime's value of x)
+
+
+class _ReluFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, d):
+        ctx.save_for_backward(d)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (d,) = ctx.saved_tensors
+        rule = _current_rule()
+        zero = torch.zeros((), dtype=g.dtype)
+        if rule == "gradient":
+            return torch.where(d > 0, g, zero), None
+        r = g.clamp_min(0)
+        if rule == "deconvnet":
+            return r, None
+        return torch.where(d > 0, r, zero), None  # guided
+
+
+class _ClipFn(torch.autograd.Function):
+    """clamp(x, 0, hi); hi None means +inf (a ReLU)."""
+
+    @staticmethod
+    def forward(ctx, x, d, hi):
+        ctx.save_for_backward(d)
+        ctx.hi = hi
+        return x.clamp(0, hi) if hi is not None else x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (d,) = ctx.saved_tensors
+        rule = _current_rule()
+        zero = torch.zeros((), dtype=g.dtype)
+        below = (d < ctx.hi) if ctx.hi is not None else torch.ones_like(d, dtype=torch.bool)
+        inside = (d > 0) & below
+        if rule == "gradient":
+            return torch.where(inside, g, zero), None, None
+        r = g.clamp_min(0)
+        if rule == "deconvnet":
+            return torch.where(below, r, zero), None, None
+        return torch.where(inside, r, zero), None, None
+
+
+class _LeakyFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, d, alpha):
+        ctx.save_for_backward(d)
+        ctx.alpha = alpha
+        return torch.where(x > 0, x, x * alpha)
+
+    @staticmethod
+    def backward(ctx, g):
+        (d,) = ctx.saved_tensors
+        rule = _current_rule()
+        a = ctx.alpha
+        slope = torch.where(d > 0, torch.ones_like(d), torch.full_like(d, a))
+        if rule == "gradient":
+            return g * slope, None, None
+        lg = torch.where(g > 0, g, g * a)
+        if rule == "deconvnet":
+            return lg, None, None
+        return lg * slope, None, None
+
+
+def rule_relu(x: torch.Tensor, ref_name: str | None = None) -> torch.Tensor:
+    _count()
+    return _ReluFn.apply(x, _ref(ref_name, x).detach())
+
+
+def rule_clip(x: torch.Tensor, hi: float | None, ref_name: str | None = None) -> torch.Tensor:
+    _count()
+    return _ClipFn.apply(x, _ref(ref_name, x).detach(), None if hi is None else float(hi))
+
+
+def rule_leaky(x: torch.Tensor, alpha: float, ref_name: str | None = None) -> torch.Tensor:
+    _count()
+    return _LeakyFn.apply(x, _ref(ref_name, x).detach(), float(alpha))
+
+
+class RuleReLU(nn.Module):
+    def __init__(self, ref_name=None):
+        super().__init__()
+        self.ref_name = ref_name
+
+    def forward(self, x):
+        return rule_relu(x, self.ref_name)
+
+
+class RuleClip(nn.Module):
+    def __init__(self, hi, ref_name=None):
+        super().__init__()
+        self.hi, self.ref_name = hi, ref_name
+
+    def forward(self, x):
+        return rule_clip(x, self.hi, self.ref_name)
+
+    def extra_repr(self):
+        return f"0, {self.hi}"
+
+
+class RuleLeaky(nn.Module):
+    def __init__(self, alpha, ref_name=None):
+        super().__init__()
+        self.alpha, self.ref_name = alpha, ref_name
+
+    def forward(self, x):
+        return rule_leaky(x, self.alpha, self.ref_name)
+
+
+class RefMaxPool2d(nn.Module):
+    """Max pooling whose switches may come from reference values (see module docstring):
+    output = the forward tensor gathered at the arg-max positions of the reference, so
+    autograd routes the signal to those positions (overlapping windows add)."""
+
+    def __init__(self, pool: nn.MaxPool2d, pad: nn.Module | None, ref_name: str):
+        super().__init__()
+        self.pool, self.pad, self.ref_name = pool, pad, ref_name
+
+    def forward(self, x):
+        if _REF["values"] is None:
+            return self.pool(self.pad(x) if self.pad is not None else x)
+        r = _ref(self.ref_name, x).detach()
+        if self.pad is not None:
+            x, r = self.pad(x), self.pad(r)
+        p = self.pool
+        _, idx = F.max_pool2d(r, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode,
+                              return_indices=True)
+        out = x.flatten(2).gather(2, idx.flatten(2))
+        return out.view(idx.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# patching torch.nn.functional (native-module route)
+
+_ORIG = {name: getattr(F, name) for name in
+         ("relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_")}
+
+
+def _p_relu(input, inplace=False):  # noqa: A002 - torch's signature
+    return rule_relu(input)
+
+
+def _p_relu6(input, inplace=False):  # noqa: A002
+    return rule_clip(input, 6.0)
+
+
+def _p_hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):  # noqa: A002
+    if min_val == 0:
+        return rule_clip(input, max_val)
+    return _ORIG["hardtanh"](input, min_val, max_val, False)
+
+
+def _p_leaky(input, negative_slope=0.01, inplace=False):  # noqa: A002
+    return rule_leaky(input, negative_slope)
+
+
+_PATCHES = {
+    "relu": _p_relu, "relu_": lambda input: _p_relu(input),
+    "relu6": _p_relu6,
+    "hardtanh": _p_hardtanh, "hardtanh_": lambda input, min_val=-1.0, max_val=1.0:
+        _p_hardtanh(input, min_val, max_val),
+    "leaky_relu": _p_leaky, "leaky_relu_": lambda input, negative_slope=0.01:
+        _p_leaky(input, negative_slope),
+}
+
+
+@contextlib.contextmanager
+def rectifier_rule(rule: str, patch_functional: bool = False):
+    """Within this context rule-aware rectifiers apply ``rule``; with ``patch_functional`` the
+    rectifiers of ``torch.nn.functional`` are replaced too (restored on exit)."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, not {rule!r}")
+    prev = dict(_RULE)
+    _RULE["rule"], _RULE["calls"] = rule, 0
+    patched = []
+    try:
+        if patch_functional:
+            for name, fn in _PATCHES.items():
+                setattr(F, name, fn)
+                patched.append(name)
+        yield _RULE
+    finally:
+        for name in patched:
+            setattr(F, name, _ORIG[name])
+        _RULE.update(prev)
+
+
+# --------------------------------------------------------------------------------------------
+# capture of one layer's output, stopping the forward pass there
+
+
+class _Captured(Exception):
+    def __init__(self, value):
+        super().__init__("captured")
+        self.value = value
+
+
+def _capture_hook(index):
+    def hook(module, inputs, output):
+        raise _Captured(output[index] if index is not None else output)
+
+    return hook
+
+
+def _run_capturing(module: nn.Module, target: nn.Module, index, x: torch.Tensor) -> torch.Tensor:
+    handle = target.register_forward_hook(_capture_hook(index))
+    try:
+        module(x)
+    except _Captured as c:
+        return c.value
+    finally:
+        handle.remove()
+    raise RuntimeError("the probed layer was never computed")
+
+
+def _prepare(images, seeds, seed_image):
+    images = np.asarray(images, dtype=np.float32)
+    seeds = np.asarray(seeds, dtype=np.float32)
+    if images.ndim != 4:
+        raise ValueError("images must be [N, C, H, W]")
+    k = seeds.shape[0]
+    if seed_image is None:
+        seed_image = np.zeros(k, dtype=np.int64)
+    seed_image = np.asarray(seed_image, dtype=np.int64)
+    if seed_image.shape != (k,):
+        raise ValueError("seed_image must be [K]")
+    return images, seeds, seed_image
+
+
+def _vjps(forward_to_layer: Callable[[torch.Tensor], torch.Tensor], images, seeds, seed_image,
+          rules, references: Callable[[int], dict] | None = None,
+          layer_outputs: dict | None = None) -> dict[str, np.ndarray]:
+    """For each rule, the K projections: per distinct image one forward pass (batch of 1), then
+    per seed of that image and per rule one backward pass. Must run inside rectifier_rule.
+    ``references(i)``: the decision values (ONNX name -> array [1, ...]) for image i.
+    ``layer_outputs``: if given, filled with image index -> the layer's output [1, ...]."""
+    k = seeds.shape[0]
+    out_arrays = {r: np.zeros((k,) + images.shape[1:], np.float32) for r in rules}
+    for i in np.unique(seed_image):
+        ks = np.flatnonzero(seed_image == i)
+        x = torch.from_numpy(images[i:i + 1].copy()).requires_grad_(True)
+        if references is not None:
+            _REF["values"] = {n: torch.from_numpy(np.ascontiguousarray(v))
+                              for n, v in references(int(i)).items()}
+        try:
+            out = forward_to_layer(x)
+        finally:
+            _REF["values"] = None
+        if tuple(out.shape[1:]) != tuple(seeds.shape[1:]):
+            raise ValueError(f"seeds shape {seeds.shape[1:]} != layer output shape "
+                             f"{tuple(out.shape[1:])}")
+        if layer_outputs is not None:
+            layer_outputs[int(i)] = out.detach().numpy().copy()
+        n_back = len(ks) * len(rules)
+        j = 0
+        for kk in ks:
+            cot = torch.from_numpy(seeds[kk:kk + 1].copy()).to(out.dtype)
+            for rule in rules:
+                j += 1
+                _RULE["rule"] = rule
+                (grad,) = torch.autograd.grad(out, x, grad_outputs=cot, retain_graph=j < n_back)
+                out_arrays[rule][kk] = grad[0].detach().numpy()
+    return out_arrays
+
+
+def _rules(rule) -> tuple[tuple[str, ...], bool]:
+    if isinstance(rule, str):
+        rules, single = (rule,), True
+    else:
+        rules, single = tuple(rule), False
+    for r in rules:
+        if r not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, not {r!r}")
+    return rules, single
+
+
+# --------------------------------------------------------------------------------------------
+# native torch modules
+
+
+def _module_forward(module: nn.Module, get_layer):
+    if isinstance(get_layer, str):
+        target = module.get_submodule(get_layer)
+        return lambda inp: _run_capturing(module, target, None, inp)
+    return lambda inp: get_layer(module, inp)
+
+
+def oracle_from_module(module: nn.Module, images, get_layer, seeds, seed_image=None,
+                       rule="deconvnet", min_rectifiers: int = 0):
+    """Projection of ``seeds`` at a layer of a native torch ``module`` (see module docstring).
+
+    ``get_layer``: a dotted submodule path (its forward output is the layer; the forward pass
+    stops there), or a callable ``get_layer(module, x) -> tensor`` computing the layer.
+    ``rule``: a rule name (returns float32 [K, C, H, W]) or a sequence of rule names (returns
+    a dict rule -> array; one forward pass serves them all). Decisions: torch's forward pass.
+    ``min_rectifiers``: fail unless at least this many rule-aware rectifiers ran in each
+    forward pass (guards against a network whose rectifiers bypass the patched functions).
+    """
+    module = module.eval()
+    rules, single = _rules(rule)
+    images, seeds, seed_image = _prepare(images, seeds, seed_image)
+    fwd = _module_forward(module, get_layer)
+    with rectifier_rule(rules[0], patch_functional=True) as state:
+        result = _vjps(fwd, images, seeds, seed_image, rules)
+        calls = state["calls"] / max(1, len(np.unique(seed_image)))
+    if calls < min_rectifiers:
+        raise AssertionError(f"only {calls} rule-aware rectifier calls per forward pass, expected "
+                             f">= {min_rectifiers}: the network bypasses the patched functions")
+    return result[rules[0]] if single else result
+
+
+def plain_gradient(module: nn.Module, images, get_layer, seeds, seed_image=None) -> np.ndarray:
+    """The same VJP with unmodified torch autograd (nothing patched); for self-checks."""
+    module = module.eval()
+    images, seeds, seed_image = _prepare(images, seeds, seed_image)
+    fwd = _module_forward(module, get_layer)
+    x = torch.from_numpy(images[seed_image].copy()).requires_grad_(True)
+    out = fwd(x)
+    (grad,) = torch.autograd.grad(out, x, grad_outputs=torch.from_numpy(seeds.copy()))
+    return grad.numpy()
+
+
+def module_activations(module: nn.Module, images, get_layer) -> np.ndarray:
+    """The layer's output for ``images`` (plain torch, no patching)."""
+    fwd = _module_forward(module.eval(), get_layer)
+    with torch.no_grad():
+        return fwd(torch.from_numpy(np.asarray(images, dtype=np.float32).copy())).numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX models via onnx2torch
+
+
+def _import_onnx2torch():
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # not installed, or the PyPI build that fails beside torch CPU
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        stub = types.ModuleType("torchvision")
+        ops = types.ModuleType("torchvision.ops")
+
+        def _missing(*args, **kwargs):
+            raise NotImplementedError("torchvision is not available (stub for onnx2torch)")
+
+        ops.nms = ops.box_convert = ops.roi_align = _missing
+        stub.ops = ops
+        sys.modules["torchvision"] = stub
+        sys.modules["torchvision.ops"] = ops
+    import onnx2torch
+
+    return onnx2torch
+
+
+@functools.lru_cache(maxsize=2)
+def _load_onnx(path: str, mtime: float):
+    import onnx
+
+    return onnx.load(path)
+
+
+def subgraph(onnx_path, targets: Sequence[str], for_onnx2torch: bool = False):
+    """The part of the (cached) ONNX model at ``onnx_path`` that computes ``targets``."""
+    p = str(Path(onnx_path).resolve())
+    model = _load_onnx(p, os.path.getmtime(p))
+    return _truncated(model, list(targets), for_onnx2torch)
+
+
+def _truncated(model, targets: list[str], for_onnx2torch: bool = True):
+    """A new ModelProto holding only what computing ``targets`` needs (their ancestor nodes,
+    initializers and the data input), with ``targets`` as the outputs. With ``for_onnx2torch``
+    it is made digestible for onnx2torch without changing any value:
+
+    - Dropout (opset < 10 has no onnx2torch converter) -> Identity of its first output;
+    - Constant nodes holding a tensor -> initializers of the same name (onnx2torch reads
+      Conv weights only from initializers; the PaddlePaddle export keeps them in Constants).
+
+    Truncating also keeps ops the oracle never needs (e.g. inception_v1's final AveragePool
+    with asymmetric pads, which onnx2torch cannot convert) out of the conversion.
+    """
+    import onnx
+    from onnx import helper
+
+    g = model.graph
+    producer = {}
+    for idx, node in enumerate(g.node):
+        for o in node.output:
+            producer[o] = idx
+    for target in targets:
+        if target not in producer:
+            raise KeyError(f"no node produces {target!r}")
+    needed, stack = set(), [producer[t] for t in targets]
+    while stack:
+        idx = stack.pop()
+        if idx in needed:
+            continue
+        needed.add(idx)
+        for name in g.node[idx].input:
+            if name in producer and producer[name] not in needed:
+                stack.append(producer[name])
+    nodes, extra_inits = [], []
+    for idx in sorted(needed):
+        node = g.node[idx]
+        if for_onnx2torch and node.op_type == "Constant":
+            attrs = {a.name: a for a in node.attribute}
+            if "value" in attrs and attrs["value"].type == onnx.AttributeProto.TENSOR:
+                t = onnx.TensorProto()
+                t.CopyFrom(attrs["value"].t)
+                t.name = node.output[0]
+                extra_inits.append(t)
+                continue
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        if for_onnx2torch and new.op_type == "Dropout":
+            del new.output[1:]
+            del new.attribute[:]
+            del new.input[1:]
+            new.op_type = "Identity"
+        nodes.append(new)
+    used = {name for node in nodes for name in node.input}
+    inits = [t for t in g.initializer if t.name in used] + extra_inits
+    init_names = {t.name for t in inits}
+    inputs = [i for i in g.input if i.name in used and i.name not in init_names]
+    graph = helper.make_graph(
+        nodes, g.name or "truncated", inputs,
+        [helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in targets],
+        initializer=inits)
+    out = helper.make_model(graph, opset_imports=list(model.opset_import))
+    out.ir_version = model.ir_version
+    return out
+
+
+def _swap_modules(module: nn.Module) -> tuple[int, list[str]]:
+    """Replace rectifier and max-pool submodules (recursively, in place) by rule-aware /
+    reference-switch ones. Returns (number of rectifiers, ONNX names of decision inputs)."""
+    from onnx2torch.node_converters.clip import OnnxClip
+
+    count, names = 0, []
+    for name, child in list(module.named_children()):
+        mapping = getattr(child, "onnx_mapping", None)
+        ref = mapping.inputs[0] if mapping is not None else None
+        new = None
+        if isinstance(child, nn.ReLU):
+            new = RuleReLU(ref)
+        elif isinstance(child, nn.Hardtanh) and child.min_val == 0:   # includes nn.ReLU6
+            new = RuleClip(float(child.max_val), ref)
+        elif isinstance(child, OnnxClip) and child.min_val is not None and child.min_val == 0:
+            new = RuleClip(None if child.max_val is None else float(child.max_val), ref)
+        elif isinstance(child, nn.LeakyReLU):
+            new = RuleLeaky(float(child.negative_slope), ref)
+        elif isinstance(child, nn.MaxPool2d) and ref is not None:
+            new = RefMaxPool2d(child, None, ref)
+        elif (isinstance(child, nn.Sequential) and ref is not None and len(child) == 2
+              and isinstance(child[1], nn.MaxPool2d)):
+            new = RefMaxPool2d(child[1], child[0], ref)   # explicit -inf padding, then pool
+        if new is not None:
+            if mapping is not None:
+                new.onnx_mapping = mapping
+                del child.onnx_mapping      # a wrapped pool must not be taken for the producer
+            setattr(module, name, new)
+            count += not isinstance(new, RefMaxPool2d)
+            if ref is not None:
+                names.append(ref)
+        else:
+            c, n = _swap_modules(child)
+            count, names = count + c, names + n
+    return count, names
+
+
+class OnnxOracle:
+    """The part of an ONNX model that computes ``target`` (a tensor or node name), converted by
+    onnx2torch, rectifiers and max-pools swapped; reusable across calls."""
+
+    def __init__(self, onnx_path: str | Path, target: str):
+        p = str(Path(onnx_path).resolve())
+        self.path = p
+        model = _load_onnx(p, os.path.getmtime(p))
+        names = {n.name: n.output[0] for n in model.graph.node if n.name and n.output}
+        produced = {o for n in model.graph.node for o in n.output}
+        if target not in produced and target in names:
+            target = names[target]           # a node name: its first output
+        self.target = target
+        o2t = _import_onnx2torch()
+        sub = _truncated(model, [target], for_onnx2torch=True)
+        self.input_name = sub.graph.input[0].name
+        self.gm = o2t.convert(sub, attach_onnx_mapping=True).eval().requires_grad_(False)
+        self.n_rectifiers, self.decision_inputs = _swap_modules(self.gm)
+        self.producer = None
+        for _, mod in self.gm.named_modules():
+            mapping = getattr(mod, "onnx_mapping", None)
+            if mapping is not None and target in mapping.outputs:
+                outs = list(mapping.outputs)
+                self.producer = (mod, outs.index(target) if len(outs) > 1 else None)
+        if self.producer is None:
+            raise KeyError(f"no converted module produces {target!r}")
+        self._session = None
+
+    def layer(self, x: torch.Tensor) -> torch.Tensor:
+        mod, index = self.producer
+        return _run_capturing(self.gm, mod, index, x)
+
+    def reference_values(self, images: np.ndarray) -> list[dict]:
+        """Per image, onnxruntime's values of every rectifier / max-pool input on the path."""
+        names = sorted(set(self.decision_inputs) - {self.input_name})
+        direct = self.input_name in self.decision_inputs     # a rectifier on the image itself
+        out = []
+        for i, vals in enumerate(self._ort_run(images, names)):
+            vals = {n: vals[n] for n in names}
+            if direct:
+                vals[self.input_name] = images[i:i + 1]
+            out.append(vals)
+        return out
+
+    def ort_activations(self, images) -> np.ndarray:
+        """The layer's output as onnxruntime computes it (plain run, one image at a time)."""
+        images = np.asarray(images, np.float32)
+        return np.concatenate([v[self.target] for v in self._ort_run(images, [])])
+
+    def _ort_run(self, images, names) -> list[dict]:
+        """onnxruntime's values of ``names`` (and of the target), per image (batch of 1)."""
+        if self._session is None:
+            import onnxruntime as ort
+
+            wanted = sorted(set(self.decision_inputs) - {self.input_name}) + [self.target]
+            sub = subgraph(self.path, wanted)
+            self._session = ort.InferenceSession(sub.SerializeToString(),
+                                                 providers=["CPUExecutionProvider"])
+            self._session_outputs = wanted
+        out = []
+        for i in range(len(images)):
+            vals = self._session.run(self._session_outputs, {self.input_name: images[i:i + 1]})
+            vals = dict(zip(self._session_outputs, vals))
+            out.append({n: vals[n] for n in list(names) + [self.target]})
+        return out
+
+    def project(self, images, seeds, seed_image=None, rule="deconvnet",
+                decisions="onnxruntime", layer_outputs: dict | None = None):
+        """As :func:`oracle_from_module`: one rule -> array, a sequence of rules -> dict.
+        ``decisions``: "onnxruntime", "torch", or a list (per image) of dicts giving the value
+        of every tensor in :attr:`decision_inputs` (see :meth:`decision_differences`).
+        ``layer_outputs``: filled with image index -> torch's forward value of the layer."""
+        rules, single = _rules(rule)
+        images, seeds, seed_image = _prepare(images, seeds, seed_image)
+        refs = None
+        if isinstance(decisions, (list, tuple)):
+            refs = list(decisions).__getitem__
+        elif decisions == "onnxruntime":
+            per_image = self.reference_values(images)
+            refs = per_image.__getitem__
+        elif decisions != "torch":
+            raise ValueError("decisions must be 'onnxruntime', 'torch' or per-image values")
+        with rectifier_rule(rules[0]):
+            result = _vjps(self.layer, images, seeds, seed_image, rules, refs, layer_outputs)
+        return result[rules[0]] if single else result
+
+    def decision_differences(self, images, values, eta: float = 1e-5) -> list[dict]:
+        """Compare decision values from elsewhere (per image: ONNX name -> [1, ...] array, e.g.
+        another runtime's forward pass) with onnxruntime's plain run of the model.
+
+        Returns one entry per decision that comes out differently: rectifier masks (sign of the
+        input; for Clip also the upper bound) and max-pool switches are not compared one by one;
+        instead each tensor's values must agree within ``eta`` * max |tensor| (else the entry has
+        ``"kind": "value"``), and every rectifier input whose sign differs is listed with
+        ``"kind": "sign"``, its two values and the tensor's scale. A sign difference is
+        *ambiguous* (float noise at a decision boundary) when both values are within
+        ``eta * scale`` of zero.
+        """
+        ref = self.reference_values(np.asarray(images, np.float32))
+        out = []
+        for i, (r, v) in enumerate(zip(ref, values)):
+            for name in sorted(r):
+                a, b = r[name], np.asarray(v[name])
+                scale = float(np.abs(a).max()) or 1.0
+                diff = float(np.abs(a - b).max())
+                if diff > eta * scale:
+                    out.append(dict(kind="value", image=i, tensor=name, diff=diff, scale=scale))
+                flip = (a > 0) != (b > 0)
+                for pos in zip(*np.nonzero(flip)):
+                    out.append(dict(kind="sign", image=i, tensor=name, pos=tuple(map(int, pos)),
+                                    ref=float(a[pos]), other=float(b[pos]), scale=scale,
+                                    ambiguous=max(abs(a[pos]), abs(b[pos])) <= eta * scale))
+        return out
+
+    def activations(self, images) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        with torch.no_grad(), rectifier_rule("gradient"):
+            return np.concatenate([self.layer(torch.from_numpy(images[i:i + 1].copy())).numpy()
+                                   for i in range(images.shape[0])])
+
+
+@functools.lru_cache(maxsize=4)
+def _onnx_oracle_cached(path: str, mtime: float, target: str) -> OnnxOracle:
+    return OnnxOracle(path, target)
+
+
+def onnx_oracle(onnx_path: str | Path, tensor_name: str) -> OnnxOracle:
+    """Cached :class:`OnnxOracle` per (file, mtime, tensor)."""
+    p = str(Path(onnx_path).resolve())
+    return _onnx_oracle_cached(p, os.path.getmtime(p), tensor_name)
+
+
+def oracle_from_onnx(onnx_path, images, tensor_name: str, seeds, seed_image=None,
+                     rule="deconvnet", decisions="onnxruntime"):
+    """Projection of ``seeds`` at ONNX tensor (or node) ``tensor_name`` (see module docstring).
+    ``rule``: one rule name (-> float32 [K, C, H, W]) or a sequence (-> dict rule -> array).
+    ``decisions``: where rectifier masks and pooling switches come from ("onnxruntime" or
+    "torch")."""
+    return onnx_oracle(onnx_path, tensor_name).project(images, seeds, seed_image, rule,
+                                                       decisions)
+
+
+def onnx_activations(onnx_path, images, tensor_name: str) -> np.ndarray:
+    """The layer's output computed by the onnx2torch conversion (for cross-checks)."""
+    return onnx_oracle(onnx_path, tensor_name).activations(images)
+
+
+# --------------------------------------------------------------------------------------------
+# seeds
+
+
+def unit_seeds(acts: np.ndarray, channels: Sequence[int], image_index: Sequence[int] | int = 0):
+    """Single-unit seeds: for each (image, channel) the strongest position of that channel in
+    that image's activation, with the activation's value there (rest zero). ``acts`` is the
+    layer's output for the images, [N, C, ...] (or [N, F] for FC layers: the unit itself)."""
+    if isinstance(image_index, int):
+        image_index = [image_index] * len(channels)
+    seeds = np.zeros((len(channels),) + acts.shape[1:], dtype=np.float32)
+    for k, (n, c) in enumerate(zip(image_index, channels)):
+        a = acts[n, c]
+        if np.ndim(a) == 0:
+            seeds[k, c] = a
+            continue
+        pos = np.unravel_index(int(np.argmax(a)), a.shape)
+        seeds[(k, c) + pos] = a[pos]
+    return seeds, np.asarray(image_index, dtype=np.int64)
+
+
+def map_seeds(acts: np.ndarray, channels: Sequence[int], image_index: Sequence[int] | int = 0):
+    """Whole-feature-map seeds: channel c of image n's activation, every other channel zero."""
+    if isinstance(image_index, int):
+        image_index = [image_index] * len(channels)
+    seeds = np.zeros((len(channels),) + acts.shape[1:], dtype=np.float32)
+    for k, (n, c) in enumerate(zip(image_index, channels)):
+        seeds[k, c] = acts[n, c]
+    return seeds, np.asarray(image_index, dtype=np.int64)
