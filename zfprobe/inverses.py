@@ -641,7 +641,6 @@ def _pad(ctx, node, gy):
     in_shape = ctx.shape(node.inputs[0])
     rank = len(in_shape)
     pads = node.attrs["pads"]
-    out_shape = ctx.shape(node.outputs[0])
     g = gy[0]
     if any(p < 0 for p in pads):  # negative pads crop; their adjoint pads back with zeros
         back = [max(0, -p) for p in pads]
@@ -651,7 +650,6 @@ def _pad(ctx, node, gy):
     if axes:
         g = ctx.b.op("Slice", g, starts=[pads[a] for a in axes], ends=[pads[a] + in_shape[a] for a in axes],
                      axes=axes, steps=[1] * len(axes))
-    del out_shape
     return [g]
 
 
