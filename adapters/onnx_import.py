@@ -124,11 +124,7 @@ def _probe_run(model, input_name: str, shape: tuple[int, ...], elem_type: int) -
                 d.ClearField("dim_param")
                 d.dim_value = s
     existing = {o.name for o in g.output}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(probe)
-        types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
-    except Exception:
-        types = {}
+    types = _element_types(model)
     for node in g.node:
         for out in node.output:
             if out and out not in existing:
@@ -155,6 +151,29 @@ def _probe_run(model, input_name: str, shape: tuple[int, ...], elem_type: int) -
     except Exception as exc:
         raise ModelLoadError(f"onnxruntime cannot run this model on a {shape} input: {str(exc).splitlines()[0]}") from None
     return dict(zip(names, values))
+
+
+def _element_types(model) -> dict[str, int]:
+    """Element type of every tensor, by ONNX type inference on a copy without weight data
+    (initializers become typed inputs), so large models are not serialized twice."""
+    import onnx
+
+    light = onnx.ModelProto()
+    light.ir_version = max(model.ir_version, 4)
+    light.opset_import.extend(model.opset_import)
+    g = light.graph
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    declared = {i.name for i in g.input}
+    for init in model.graph.initializer:
+        if init.name not in declared:
+            g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light)
+    except Exception:
+        return {}
+    return {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
 
 
 # ---------------------------------------------------------------------------------------------
