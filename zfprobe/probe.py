@@ -159,7 +159,6 @@ class Probe:
         where the network allows it: the same result, computed only where it can be non-zero.
         """
         images = self._check_images(images)
-        program = self.deconv_program(layer, rule, lrn, single_image=images.shape[0] == 1)
         seeds = np.ascontiguousarray(seeds, dtype=np.float32)
         tensor = self.resolve(layer)
         if tuple(seeds.shape[1:]) != tuple(self.graph.shape(tensor)[1:]):
@@ -174,6 +173,7 @@ class Probe:
             windowed_program = self.windowed_program(layer, rule, lrn, single_image=images.shape[0] == 1)
             if windowed_program is not None:
                 return self._project_windowed(windowed_program, images, seeds, units, seed_image, chunk)
+        program = self.deconv_program(layer, rule, lrn, single_image=images.shape[0] == 1)
         results = []
         for start in range(0, k, chunk):
             feeds = {self.input_name: images, SEED: seeds[start:start + chunk], SEED_IMAGE: seed_image[start:start + chunk]}
@@ -217,7 +217,7 @@ class Probe:
                           seed_image: np.ndarray, chunk: int) -> np.ndarray:
         from zfprobe.windowed import OUTPUT_WINDOW, SEED_WINDOW, WindowPlan
 
-        plan = WindowPlan(program, images.shape[0])
+        plan = WindowPlan(program)
         seed_hw = tuple(seeds.shape[2:])
         rows = np.arange(len(seeds))
         window_seeds = seeds[rows, :, units[:, 0], units[:, 1]][:, :, None, None]

@@ -314,16 +314,13 @@ def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bo
     window index / origin inputs listed in ``metadata['windows']``; output the image window."""
     forward, windows = plan_windows(graph, layer)
     image = graph.inputs[0]
-    shapes = dict(graph.shapes)
-    work = Graph(graph.nodes, graph.inputs, graph.outputs, graph.constants, shapes, graph.dtypes,
-                 graph.parameter_refs, graph.name, graph.metadata)
-    b = ProgramBuilder(work)
+    b = ProgramBuilder(graph)
     _, c_layer, sh, sw = graph.shape(layer)
     b.shapes[SEED_WINDOW] = (1, c_layer, 1, 1)
     b.dtypes[SEED_WINDOW] = np.dtype(np.float32)
     b.shapes["zf_seed_image"] = (1,)
     b.dtypes["zf_seed_image"] = np.dtype(np.int64)
-    ctx = WindowContext(b, work, options, "zf_seed_image", (sh, sw), n_images_one)
+    ctx = WindowContext(b, graph, options, "zf_seed_image", (sh, sw), n_images_one)
     for node in forward:
         ctx.emit_forward(node)
 
@@ -384,9 +381,8 @@ def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bo
 class WindowPlan:
     """Host side: the window index / origin inputs for a batch of unit seeds."""
 
-    def __init__(self, program: Graph, n_images: int):
+    def __init__(self, program: Graph):
         self.program = program
-        self.n_images = n_images
 
     def feeds(self, positions: np.ndarray, seed_image: np.ndarray, seed_hw: tuple[int, int]) -> dict[str, np.ndarray]:
         py, px = positions[:, 0].astype(np.int64), positions[:, 1].astype(np.int64)
