@@ -6,6 +6,7 @@ printed as one line and the command exits with status 2, leaving no partial outp
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -13,8 +14,9 @@ from zfprobe.cli.common import (RULES, open_probe, parse_unit, preprocessing_fro
                                 preprocessing_options)
 from zfprobe.errors import OptionError, ZfprobeError
 
-# Commands that live in their own modules (cli/<name>.py, each defining ``command``).
-COMMAND_MODULES = ["mine_cmd", "occlude_cmd"]
+# Commands that live in their own modules: every cli/<name>_cmd.py defines ``command`` and is
+# registered here, so adding a command means adding one file.
+COMMAND_MODULES = sorted(p.stem for p in Path(__file__).parent.glob("*_cmd.py"))
 
 
 class _Group(click.Group):

@@ -661,3 +661,7 @@ def _pad_check(graph, node):
     if node.attrs["pads"][0] or node.attrs["pads"][rank]:
         return "it pads the batch axis"
     return None
+
+
+# Op families kept in their own modules (zfprobe/ops/<family>.py) register into the tables above.
+import zfprobe.ops  # noqa: E402,F401  (import for its registrations)
