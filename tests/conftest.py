@@ -177,3 +177,21 @@ class Zoo:
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory) -> Zoo:
     return Zoo(tmp_path_factory.mktemp("zfprobe_nets"))
+
+
+# --------------------------------------------------------------------------------------------
+# slow tests: deselected by default (CI runs the default set); `pytest --runslow` or
+# ZFPROBE_RUNSLOW=1 runs them too.
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("ZFPROBE_RUNSLOW") == "1":
+        return
+    skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
