@@ -29,6 +29,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# TensorFlow 2.21's oneDNN Conv2DBackpropFilter aborts or segfaults on this CPU (AVX-512) inside
+# GradientTape oracles; the Eigen kernels are exact and stable. Set before TensorFlow is imported.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 import nets  # noqa: E402
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
