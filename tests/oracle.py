@@ -236,6 +236,24 @@ class RuleLeaky(nn.Module):
         return rule_leaky(x, self.alpha, self.ref_name)
 
 
+_LRN = {"mode": "gradient"}
+
+
+class RuleLRN(nn.Module):
+    """LRN whose backward is its true gradient (``lrn="gradient"``) or the identity
+    (``lrn="identity"``, the paper's deconvnet): the value is always the LRN's."""
+
+    def __init__(self, lrn: nn.Module):
+        super().__init__()
+        self.lrn = lrn
+
+    def forward(self, x):
+        y = self.lrn(x)
+        if _LRN["mode"] == "identity":
+            return x + (y - x).detach()
+        return y
+
+
 _TIE = {"last": False}
 
 
@@ -617,6 +635,8 @@ def _swap_modules(module: nn.Module) -> tuple[int, list[str]]:
             new = RuleClip(None if child.max_val is None else float(child.max_val), ref)
         elif isinstance(child, nn.LeakyReLU):
             new = RuleLeaky(float(child.negative_slope), ref)
+        elif isinstance(child, nn.LocalResponseNorm):
+            new = RuleLRN(child)
         elif isinstance(child, nn.MaxPool2d) and ref is not None:
             new = RefMaxPool2d(child, None, ref)
         elif (isinstance(child, nn.Sequential) and ref is not None and len(child) == 2
@@ -627,8 +647,8 @@ def _swap_modules(module: nn.Module) -> tuple[int, list[str]]:
                 new.onnx_mapping = mapping
                 del child.onnx_mapping      # a wrapped pool must not be taken for the producer
             setattr(module, name, new)
-            count += not isinstance(new, RefMaxPool2d)
-            if ref is not None:
+            count += not isinstance(new, (RefMaxPool2d, RuleLRN))
+            if ref is not None and not isinstance(new, RuleLRN):
                 names.append(ref)
         else:
             c, n = _swap_modules(child)
@@ -754,13 +774,14 @@ class OnnxOracle:
 
     def project(self, images, seeds, seed_image=None, rule="deconvnet",
                 decisions=None, layer_outputs: dict | None = None,
-                precision: str = "float32"):
+                precision: str = "float32", lrn: str = "gradient"):
         """As :func:`oracle_from_module`: one rule -> array, a sequence of rules -> dict.
         ``decisions``: "onnxruntime" (the float32 default), "torch" (the oracle's own forward
         pass in ``precision``; the float64 default), or a list (per image) of dicts giving the
         value of every tensor in :attr:`decision_inputs` (see :meth:`decision_differences`).
         ``precision``: "float32", or "float64": the whole computation in double precision
         with every weight cast (images and seeds are cast up exactly), returning float64.
+        ``lrn``: LRN's backward, its true gradient or the identity (zfprobe's two LRN modes).
         ``layer_outputs``: filled with image index -> torch's forward value of the layer."""
         rules, single = _rules(rule)
         if decisions is None:
@@ -774,8 +795,15 @@ class OnnxOracle:
             refs = per_image.__getitem__
         elif decisions != "torch":
             raise ValueError("decisions must be 'onnxruntime', 'torch' or per-image values")
-        with rectifier_rule(rules[0]):
-            result = _vjps(self.layer, images, seeds, seed_image, rules, refs, layer_outputs)
+        if lrn not in ("gradient", "identity"):
+            raise ValueError(f"lrn must be 'gradient' or 'identity', not {lrn!r}")
+        _LRN["mode"] = lrn
+        try:
+            with rectifier_rule(rules[0]):
+                result = _vjps(self.layer, images, seeds, seed_image, rules, refs,
+                               layer_outputs)
+        finally:
+            _LRN["mode"] = "gradient"
         return result[rules[0]] if single else result
 
     def decision_differences(self, images, values, eta: float = 1e-5) -> list[dict]:
