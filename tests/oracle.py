@@ -942,6 +942,15 @@ def _onnx_oracle_cached(path: str, mtime: float, target: str) -> OnnxOracle:
     return OnnxOracle(path, target)
 
 
+def clear_caches() -> None:
+    """Forget the cached oracles and ONNX models (memory: the big zoo graphs, float64 copies)."""
+    _onnx_oracle_cached.cache_clear()
+    _load_onnx.cache_clear()
+    import gc
+
+    gc.collect()
+
+
 def onnx_oracle(onnx_path: str | Path, tensor_name: str) -> OnnxOracle:
     """Cached :class:`OnnxOracle` per (file, mtime, tensor)."""
     p = str(Path(onnx_path).resolve())
