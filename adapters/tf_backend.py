@@ -195,7 +195,10 @@ def _conv(run: _Run, node: Node, ins: list[_V]):
         k = run.kernel(node.inputs[1], True, group)
         if pt or pb or pl or pr:
             x = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
-        y = tf.nn.depthwise_conv2d(x, k, strides, "VALID", dilations=dil)
+        if strides[1] == strides[2]:
+            y = tf.nn.depthwise_conv2d(x, k, strides, "VALID", dilations=dil)
+        else:  # TF's CPU depthwise conv wants equal strides (PaddleOCR uses 2 x 1): stride 1, then subsample
+            y = tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], "VALID", dilations=dil)[:, ::strides[1], ::strides[2], :]
     else:  # general grouped convolution: one conv per group
         if pt or pb or pl or pr:
             x = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
@@ -250,7 +253,7 @@ def _conv_transpose(run: _Run, node: Node, ins: list[_V]):
         c_out = k.shape[2]
         y = tf.nn.conv2d_transpose(g, k, tf.stack([n, full_h, full_w, c_out]), [1, sh, sw, 1], "VALID",
                                    dilations=[1, dh, dw, 1])
-    elif depthwise and dh == 1 and dw == 1:
+    elif depthwise and dh == 1 and dw == 1 and sh == sw:  # (unequal strides: per group, below)
         c_out = group
         y = tf.nn.depthwise_conv2d_backprop_input(tf.stack([n, full_h, full_w, c_out]), k, g, [1, sh, sw, 1], "VALID")
     else:
