@@ -25,6 +25,7 @@ TO_INPUTS = {
     "Split": [("split", _I64, None)],
     "ReduceSum": [("axes", _I64, None)],
     "Expand": [("shape", _I64, None)],
+    "Tile": [("repeats", _I64, None)],
 }
 _DROP_ATTRS = {"Softmax": {"legacy_flatten"}, "Pad": {"value"}}
 
@@ -56,6 +57,9 @@ def to_onnx(program: Graph, batch_names: dict[str, str] | None = None):
         return name
 
     for node in program.nodes:
+        if node.op_type == "Resize":
+            nodes.extend(_resize_as_matmuls(program, node, const_input))
+            continue
         attrs = dict(node.attrs)
         inputs = list(node.inputs)
         for key, dtype, default in TO_INPUTS.get(node.op_type, []):
@@ -77,7 +81,7 @@ def to_onnx(program: Graph, batch_names: dict[str, str] | None = None):
         used_consts.update(i for i in node.inputs if i in program.constants)
 
     for name in sorted(used_consts):
-        initializers.append(numpy_helper.from_array(np.ascontiguousarray(program.constants[name]), name))
+        initializers.append(numpy_helper.from_array(np.array(program.constants[name], order="C"), name))  # keeps 0-d
 
     inputs = [_value_info(t, program.dtypes.get(t, np.float32), len(program.shapes[t]), batch_names.get(t, f"N_{i}"))
               for i, t in enumerate(program.inputs)]
@@ -91,6 +95,42 @@ def to_onnx(program: Graph, batch_names: dict[str, str] | None = None):
         entry.key, entry.value = f"zfprobe.{key}", str(value)
     onnx.checker.check_model(model)
     return model
+
+
+def _resize_as_matmuls(program: Graph, node, const_input) -> list:
+    """A canonical Resize as one MatMul per resized axis with the matrices of
+    :func:`zfprobe.ops.resize.resize_matrices` (the same numbers the other backends use; the
+    canonical node keeps no ONNX ``sizes`` input, whose batch entry would be fixed)."""
+    from onnx import helper
+
+    from zfprobe.ops.resize import resize_matrices
+
+    in_shape, out_shape = program.shape(node.inputs[0]), program.shape(node.outputs[0])
+    rank = len(in_shape)
+    mats = sorted(resize_matrices(node.attrs, in_shape, out_shape).items())
+    out, cur = [], node.inputs[0]
+    if not mats:
+        return [helper.make_node("Identity", [cur], node.outputs, name=node.name)]
+    for k, (axis, a) in enumerate(mats):
+        last = k == len(mats) - 1
+        dst = node.outputs[0] if last else f"{node.name}/axis{axis}"
+        lead = (1,) * (rank - 2)
+        if axis == rank - 2:
+            w = const_input(a.reshape(lead + a.shape), np.float32)
+            out.append(helper.make_node("MatMul", [w, cur], [dst], name=f"{node.name}/mm{axis}"))
+        elif axis == rank - 1:
+            w = const_input(np.ascontiguousarray(a.T).reshape(lead + a.T.shape), np.float32)
+            out.append(helper.make_node("MatMul", [cur, w], [dst], name=f"{node.name}/mm{axis}"))
+        else:
+            perm = list(range(rank))
+            perm[axis], perm[-1] = perm[-1], perm[axis]
+            w = const_input(np.ascontiguousarray(a.T).reshape(lead + a.T.shape), np.float32)
+            t1, t2 = f"{node.name}/t{axis}", f"{node.name}/m{axis}"
+            out.append(helper.make_node("Transpose", [cur], [t1], perm=perm, name=t1))
+            out.append(helper.make_node("MatMul", [t1, w], [t2], name=t2))
+            out.append(helper.make_node("Transpose", [t2], [dst], perm=perm, name=f"{node.name}/back{axis}"))
+        cur = dst
+    return out
 
 
 def _safe_name(name: str) -> str:

@@ -16,6 +16,8 @@ import numpy as np
 
 from zfprobe.errors import ModelLoadError, ZfprobeError
 from zfprobe.graph import Graph, Node
+from zfprobe.ops.registry import ONNX_NORMALIZERS
+import zfprobe.inverses  # noqa: F401,E402  (imports the op modules, which register their normalizers)
 
 # Ops whose outputs depend on nothing but constants and static shapes are folded.
 _SHAPE_OPS = {"Shape", "Size"}
@@ -313,6 +315,8 @@ def _slice(ctx: _Ctx, node: Node) -> Node:
         a = int(a) % len(in_shape)
         # Python slice semantics give the clamped bounds ONNX defines.
         s2, e2, st2 = slice(int(s), int(e), int(st)).indices(in_shape[a])
+        if st2 < 0 and e2 < 0:  # "before index 0": -1 would read as the last index in ONNX
+            e2 = -in_shape[a] - 1
         norm_starts.append(s2)
         norm_ends.append(e2)
         norm_axes.append(a)
@@ -461,7 +465,7 @@ def import_onnx(path: str | os.PathLike, input_shape: tuple[int, ...] | None = N
     ctx = _Ctx(opset, values, constants)
     normalized = []
     for node in nodes:
-        fn = NORMALIZERS.get(node.op_type)
+        fn = NORMALIZERS.get(node.op_type) or ONNX_NORMALIZERS.get(node.op_type)
         normalized.append(fn(ctx, node) if fn else node)
 
     live_tensors = {inp.name} | {o for n in normalized for o in n.outputs if o}

@@ -487,7 +487,8 @@ def _pad(run: _Run, node: Node, ins: list[_V]):
     v = ins[0]
     rank = len(pads) // 2
     mode = a.get("mode", "constant").upper()
-    mode = {"EDGE": "SYMMETRIC"}.get(mode, mode)
+    if mode in ("EDGE", "WRAP"):
+        return [_V(_pad_by_index(tf, run.first(v), pads, mode.lower()))]
     pairs = [[pads[i], pads[i + rank]] for i in range(rank)]
     value = float(a.get("value", 0.0) or 0.0)
     if v.nhwc:
@@ -501,6 +502,51 @@ def _pad(run: _Run, node: Node, ins: list[_V]):
     return [_V(tf.pad(v.t, pairs, mode=mode, constant_values=value), v.nhwc)]
 
 
+def _pad_by_index(tf, x, pads, mode: str):
+    """Edge / wrap padding (TensorFlow has neither) as a gather along each padded axis."""
+    from zfprobe.ops.layout import pad_index
+
+    rank = len(pads) // 2
+    for ax in range(rank):
+        if pads[ax] or pads[ax + rank]:
+            x = tf.gather(x, pad_index(int(x.shape[ax]), pads[ax], pads[ax + rank], mode), axis=ax)
+    return x
+
+
+def _resize(tf, n, x):
+    """ONNX Resize through its per-axis matrices (zfprobe.ops.resize), the same numbers as the
+    other backends; one matmul per resized axis."""
+    from zfprobe.ops.axismap import apply_forward
+    from zfprobe.ops.resize import resize_matrices
+
+    rank = x.shape.rank
+    in_shape = [1] + list(x.shape[1:])
+    mats = resize_matrices(n.attrs, in_shape, n.attrs["out_shape"])
+
+    def swap_last(t, axis):
+        perm = list(range(rank))
+        perm[axis], perm[-1] = perm[-1], perm[axis]
+        return tf.transpose(t, perm)
+
+    return [apply_forward(tf.linalg.matmul, x, mats, rank, lambda a: tf.constant(a, x.dtype), swap_last)]
+
+
+def _tile(tf, n, x, *unused):
+    return [tf.tile(x, [int(r) for r in n.attrs["repeats"]])]
+
+
+def _depth_to_space(tf, n, x):
+    from zfprobe.ops.layout import depth_to_space_steps, space_to_depth_steps
+
+    shape = [-1] + list(x.shape[1:])
+    if n.op_type == "DepthToSpace":
+        mid, perm, out = depth_to_space_steps(shape, int(n.attrs["blocksize"]), n.attrs.get("mode", "DCR"))
+    else:
+        mid, perm, out = space_to_depth_steps(shape, int(n.attrs["blocksize"]))
+    mid[0] = out[0] = -1
+    return [tf.reshape(tf.transpose(tf.reshape(x, mid), perm), out)]
+
+
 def _gather(run: _Run, node: Node, ins: list[_V]):
     tf = run.tf
     axis = int(node.attrs.get("axis", 0))
@@ -512,7 +558,10 @@ def _gather(run: _Run, node: Node, ins: list[_V]):
         else:
             info = None
         return [_V(tf.gather(ins[0].t, idx, axis=0), ins[0].nhwc, info)]
-    return [_V(tf.gather(run.first(ins[0]), idx, axis=axis))]
+    x = run.first(ins[0])
+    if idx.dtype.is_integer:  # ONNX allows negative indices, TensorFlow does not
+        idx = tf.where(idx < 0, idx + tf.cast(tf.shape(x)[axis], idx.dtype), idx)
+    return [_V(tf.gather(x, idx, axis=axis))]
 
 
 def _shape(tf, n, x):
@@ -669,6 +718,10 @@ OPS["Concat"] = _concat
 OPS["Slice"] = _canonical(_slice)
 OPS["Pad"] = _pad
 OPS["Gather"] = _gather
+OPS["Resize"] = _canonical(_resize)
+OPS["Tile"] = _canonical(_tile)
+OPS["DepthToSpace"] = _canonical(_depth_to_space)
+OPS["SpaceToDepth"] = _canonical(_depth_to_space)
 def _shape_op(run: _Run, node: Node, ins: list[_V]):
     tf = run.tf
     v = ins[0]

@@ -161,7 +161,13 @@ def _conv_transpose(node: Node):
     crop: list[int] = []
     for i in reversed(range(nd)):
         crop += [-int(pads[i]), int(out_pad[i]) - int(pads[i + nd])]
-    return lambda x, w, b=None: F.pad(fn(x, w, b, strides, 0, 0, group, dilations), crop)
+
+    def run(x, w, b=None):
+        y = F.pad(fn(x, w, None, strides, 0, 0, group, dilations), crop)
+        # ONNX adds the bias everywhere, also on the output padding the crop appended
+        return y if b is None else y + b.reshape([1, -1] + [1] * nd)
+
+    return run
 
 
 # ------------------------------------------------------------------ pooling ----------------
@@ -704,6 +710,61 @@ def _expand(node):
     return run
 
 
+@converter("Resize")
+def _resize(node):
+    """ONNX Resize through its per-axis matrices (zfprobe.ops.resize): exact ONNX semantics for
+    every mode and coordinate transform, one matmul per resized axis."""
+    torch = _torch()
+    from zfprobe.ops.resize import resize_matrices
+
+    cache: dict = {}
+
+    def run(x, *unused):
+        key = (tuple(x.shape[1:]), x.device, x.dtype)
+        if key not in cache:
+            mats = resize_matrices(node.attrs, (1,) + tuple(x.shape[1:]), node.attrs["out_shape"])
+            cache[key] = {a: torch.from_numpy(m).to(device=x.device, dtype=x.dtype) for a, m in mats.items()}
+        mats = cache[key]
+        rank = x.dim()
+        out = x
+        for axis, a in sorted(mats.items()):
+            if axis == rank - 1:
+                out = torch.matmul(out, a.t())
+            elif axis == rank - 2:
+                out = torch.matmul(a, out)
+            else:
+                out = torch.matmul(out.transpose(axis, -1), a.t()).transpose(axis, -1)
+        return out.contiguous()
+
+    return run
+
+
+@converter("Tile")
+def _tile(node):
+    def run(x, *unused):
+        return x.repeat(*[int(r) for r in _static(node, "repeats", (x, *unused), 1)])
+
+    return run
+
+
+@converter("DepthToSpace", "SpaceToDepth")
+def _depth_to_space(node):
+    from zfprobe.ops.layout import depth_to_space_steps, space_to_depth_steps
+
+    block = int(node.attrs["blocksize"])
+
+    def run(x):
+        shape = [-1] + list(x.shape[1:])
+        if node.op_type == "DepthToSpace":
+            mid, perm, out = depth_to_space_steps(shape, block, node.attrs.get("mode", "DCR"))
+        else:
+            mid, perm, out = space_to_depth_steps(shape, block)
+        mid[0] = out[0] = -1
+        return x.reshape(mid).permute(perm).reshape(out)
+
+    return run
+
+
 @converter("Shape")
 def _shape(node):
     torch = _torch()
@@ -814,7 +875,7 @@ class _Compiled:
         for name, value in program.constants.items():
             if name in self.live or name in derived_names:
                 continue
-            arr = np.ascontiguousarray(value)
+            arr = np.asarray(value, order="C")  # (np.ascontiguousarray would make a 0-d index 1-d)
             if arr.dtype == np.float64:
                 arr = arr.astype(np.float32)
             self.constants[name] = torch.from_numpy(arr.copy()).to(device)

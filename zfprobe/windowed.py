@@ -109,11 +109,11 @@ def _check_windowable(graph: Graph, node: Node) -> None:
         return
     if op == "Pad":
         p = node.attrs["pads"]
-        if p[1] or p[5] or any(v < 0 for v in p):
+        if p[1] or p[5] or any(v < 0 for v in p) or node.attrs.get("mode", "constant") != "constant":
             raise NotWindowable(node.name)
         return
     if op == "Slice":
-        if 1 in node.attrs["axes"]:
+        if 1 in node.attrs["axes"] or any(st != 1 for st in node.attrs.get("steps") or []):
             raise NotWindowable(node.name)
         return
     if op not in _ELEMENTWISE:
