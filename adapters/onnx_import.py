@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from zfprobe.errors import ModelLoadError, ZfprobeError
+from zfprobe.errors import DynamicInputSizeError, ModelLoadError, ZfprobeError
 from zfprobe.graph import Graph, Node
 from zfprobe.ops.registry import ONNX_NORMALIZERS
 import zfprobe.inverses  # noqa: F401,E402  (imports the op modules, which register their normalizers)
@@ -100,7 +100,7 @@ def _fixed_input_shape(value_info, input_shape: tuple[int, ...] | None) -> tuple
                 )
         return (1,) + shape[1:]
     if any(d is None for d in declared[1:]):
-        raise ZfprobeError(
+        raise DynamicInputSizeError(
             f"the model input '{value_info.name}' has unknown dimensions {declared}; "
             "give the input size (e.g. --input-size 224x224)"
         )

@@ -1,0 +1,97 @@
+"""A real third-party detector: PP-OCRv4's text detector (``ch_PP-OCRv4_det_infer.onnx``, shipped
+in rapidocr-onnxruntime 1.4.4; a PaddlePaddle export with an FPN of nearest ``Resize`` ops, a
+``ConvTranspose`` head, HardSigmoid attention and a dynamic H x W input).
+
+Oracle: tests/oracle.py (onnx2torch + torch autograd with rule-aware rectifiers, masks and
+switches from onnxruntime's forward values), never zfprobe's output. Image: scikit-image's
+``page`` (a scanned text page), the kind of input the detector is made for. Tolerance: 1e-4
+relative to the largest value of the oracle's projection.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zfprobe
+
+sys.path.insert(0, str(Path(__file__).parent))
+import assets  # noqa: E402
+import oracle  # noqa: E402
+
+H, W = 96, 192  # the detector needs sides divisible by 32
+
+
+@pytest.fixture(scope="module")
+def det_path():
+    try:
+        return assets.asset_path(assets.RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx")
+    except assets.AssetUnavailable as exc:  # pragma: no cover - no registry here
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def page():
+    from skimage import data
+
+    gray = data.page()[40:40 + H, 10:10 + W].astype(np.float32) / 255.0
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    rgb = np.stack([(gray - m) / s for m, s in zip(mean, std)])
+    return rgb[None].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def probe(det_path):
+    return zfprobe.load(det_path, input_shape=(3, H, W))
+
+
+def _check(probe, det_path, image, layer, rules=oracle.RULES):
+    acts = probe.activations(image, layer)
+    channel = int(np.argmax(acts[0].reshape(acts.shape[1], -1).max(axis=1)))
+    seeds, seed_image = oracle.map_seeds(acts, [channel])
+    tensor = probe.resolve(layer)
+    want = oracle.oracle_from_onnx(det_path, image, tensor, seeds, seed_image, rule=tuple(rules))
+    for rule in rules:
+        got = probe.project(image, layer, seeds, seed_image, rule=rule)
+        scale = np.abs(want[rule]).max()
+        assert scale > 0, (layer, rule)
+        err = np.abs(got - want[rule]).max() / scale
+        assert err <= 1e-4, (layer, rule, err)
+
+
+def test_every_layer_is_passable(probe):
+    layers = probe.layers()
+    assert len(layers) > 300
+    assert {"Resize", "ConvTranspose", "HardSigmoid", "Concat"} <= {l.op_type for l in layers}
+    assert [l.name for l in layers if not l.invertible] == []
+
+
+@pytest.mark.parametrize("layer", ["p2o.Sigmoid.0", "p2o.ConvTranspose.1", "p2o.Resize.2"])
+def test_projection_matches_oracle(probe, det_path, page, layer):
+    _check(probe, det_path, page, layer)
+
+
+@pytest.mark.slow
+def test_every_layer_matches_oracle(probe, det_path, page):
+    for info in probe.layers():
+        _check(probe, det_path, page, info.name)
+
+
+def test_dynamic_input_size_comes_from_the_image(det_path, tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    img = tmp_path / "page.png"
+    Image.fromarray(data.page()[:64, :160]).convert("RGB").save(img)
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "zfprobe.cli.main", "visualize", str(det_path), "--image", str(img),
+                        "--layer", "p2o.ConvTranspose.0", "--top", "2", "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "64" in json.dumps(manifest) and "160" in json.dumps(manifest)
