@@ -34,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from zfprobe.errors import ModelLoadError, ZfprobeError
+from zfprobe.fusion import fuse
 from zfprobe.graph import Graph, Node
 
 
@@ -170,15 +171,19 @@ class _Walker:
         if name == "hard_sigmoid":
             return self.emit("HardSigmoid", [x], shape, out_name, src, alpha=1.0 / 6.0, beta=0.5)
         if name in ("silu", "swish"):
-            s = self.emit("Sigmoid", [x], shape, out_name + "/sigmoid", src)
-            return self.emit("Mul", [x, s], shape, out_name, src)
+            return self.emit("Swish", [x], shape, out_name, src, alpha=1.0)
+        if name == "gelu":
+            return self.emit("Gelu", [x], shape, out_name, src, approximate="none")
+        if name in ("mish", "softplus", "selu", "elu"):
+            op = {"mish": "Mish", "softplus": "Softplus", "selu": "Selu", "elu": "Elu"}[name]
+            return self.emit(op, [x], shape, out_name, src)
         if name == "hard_silu" or name == "hard_swish":
             return self.emit("HardSwish", [x], shape, out_name, src)
         if name == "softmax":
             return self.emit("Softmax", [x], shape, out_name, src, axis=1)
         raise KerasLayerError(f"layer '{layer.name}' ({type(layer).__name__}) uses the activation '{name}', "
                               "which zfprobe cannot reverse; supported: relu, relu6, leaky_relu, sigmoid, tanh, "
-                              "hard_sigmoid, silu, hard_silu, softmax, linear")
+                              "hard_sigmoid, silu, hard_silu, gelu, mish, softplus, elu, selu, softmax, linear")
 
     def fused(self, layer, pre: str, shape, op_type: str, inputs: list[str], **attrs) -> str:
         """Emit the layer's main op, then its fused activation (if any) under the layer's name;
@@ -670,7 +675,7 @@ def keras_to_graph(model, input_shape: tuple[int, ...] | None = None) -> Graph:
         raise ModelLoadError(f"model '{model.name}' has no convolutional layer (Conv2D, DepthwiseConv2D, "
                              "SeparableConv2D); zfprobe visualizes convolutional networks")
     used = {i for n in w.nodes for i in n.inputs}
-    return Graph(
+    return fuse(Graph(
         nodes=w.nodes,
         inputs=[in_name],
         outputs=outs,
@@ -681,7 +686,7 @@ def keras_to_graph(model, input_shape: tuple[int, ...] | None = None) -> Graph:
         name=model.name,
         metadata={"format": "keras", "layout": "NHWC input; layer tensors channels-first (channel = axis 1)",
                   "keras_layers": dict(w.layer_tensors)},
-    )
+    ))
 
 
 def _preprocessing(graph: Graph, path: str | None):
