@@ -434,6 +434,62 @@ def _batchnorm(w: _Walker, layer, inputs):
                   epsilon=float(layer.epsilon))
 
 
+@converter("LayerNormalization")
+def _layernorm(w: _Walker, layer, inputs):
+    """Keras normalizes the channels-last axis (ConvNeXt's LayerNorm): in the channels-first
+    view that is axis 1, so the canonical (trailing-axes) LayerNormalization runs between two
+    transposes."""
+    x = _one(layer, inputs)
+    shape = w.shapes[x]
+    rank = len(shape)
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    if len(axes) != 1 or keras_axis_to_view(int(axes[0]), rank) != 1 or getattr(layer, "rms_scaling", False):
+        raise KerasLayerError(f"layer '{layer.name}' (LayerNormalization) normalizes axis {layer.axis}; zfprobe "
+                              "follows LayerNormalization over the channel axis only")
+    c = shape[1]
+    scale = w.weight(layer, layer.gamma, "gamma") if layer.scale else w.const(f"{layer.name}/gamma", np.ones(c))
+    bias = w.weight(layer, layer.beta, "beta") if layer.center else w.const(f"{layer.name}/beta", np.zeros(c))
+    if rank == 2:
+        return w.emit("LayerNormalization", [x, scale, bias], shape, layer.name, layer.name,
+                      axis=-1, epsilon=float(layer.epsilon))
+    last, first = to_last_perm(rank), to_first_perm(rank)
+    t = w.emit("Transpose", [x], tuple(shape[p] for p in last), f"{layer.name}/channels_last", layer.name, perm=last)
+    n = w.emit("LayerNormalization", [t, scale, bias], w.shapes[t], f"{layer.name}/norm", layer.name,
+               axis=-1, epsilon=float(layer.epsilon))
+    return w.emit("Transpose", [n], shape, layer.name, layer.name, perm=first)
+
+
+@converter("GroupNormalization")
+def _groupnorm(w: _Walker, layer, inputs):
+    x = _one(layer, inputs)
+    shape = w.shapes[x]
+    if keras_axis_to_view(int(layer.axis), len(shape)) != 1:
+        raise KerasLayerError(f"layer '{layer.name}' (GroupNormalization) groups axis {layer.axis}; zfprobe "
+                              "follows GroupNormalization over the channel axis only")
+    c = shape[1]
+    scale = w.weight(layer, layer.gamma, "gamma") if layer.scale else w.const(f"{layer.name}/gamma", np.ones(c))
+    bias = w.weight(layer, layer.beta, "beta") if layer.center else w.const(f"{layer.name}/beta", np.zeros(c))
+    return w.emit("GroupNormalization", [x, scale, bias], shape, layer.name, layer.name,
+                  num_groups=int(layer.groups), epsilon=float(layer.epsilon))
+
+
+@converter("PReLU")
+def _prelu_layer(w: _Walker, layer, inputs):
+    x = _one(layer, inputs)
+    shape = w.shapes[x]
+    alpha = np.asarray(layer.alpha.numpy(), np.float32)      # [H, W, C] or shared axes of size 1
+    if alpha.ndim == len(shape) - 1 and len(shape) > 2:
+        alpha = np.transpose(alpha, [alpha.ndim - 1] + list(range(alpha.ndim - 1)))  # channels first
+    slope = w.const(f"{layer.name}/alpha", alpha)  # a snapshot: its channels-first view has no live form
+    return w.emit("PRelu", [x, slope], shape, layer.name, layer.name)
+
+
+@converter("ELU")
+def _elu_layer(w: _Walker, layer, inputs):
+    x = _one(layer, inputs)
+    return w.emit("Elu", [x], w.shapes[x], layer.name, layer.name, alpha=float(getattr(layer, "alpha", 1.0)))
+
+
 @converter("Activation")
 def _activation_layer(w: _Walker, layer, inputs):
     x = _one(layer, inputs)
