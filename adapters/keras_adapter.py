@@ -34,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from zfprobe.errors import ModelLoadError, ZfprobeError
+from zfprobe.fusion import fuse
 from zfprobe.graph import Graph, Node
 
 
@@ -170,15 +171,19 @@ class _Walker:
         if name == "hard_sigmoid":
             return self.emit("HardSigmoid", [x], shape, out_name, src, alpha=1.0 / 6.0, beta=0.5)
         if name in ("silu", "swish"):
-            s = self.emit("Sigmoid", [x], shape, out_name + "/sigmoid", src)
-            return self.emit("Mul", [x, s], shape, out_name, src)
+            return self.emit("Swish", [x], shape, out_name, src, alpha=1.0)
+        if name == "gelu":
+            return self.emit("Gelu", [x], shape, out_name, src, approximate="none")
+        if name in ("mish", "softplus", "selu", "elu"):
+            op = {"mish": "Mish", "softplus": "Softplus", "selu": "Selu", "elu": "Elu"}[name]
+            return self.emit(op, [x], shape, out_name, src)
         if name == "hard_silu" or name == "hard_swish":
             return self.emit("HardSwish", [x], shape, out_name, src)
         if name == "softmax":
             return self.emit("Softmax", [x], shape, out_name, src, axis=1)
         raise KerasLayerError(f"layer '{layer.name}' ({type(layer).__name__}) uses the activation '{name}', "
                               "which zfprobe cannot reverse; supported: relu, relu6, leaky_relu, sigmoid, tanh, "
-                              "hard_sigmoid, silu, hard_silu, softmax, linear")
+                              "hard_sigmoid, silu, hard_silu, gelu, mish, softplus, elu, selu, softmax, linear")
 
     def fused(self, layer, pre: str, shape, op_type: str, inputs: list[str], **attrs) -> str:
         """Emit the layer's main op, then its fused activation (if any) under the layer's name;
@@ -429,6 +434,62 @@ def _batchnorm(w: _Walker, layer, inputs):
                   epsilon=float(layer.epsilon))
 
 
+@converter("LayerNormalization")
+def _layernorm(w: _Walker, layer, inputs):
+    """Keras normalizes the channels-last axis (ConvNeXt's LayerNorm): in the channels-first
+    view that is axis 1, so the canonical (trailing-axes) LayerNormalization runs between two
+    transposes."""
+    x = _one(layer, inputs)
+    shape = w.shapes[x]
+    rank = len(shape)
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    if len(axes) != 1 or keras_axis_to_view(int(axes[0]), rank) != 1 or getattr(layer, "rms_scaling", False):
+        raise KerasLayerError(f"layer '{layer.name}' (LayerNormalization) normalizes axis {layer.axis}; zfprobe "
+                              "follows LayerNormalization over the channel axis only")
+    c = shape[1]
+    scale = w.weight(layer, layer.gamma, "gamma") if layer.scale else w.const(f"{layer.name}/gamma", np.ones(c))
+    bias = w.weight(layer, layer.beta, "beta") if layer.center else w.const(f"{layer.name}/beta", np.zeros(c))
+    if rank == 2:
+        return w.emit("LayerNormalization", [x, scale, bias], shape, layer.name, layer.name,
+                      axis=-1, epsilon=float(layer.epsilon))
+    last, first = to_last_perm(rank), to_first_perm(rank)
+    t = w.emit("Transpose", [x], tuple(shape[p] for p in last), f"{layer.name}/channels_last", layer.name, perm=last)
+    n = w.emit("LayerNormalization", [t, scale, bias], w.shapes[t], f"{layer.name}/norm", layer.name,
+               axis=-1, epsilon=float(layer.epsilon))
+    return w.emit("Transpose", [n], shape, layer.name, layer.name, perm=first)
+
+
+@converter("GroupNormalization")
+def _groupnorm(w: _Walker, layer, inputs):
+    x = _one(layer, inputs)
+    shape = w.shapes[x]
+    if keras_axis_to_view(int(layer.axis), len(shape)) != 1:
+        raise KerasLayerError(f"layer '{layer.name}' (GroupNormalization) groups axis {layer.axis}; zfprobe "
+                              "follows GroupNormalization over the channel axis only")
+    c = shape[1]
+    scale = w.weight(layer, layer.gamma, "gamma") if layer.scale else w.const(f"{layer.name}/gamma", np.ones(c))
+    bias = w.weight(layer, layer.beta, "beta") if layer.center else w.const(f"{layer.name}/beta", np.zeros(c))
+    return w.emit("GroupNormalization", [x, scale, bias], shape, layer.name, layer.name,
+                  num_groups=int(layer.groups), epsilon=float(layer.epsilon))
+
+
+@converter("PReLU")
+def _prelu_layer(w: _Walker, layer, inputs):
+    x = _one(layer, inputs)
+    shape = w.shapes[x]
+    alpha = np.asarray(layer.alpha.numpy(), np.float32)      # [H, W, C] or shared axes of size 1
+    if alpha.ndim == len(shape) - 1 and len(shape) > 2:
+        alpha = np.transpose(alpha, [alpha.ndim - 1] + list(range(alpha.ndim - 1)))  # channels first
+    slope = w.const(f"{layer.name}/alpha", alpha)  # a snapshot: its channels-first view has no live form
+    return w.emit("PRelu", [x, slope], shape, layer.name, layer.name)
+
+
+@converter("ELU")
+def _elu_layer(w: _Walker, layer, inputs):
+    x = _one(layer, inputs)
+    return w.emit("Elu", [x], w.shapes[x], layer.name, layer.name, alpha=float(getattr(layer, "alpha", 1.0)))
+
+
 @converter("Activation")
 def _activation_layer(w: _Walker, layer, inputs):
     x = _one(layer, inputs)
@@ -670,7 +731,7 @@ def keras_to_graph(model, input_shape: tuple[int, ...] | None = None) -> Graph:
         raise ModelLoadError(f"model '{model.name}' has no convolutional layer (Conv2D, DepthwiseConv2D, "
                              "SeparableConv2D); zfprobe visualizes convolutional networks")
     used = {i for n in w.nodes for i in n.inputs}
-    return Graph(
+    return fuse(Graph(
         nodes=w.nodes,
         inputs=[in_name],
         outputs=outs,
@@ -681,7 +742,7 @@ def keras_to_graph(model, input_shape: tuple[int, ...] | None = None) -> Graph:
         name=model.name,
         metadata={"format": "keras", "layout": "NHWC input; layer tensors channels-first (channel = axis 1)",
                   "keras_layers": dict(w.layer_tensors)},
-    )
+    ))
 
 
 def _preprocessing(graph: Graph, path: str | None):

@@ -878,3 +878,75 @@ class TensorFlowBackend:
                 args.append(tf.convert_to_tensor(np.asarray(feeds[name], dtype=dtype)))
             result = fn(*args)
         return [r.numpy() for r in result]
+
+
+# -- smooth nonlinearities and data-dependent normalizations (zfprobe/ops/activation.py, norm.py)
+_SELU = (1.67326319217681884765625, 1.05070102214813232421875)
+
+
+def _gelu(tf, n, x):
+    return tf.nn.gelu(x, approximate=n.attrs.get("approximate", "none") == "tanh")
+
+
+def _celu(tf, n, x):
+    alpha = float(n.attrs.get("alpha", 1.0))
+    return tf.maximum(x, 0.0) + tf.minimum(0.0, alpha * (tf.exp(x / alpha) - 1.0))
+
+
+for _op, _fn in {
+    "Gelu": _gelu,
+    "Mish": lambda tf, n, x: x * tf.tanh(tf.nn.softplus(x)),
+    "Swish": lambda tf, n, x: x * tf.sigmoid(float(n.attrs.get("alpha", 1.0)) * x),
+    "Softplus": lambda tf, n, x: tf.nn.softplus(x),
+    "Softsign": lambda tf, n, x: tf.nn.softsign(x),
+    "Elu": lambda tf, n, x: tf.where(x > 0, x, float(n.attrs.get("alpha", 1.0)) * (tf.exp(x) - 1.0)),
+    "Celu": _celu,
+    "Selu": lambda tf, n, x: float(n.attrs.get("gamma", _SELU[1])) * tf.where(
+        x > 0, x, float(n.attrs.get("alpha", _SELU[0])) * (tf.exp(x) - 1.0)),
+    "Exp": lambda tf, n, x: tf.exp(x),
+    "Log": lambda tf, n, x: tf.math.log(x),
+    "Erf": lambda tf, n, x: tf.math.erf(x),
+    "Reciprocal": lambda tf, n, x: tf.math.reciprocal(x),
+    "Abs": lambda tf, n, x: tf.abs(x),
+    "Sign": lambda tf, n, x: tf.sign(x),
+}.items():
+    OPS[_op] = _unary(_fn)
+
+
+def _normalize(tf, x, axes, eps):
+    mean, var = tf.nn.moments(x, axes=axes, keepdims=True)
+    return (x - mean) * tf.math.rsqrt(var + eps)
+
+
+def _layernorm(tf, n, x, scale=None, bias=None):
+    rank = x.shape.rank
+    axis = int(n.attrs.get("axis", -1)) % rank
+    y = _normalize(tf, x, list(range(axis, rank)), float(n.attrs.get("epsilon", 1e-5)))
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return [y]
+
+
+def _per_channel(tf, t, rank):
+    return tf.reshape(t, [-1] + [1] * (rank - 2))
+
+
+def _instancenorm(tf, n, x, scale, bias):
+    rank = x.shape.rank
+    y = _normalize(tf, x, list(range(2, rank)), float(n.attrs.get("epsilon", 1e-5)))
+    return [y * _per_channel(tf, scale, rank) + _per_channel(tf, bias, rank)]
+
+
+def _groupnorm(tf, n, x, scale, bias):
+    rank, groups = x.shape.rank, int(n.attrs["num_groups"])
+    shape = tf.shape(x)
+    grouped = tf.reshape(x, tf.stack([shape[0], groups, -1]))
+    y = tf.reshape(_normalize(tf, grouped, [2], float(n.attrs.get("epsilon", 1e-5))), shape)
+    return [y * _per_channel(tf, scale, rank) + _per_channel(tf, bias, rank)]
+
+
+OPS["LayerNormalization"] = _canonical(_layernorm)
+OPS["InstanceNormalization"] = _canonical(_instancenorm)
+OPS["GroupNormalization"] = _canonical(_groupnorm)

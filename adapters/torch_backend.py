@@ -407,6 +407,49 @@ def _smooth(node):
     return lambda x: torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, x * zero))
 
 
+@converter("Swish")
+def _swish(node):
+    torch = _torch()
+    alpha = float(node.attrs.get("alpha", 1.0))
+    return lambda x: x * torch.sigmoid(alpha * x)
+
+
+def _normalize(x, dims, eps):
+    var, mean = _torch().var_mean(x, dim=dims, keepdim=True, unbiased=False)
+    return (x - mean) * (var + eps).rsqrt()
+
+
+@converter("LayerNormalization")
+def _layernorm(node):
+    F = _F()
+    axis, eps = int(node.attrs.get("axis", -1)), float(node.attrs.get("epsilon", 1e-5))
+
+    def run(x, scale=None, bias=None):
+        a = axis % x.dim()
+        return F.layer_norm(x, tuple(x.shape[a:]), scale, bias, eps)
+
+    return run
+
+
+@converter("InstanceNormalization")
+def _instancenorm(node):
+    eps = float(node.attrs.get("epsilon", 1e-5))
+
+    def run(x, scale, bias):
+        shape = [-1] + [1] * (x.dim() - 2)
+        return _normalize(x, tuple(range(2, x.dim())), eps) * scale.reshape(shape) + bias.reshape(shape)
+
+    return run
+
+
+@converter("GroupNormalization")
+def _groupnorm(node):
+    """Per-channel scale and bias (ONNX opset 21), like ``F.group_norm``."""
+    F = _F()
+    groups, eps = int(node.attrs["num_groups"]), float(node.attrs.get("epsilon", 1e-5))
+    return lambda x, scale, bias: F.group_norm(x, groups, scale, bias, eps)
+
+
 # ------------------------------------------------------------------ arithmetic -------------
 @converter("Add")
 def _add(node):

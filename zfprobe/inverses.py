@@ -505,20 +505,6 @@ def _mul(ctx, node, gy):
     return result
 
 
-@inverse("Div")
-def _div(ctx, node, gy):
-    out_shape = ctx.shape(node.outputs[0])
-    x = node.inputs[0]
-    return [ctx.unbroadcast(ctx.b.op("Div", gy[0], node.inputs[1]), ctx.shape(x), out_shape), None]
-
-
-@check("Div")
-def _div_check(graph, node):
-    if graph.is_constant(node.inputs[0]) or not graph.is_constant(node.inputs[1]):
-        return "only division by a constant is supported"
-    return None
-
-
 @inverse("Neg")
 def _neg(ctx, node, gy):
     return [ctx.b.op("Neg", gy[0])]

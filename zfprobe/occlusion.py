@@ -149,7 +149,7 @@ def class_output(graph: Graph) -> ClassOutput | None:
 
 _UNARY = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish",
           "Softplus", "Softsign", "Identity", "Neg", "Abs", "Exp", "Log", "Sqrt", "Gelu", "Erf", "ThresholdedRelu",
-          "Cast", "Floor", "Ceil", "Round", "Sign", "Reciprocal", "Mish"}
+          "Cast", "Floor", "Ceil", "Round", "Sign", "Reciprocal", "Mish", "Swish"}
 _BINARY = {"Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min", "Pow"}
 
 

@@ -38,6 +38,7 @@ POINTWISE_OPS = {
     "InstanceNormalization", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Exp", "Log", "Sqrt", "Pow",
     "Max", "Min", "Sum", "Mean", "Cast", "Erf", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
     "Where", "Equal", "Greater", "Less", "Not", "And", "Or", "Mish", "ThresholdedRelu", "Shrink",
+    "Swish", "Softsign", "Celu",
 }
 
 

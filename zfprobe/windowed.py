@@ -30,7 +30,8 @@ SEED_WINDOW = "zf_seed_window"
 OUTPUT_WINDOW = "zf_projection_window"
 
 _ELEMENTWISE = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
-                "BatchNormalization", "LRN", "Identity", "Dropout", "Cast", "Add", "Sum", "Sub", "Mul", "Div", "Neg"}
+                "BatchNormalization", "LRN", "Identity", "Dropout", "Cast", "Add", "Sum", "Sub", "Mul", "Div", "Neg",
+                "Gelu", "Swish", "Mish", "Softplus", "Elu", "Selu", "Celu", "Exp", "Log", "Erf", "Sqrt", "Reciprocal"}
 _LOCAL = {"Conv", "MaxPool", "AveragePool"}
 
 
