@@ -96,6 +96,17 @@ CASES["tile"] = ([helper.make_node("Tile", ["x", "r"], ["y"])], S, {"r": _i64(1,
 CASES["expand"] = ([helper.make_node("Expand", ["x", "s"], ["y"])], (1, 3, 1, 8), {"s": _i64(1, 3, 5, 8)}, 17)
 
 BACKENDS = ("onnxruntime", "torch", "tensorflow")
+# One case per op family runs on TensorFlow in the default (CI) set; the rest with --runslow.
+TF_FAST = {"resize_nearest_half_pixel_round_prefer_floor", "resize_linear_align_corners", "resize_cubic", "upsample9_nearest",
+           "convT_s3_asym", "slice_focus", "slice_reverse", "space_to_depth", "depth_to_space_crd", "pad_edge",
+           "pad_reflect", "gather_channels", "tile", "expand"}
+
+
+def _matrix():
+    for case in sorted(CASES):
+        for backend in BACKENDS:
+            marks = [pytest.mark.slow] if backend == "tensorflow" and case not in TF_FAST else []
+            yield pytest.param(case, backend, marks=marks, id=f"{case}-{backend}")
 
 
 def _probe(path, backend: str) -> Probe:
@@ -116,8 +127,7 @@ def saved(tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case,backend", list(_matrix()))
 def test_forward_and_adjoint(saved, case, backend):
     path = saved[case]
     shape = CASES[case][1]
