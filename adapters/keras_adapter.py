@@ -230,7 +230,7 @@ class _Walker:
         cls = type(layer).__name__
         if hasattr(layer, "layers") and (_is_sequential(layer) or hasattr(layer, "_nodes_by_depth")):
             return self.walk_model(layer, inputs)
-        if kwargs.get("training"):
+        if kwargs.get("training") and cls not in _SAME_IN_TRAINING:
             raise KerasLayerError(f"layer '{layer.name}' ({cls}) is called with training=True in the model graph; "
                                   "zfprobe probes inference behaviour only")
         fn = CONVERTERS.get(cls)
@@ -605,6 +605,79 @@ def _reshape(w: _Walker, layer, inputs):
     r = w.emit("Reshape", [x], keras_shape, f"{layer.name}/reshape", layer.name, shape=[-1, *target])
     perm = to_first_perm(len(keras_shape))
     return w.emit("Transpose", [r], tuple(keras_shape[p] for p in perm), layer.name, layer.name, perm=perm)
+
+
+@converter("Conv2DTranspose")
+def _conv2d_transpose(w: _Walker, layer, inputs):
+    """Keras' transposed conv: the output size Keras computes, and the crop TensorFlow applies
+    (the 'same' pads of the forward conv from that output back to the input)."""
+    from zfprobe.ops.geometry import AxisWindow, conv_transpose_length
+
+    x = _one(layer, inputs)
+    shape = w.shapes[x]
+    kh, kw, cout, cin = (int(s) for s in layer.kernel.shape)
+    strides, dil = [int(s) for s in layer.strides], [int(d) for d in layer.dilation_rate]
+    out_hw = [int(s) for s in layer.compute_output_shape((1, shape[2], shape[3], shape[1]))[1:3]]
+    begins, ends, out_pad = [], [], []
+    for i, k in enumerate((kh, kw)):
+        span = (k - 1) * dil[i] + 1
+        total = max(0, (shape[2 + i] - 1) * strides[i] + span - out_hw[i]) if layer.padding == "same" else 0
+        begins.append(total // 2)
+        ends.append(total - total // 2)
+        out_pad.append(out_hw[i] - conv_transpose_length(shape[2 + i], AxisWindow(k, strides[i], dil[i], begins[i], ends[i])))
+    if min(out_pad) < 0:
+        raise KerasLayerError(f"layer '{layer.name}' (Conv2DTranspose): output size {out_hw} is not reachable")
+    ins = [x, w.weight(layer, layer.kernel, "kernel", "conv")]
+    if layer.use_bias:
+        ins.append(w.weight(layer, layer.bias, "bias"))
+    w.conv_layers += 1
+    return w.fused(layer, "convT", (1, cout, *out_hw), "ConvTranspose", ins, kernel_shape=[kh, kw], strides=strides,
+                   dilations=dil, pads=begins + ends, output_padding=out_pad, group=1)
+
+
+# Layers whose output does not depend on ``training`` (Keras' preprocessing layers record
+# training=True in functional graphs).
+_SAME_IN_TRAINING = {"Resizing", "UpSampling2D"}
+
+# Keras / TensorFlow image resizing (half-pixel centres) as ONNX Resize attributes.
+_KERAS_RESIZE = {
+    "nearest": {"mode": "nearest", "coordinate_transformation_mode": "tf_half_pixel_for_nn", "nearest_mode": "floor"},
+    "bilinear": {"mode": "linear", "coordinate_transformation_mode": "half_pixel"},
+}
+
+
+def _resize_node(w: _Walker, layer, x: str, out_hw, interpolation: str, scales=None) -> str:
+    if interpolation not in _KERAS_RESIZE:
+        raise KerasLayerError(f"layer '{layer.name}' ({type(layer).__name__}) uses interpolation='{interpolation}'; "
+                              "zfprobe follows nearest and bilinear")
+    shape = w.shapes[x]
+    out = (shape[0], shape[1], int(out_hw[0]), int(out_hw[1]))
+    scales = scales or [out[2] / shape[2], out[3] / shape[3]]
+    attrs = dict(_KERAS_RESIZE[interpolation], cubic_coeff_a=-0.75, exclude_outside=0,
+                 scales=[1.0, 1.0, float(scales[0]), float(scales[1])], out_size=list(out))
+    return w.emit("Resize", [x], out, layer.name, layer.name, **attrs)
+
+
+@converter("UpSampling2D")
+def _upsampling2d(w: _Walker, layer, inputs):
+    x = _one(layer, inputs)
+    sh, sw = (int(s) for s in layer.size)
+    shape = w.shapes[x]
+    if layer.interpolation == "nearest":  # a plain repeat, whatever the coordinate convention
+        attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor",
+                 "cubic_coeff_a": -0.75, "exclude_outside": 0, "scales": [1.0, 1.0, float(sh), float(sw)],
+                 "out_size": [shape[0], shape[1], shape[2] * sh, shape[3] * sw]}
+        return w.emit("Resize", [x], tuple(attrs["out_size"]), layer.name, layer.name, **attrs)
+    return _resize_node(w, layer, x, (shape[2] * sh, shape[3] * sw), layer.interpolation, [sh, sw])
+
+
+@converter("Resizing")
+def _resizing(w: _Walker, layer, inputs):
+    x = _one(layer, inputs)
+    if getattr(layer, "crop_to_aspect_ratio", False) or getattr(layer, "pad_to_aspect_ratio", False):
+        raise KerasLayerError(f"layer '{layer.name}' (Resizing) crops or pads to an aspect ratio; zfprobe follows "
+                              "plain resizing")
+    return _resize_node(w, layer, x, (layer.height, layer.width), layer.interpolation)
 
 
 @converter("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout",

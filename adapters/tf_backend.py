@@ -521,7 +521,7 @@ def _resize(tf, n, x):
 
     rank = x.shape.rank
     in_shape = [1] + list(x.shape[1:])
-    mats = resize_matrices(n.attrs, in_shape, n.attrs["out_shape"])
+    mats = resize_matrices(n.attrs, in_shape, n.attrs["out_size"])
 
     def swap_last(t, axis):
         perm = list(range(rank))

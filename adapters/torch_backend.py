@@ -765,7 +765,7 @@ def _resize(node):
     def run(x, *unused):
         key = (tuple(x.shape[1:]), x.device, x.dtype)
         if key not in cache:
-            mats = resize_matrices(node.attrs, (1,) + tuple(x.shape[1:]), node.attrs["out_shape"])
+            mats = resize_matrices(node.attrs, (1,) + tuple(x.shape[1:]), node.attrs["out_size"])
             cache[key] = {a: torch.from_numpy(m).to(device=x.device, dtype=x.dtype) for a, m in mats.items()}
         mats = cache[key]
         rank = x.dim()

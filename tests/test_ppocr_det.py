@@ -48,18 +48,30 @@ def probe(det_path):
     return zfprobe.load(det_path, input_shape=(3, H, W))
 
 
-def _check(probe, det_path, image, layer, rules=oracle.RULES):
+def _errors(probe, det_path, image, layer, rules=oracle.RULES) -> dict[str, float]:
+    """Relative error per rule of the projection of the strongest feature map of ``layer``
+    (-1.0 where the oracle's projection is exactly zero, e.g. below a saturated HardSigmoid;
+    zfprobe's must then be zero too)."""
     acts = probe.activations(image, layer)
     channel = int(np.argmax(acts[0].reshape(acts.shape[1], -1).max(axis=1)))
     seeds, seed_image = oracle.map_seeds(acts, [channel])
     tensor = probe.resolve(layer)
     want = oracle.oracle_from_onnx(det_path, image, tensor, seeds, seed_image, rule=tuple(rules))
+    errors = {}
     for rule in rules:
         got = probe.project(image, layer, seeds, seed_image, rule=rule)
-        scale = np.abs(want[rule]).max()
-        assert scale > 0, (layer, rule)
-        err = np.abs(got - want[rule]).max() / scale
-        assert err <= 1e-4, (layer, rule, err)
+        scale = float(np.abs(want[rule]).max())
+        if scale == 0:
+            assert float(np.abs(got).max()) <= 1e-7, (layer, rule)
+            errors[rule] = -1.0
+        else:
+            errors[rule] = float(np.abs(got - want[rule]).max()) / scale
+    return errors
+
+
+def _check(probe, det_path, image, layer):
+    errors = _errors(probe, det_path, image, layer)
+    assert all(0 <= e <= 1e-4 for e in errors.values()), (layer, errors)
 
 
 def test_every_layer_is_passable(probe):
@@ -76,8 +88,15 @@ def test_projection_matches_oracle(probe, det_path, page, layer):
 
 @pytest.mark.slow
 def test_every_layer_matches_oracle(probe, det_path, page):
+    worst, bad, zero = 0.0, [], 0
     for info in probe.layers():
-        _check(probe, det_path, page, info.name)
+        errors = _errors(probe, det_path, page, info.name)
+        zero += sum(e < 0 for e in errors.values())
+        worst = max([worst, *errors.values()])
+        bad += [(info.name, r, e) for r, e in errors.items() if e > 1e-4]
+    print(f"PP-OCRv4 det: {len(probe.layers())} layers x 3 rules, worst relative error {worst:.2e}, "
+          f"{zero} exactly-zero projections")
+    assert not bad, bad[:10]
 
 
 def test_dynamic_input_size_comes_from_the_image(det_path, tmp_path):

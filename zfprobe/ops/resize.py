@@ -7,7 +7,7 @@ coefficient, exclude_outside), so the reversal is exact (``A^T`` per axis) and t
 TensorFlow backends run the forward op with the same matrices, bit-compatible in meaning with
 onnxruntime's kernel. Canonical node: ``Resize(X)`` with attributes ``mode``,
 ``coordinate_transformation_mode``, ``nearest_mode``, ``cubic_coeff_a``, ``exclude_outside``,
-``scales`` (one float per axis: the scale the coordinate transform uses) and ``out_shape``
+``scales`` (one float per axis: the scale the coordinate transform uses) and ``out_size``
 (static, batch 1).
 """
 from __future__ import annotations
@@ -142,7 +142,7 @@ def normalize(ctx, node):
         "cubic_coeff_a": float(a.get("cubic_coeff_a", -0.75)),
         "exclude_outside": int(a.get("exclude_outside", 0)),
         "scales": full,
-        "out_shape": [int(s) for s in out_shape],
+        "out_size": [int(s) for s in out_shape],
     }
     if a.get("antialias", 0):
         canon["antialias"] = 1
