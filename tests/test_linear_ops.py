@@ -61,6 +61,8 @@ CASES["resize_opset10"] = ([helper.make_node("Resize", ["x", "sc"], ["y"], mode=
 CASES["resize_opset10_linear"] = ([helper.make_node("Resize", ["x", "sc"], ["y"], mode="linear")], S, {"sc": _f32(1, 1, 2, 2)}, 10)
 CASES["upsample9_nearest"] = ([helper.make_node("Upsample", ["x", "sc"], ["y"], mode="nearest")], S, {"sc": _f32(1, 1, 2, 2)}, 9)
 CASES["upsample9_linear"] = ([helper.make_node("Upsample", ["x", "sc"], ["y"], mode="linear")], S, {"sc": _f32(1, 1, 2, 3)}, 9)
+CASES["resize_axes_opset18"] = ([helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="linear", axes=[3, 2])], S,
+                                {"sc": _f32(1.5, 2)}, 18)
 CASES["resize_channels"] = ([helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest")], S, {"sc": _f32(1, 2, 1, 1)}, 17)
 
 W = {"w": RNG.randn(3, 4, 3, 3).astype(np.float32), "b": RNG.randn(4).astype(np.float32)}
