@@ -36,7 +36,7 @@ H, W = 96, 192  # the detector needs sides divisible by 32
 @pytest.fixture(scope="module")
 def det_path():
     try:
-        return assets.asset_path(assets.RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx")
+        return assets.rapidocr_det_onnx()
     except assets.AssetUnavailable as exc:  # pragma: no cover - no registry here
         pytest.skip(str(exc))
 
