@@ -195,7 +195,10 @@ def _conv(run: _Run, node: Node, ins: list[_V]):
         k = run.kernel(node.inputs[1], True, group)
         if pt or pb or pl or pr:
             x = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
-        y = tf.nn.depthwise_conv2d(x, k, strides, "VALID", dilations=dil)
+        if strides[1] == strides[2]:
+            y = tf.nn.depthwise_conv2d(x, k, strides, "VALID", dilations=dil)
+        else:  # TF's CPU depthwise conv wants equal strides (PaddleOCR uses 2 x 1): stride 1, then subsample
+            y = tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], "VALID", dilations=dil)[:, ::strides[1], ::strides[2], :]
     else:  # general grouped convolution: one conv per group
         if pt or pb or pl or pr:
             x = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
@@ -250,7 +253,7 @@ def _conv_transpose(run: _Run, node: Node, ins: list[_V]):
         c_out = k.shape[2]
         y = tf.nn.conv2d_transpose(g, k, tf.stack([n, full_h, full_w, c_out]), [1, sh, sw, 1], "VALID",
                                    dilations=[1, dh, dw, 1])
-    elif depthwise and dh == 1 and dw == 1:
+    elif depthwise and dh == 1 and dw == 1 and sh == sw:  # (unequal strides: per group, below)
         c_out = group
         y = tf.nn.depthwise_conv2d_backprop_input(tf.stack([n, full_h, full_w, c_out]), k, g, [1, sh, sw, 1], "VALID")
     else:
@@ -578,7 +581,16 @@ def _constant_of_shape(tf, n, shape):
 
 def _expand(tf, n, x, shape=None):
     target = tf.cast(shape, tf.int64) if shape is not None else tf.constant(list(n.attrs["shape"]), tf.int64)
-    return [tf.broadcast_to(x, tf.broadcast_dynamic_shape(tf.shape(x, out_type=tf.int64), target))]
+    out = tf.broadcast_to(x, tf.broadcast_dynamic_shape(tf.shape(x, out_type=tf.int64), target))
+    if shape is None and x.shape.rank is not None:
+        # keep the static sizes a constant target gives (e.g. the spatial size GlobalAveragePool's
+        # adjoint spreads to): a ConvTranspose after it needs them while tracing
+        static = [int(v) for v in n.attrs["shape"]]
+        rank = max(len(static), x.shape.rank)
+        xs = [1] * (rank - x.shape.rank) + x.shape.as_list()
+        ts = [1] * (rank - len(static)) + static
+        out.set_shape([None if a is None else (b if a == 1 else a) for a, b in zip(xs, ts)])
+    return [out]
 
 
 def _scatter_elements(tf, n, data, idx, upd):

