@@ -34,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from zfprobe.errors import ModelLoadError, ZfprobeError
+from zfprobe.fusion import fuse
 from zfprobe.graph import Graph, Node
 
 
@@ -170,15 +171,19 @@ class _Walker:
         if name == "hard_sigmoid":
             return self.emit("HardSigmoid", [x], shape, out_name, src, alpha=1.0 / 6.0, beta=0.5)
         if name in ("silu", "swish"):
-            s = self.emit("Sigmoid", [x], shape, out_name + "/sigmoid", src)
-            return self.emit("Mul", [x, s], shape, out_name, src)
+            return self.emit("Swish", [x], shape, out_name, src, alpha=1.0)
+        if name == "gelu":
+            return self.emit("Gelu", [x], shape, out_name, src, approximate="none")
+        if name in ("mish", "softplus", "selu", "elu"):
+            op = {"mish": "Mish", "softplus": "Softplus", "selu": "Selu", "elu": "Elu"}[name]
+            return self.emit(op, [x], shape, out_name, src)
         if name == "hard_silu" or name == "hard_swish":
             return self.emit("HardSwish", [x], shape, out_name, src)
         if name == "softmax":
             return self.emit("Softmax", [x], shape, out_name, src, axis=1)
         raise KerasLayerError(f"layer '{layer.name}' ({type(layer).__name__}) uses the activation '{name}', "
                               "which zfprobe cannot reverse; supported: relu, relu6, leaky_relu, sigmoid, tanh, "
-                              "hard_sigmoid, silu, hard_silu, softmax, linear")
+                              "hard_sigmoid, silu, hard_silu, gelu, mish, softplus, elu, selu, softmax, linear")
 
     def fused(self, layer, pre: str, shape, op_type: str, inputs: list[str], **attrs) -> str:
         """Emit the layer's main op, then its fused activation (if any) under the layer's name;
@@ -225,7 +230,7 @@ class _Walker:
         cls = type(layer).__name__
         if hasattr(layer, "layers") and (_is_sequential(layer) or hasattr(layer, "_nodes_by_depth")):
             return self.walk_model(layer, inputs)
-        if kwargs.get("training"):
+        if kwargs.get("training") and cls not in _SAME_IN_TRAINING:
             raise KerasLayerError(f"layer '{layer.name}' ({cls}) is called with training=True in the model graph; "
                                   "zfprobe probes inference behaviour only")
         fn = CONVERTERS.get(cls)
@@ -429,6 +434,62 @@ def _batchnorm(w: _Walker, layer, inputs):
                   epsilon=float(layer.epsilon))
 
 
+@converter("LayerNormalization")
+def _layernorm(w: _Walker, layer, inputs):
+    """Keras normalizes the channels-last axis (ConvNeXt's LayerNorm): in the channels-first
+    view that is axis 1, so the canonical (trailing-axes) LayerNormalization runs between two
+    transposes."""
+    x = _one(layer, inputs)
+    shape = w.shapes[x]
+    rank = len(shape)
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    if len(axes) != 1 or keras_axis_to_view(int(axes[0]), rank) != 1 or getattr(layer, "rms_scaling", False):
+        raise KerasLayerError(f"layer '{layer.name}' (LayerNormalization) normalizes axis {layer.axis}; zfprobe "
+                              "follows LayerNormalization over the channel axis only")
+    c = shape[1]
+    scale = w.weight(layer, layer.gamma, "gamma") if layer.scale else w.const(f"{layer.name}/gamma", np.ones(c))
+    bias = w.weight(layer, layer.beta, "beta") if layer.center else w.const(f"{layer.name}/beta", np.zeros(c))
+    if rank == 2:
+        return w.emit("LayerNormalization", [x, scale, bias], shape, layer.name, layer.name,
+                      axis=-1, epsilon=float(layer.epsilon))
+    last, first = to_last_perm(rank), to_first_perm(rank)
+    t = w.emit("Transpose", [x], tuple(shape[p] for p in last), f"{layer.name}/channels_last", layer.name, perm=last)
+    n = w.emit("LayerNormalization", [t, scale, bias], w.shapes[t], f"{layer.name}/norm", layer.name,
+               axis=-1, epsilon=float(layer.epsilon))
+    return w.emit("Transpose", [n], shape, layer.name, layer.name, perm=first)
+
+
+@converter("GroupNormalization")
+def _groupnorm(w: _Walker, layer, inputs):
+    x = _one(layer, inputs)
+    shape = w.shapes[x]
+    if keras_axis_to_view(int(layer.axis), len(shape)) != 1:
+        raise KerasLayerError(f"layer '{layer.name}' (GroupNormalization) groups axis {layer.axis}; zfprobe "
+                              "follows GroupNormalization over the channel axis only")
+    c = shape[1]
+    scale = w.weight(layer, layer.gamma, "gamma") if layer.scale else w.const(f"{layer.name}/gamma", np.ones(c))
+    bias = w.weight(layer, layer.beta, "beta") if layer.center else w.const(f"{layer.name}/beta", np.zeros(c))
+    return w.emit("GroupNormalization", [x, scale, bias], shape, layer.name, layer.name,
+                  num_groups=int(layer.groups), epsilon=float(layer.epsilon))
+
+
+@converter("PReLU")
+def _prelu_layer(w: _Walker, layer, inputs):
+    x = _one(layer, inputs)
+    shape = w.shapes[x]
+    alpha = np.asarray(layer.alpha.numpy(), np.float32)      # [H, W, C] or shared axes of size 1
+    if alpha.ndim == len(shape) - 1 and len(shape) > 2:
+        alpha = np.transpose(alpha, [alpha.ndim - 1] + list(range(alpha.ndim - 1)))  # channels first
+    slope = w.const(f"{layer.name}/alpha", alpha)  # a snapshot: its channels-first view has no live form
+    return w.emit("PRelu", [x, slope], shape, layer.name, layer.name)
+
+
+@converter("ELU")
+def _elu_layer(w: _Walker, layer, inputs):
+    x = _one(layer, inputs)
+    return w.emit("Elu", [x], w.shapes[x], layer.name, layer.name, alpha=float(getattr(layer, "alpha", 1.0)))
+
+
 @converter("Activation")
 def _activation_layer(w: _Walker, layer, inputs):
     x = _one(layer, inputs)
@@ -544,6 +605,79 @@ def _reshape(w: _Walker, layer, inputs):
     r = w.emit("Reshape", [x], keras_shape, f"{layer.name}/reshape", layer.name, shape=[-1, *target])
     perm = to_first_perm(len(keras_shape))
     return w.emit("Transpose", [r], tuple(keras_shape[p] for p in perm), layer.name, layer.name, perm=perm)
+
+
+@converter("Conv2DTranspose")
+def _conv2d_transpose(w: _Walker, layer, inputs):
+    """Keras' transposed conv: the output size Keras computes, and the crop TensorFlow applies
+    (the 'same' pads of the forward conv from that output back to the input)."""
+    from zfprobe.ops.geometry import AxisWindow, conv_transpose_length
+
+    x = _one(layer, inputs)
+    shape = w.shapes[x]
+    kh, kw, cout, cin = (int(s) for s in layer.kernel.shape)
+    strides, dil = [int(s) for s in layer.strides], [int(d) for d in layer.dilation_rate]
+    out_hw = [int(s) for s in layer.compute_output_shape((1, shape[2], shape[3], shape[1]))[1:3]]
+    begins, ends, out_pad = [], [], []
+    for i, k in enumerate((kh, kw)):
+        span = (k - 1) * dil[i] + 1
+        total = max(0, (shape[2 + i] - 1) * strides[i] + span - out_hw[i]) if layer.padding == "same" else 0
+        begins.append(total // 2)
+        ends.append(total - total // 2)
+        out_pad.append(out_hw[i] - conv_transpose_length(shape[2 + i], AxisWindow(k, strides[i], dil[i], begins[i], ends[i])))
+    if min(out_pad) < 0:
+        raise KerasLayerError(f"layer '{layer.name}' (Conv2DTranspose): output size {out_hw} is not reachable")
+    ins = [x, w.weight(layer, layer.kernel, "kernel", "conv")]
+    if layer.use_bias:
+        ins.append(w.weight(layer, layer.bias, "bias"))
+    w.conv_layers += 1
+    return w.fused(layer, "convT", (1, cout, *out_hw), "ConvTranspose", ins, kernel_shape=[kh, kw], strides=strides,
+                   dilations=dil, pads=begins + ends, output_padding=out_pad, group=1)
+
+
+# Layers whose output does not depend on ``training`` (Keras' preprocessing layers record
+# training=True in functional graphs).
+_SAME_IN_TRAINING = {"Resizing", "UpSampling2D"}
+
+# Keras / TensorFlow image resizing (half-pixel centres) as ONNX Resize attributes.
+_KERAS_RESIZE = {
+    "nearest": {"mode": "nearest", "coordinate_transformation_mode": "tf_half_pixel_for_nn", "nearest_mode": "floor"},
+    "bilinear": {"mode": "linear", "coordinate_transformation_mode": "half_pixel"},
+}
+
+
+def _resize_node(w: _Walker, layer, x: str, out_hw, interpolation: str, scales=None) -> str:
+    if interpolation not in _KERAS_RESIZE:
+        raise KerasLayerError(f"layer '{layer.name}' ({type(layer).__name__}) uses interpolation='{interpolation}'; "
+                              "zfprobe follows nearest and bilinear")
+    shape = w.shapes[x]
+    out = (shape[0], shape[1], int(out_hw[0]), int(out_hw[1]))
+    scales = scales or [out[2] / shape[2], out[3] / shape[3]]
+    attrs = dict(_KERAS_RESIZE[interpolation], cubic_coeff_a=-0.75, exclude_outside=0,
+                 scales=[1.0, 1.0, float(scales[0]), float(scales[1])], out_size=list(out))
+    return w.emit("Resize", [x], out, layer.name, layer.name, **attrs)
+
+
+@converter("UpSampling2D")
+def _upsampling2d(w: _Walker, layer, inputs):
+    x = _one(layer, inputs)
+    sh, sw = (int(s) for s in layer.size)
+    shape = w.shapes[x]
+    if layer.interpolation == "nearest":  # a plain repeat, whatever the coordinate convention
+        attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor",
+                 "cubic_coeff_a": -0.75, "exclude_outside": 0, "scales": [1.0, 1.0, float(sh), float(sw)],
+                 "out_size": [shape[0], shape[1], shape[2] * sh, shape[3] * sw]}
+        return w.emit("Resize", [x], tuple(attrs["out_size"]), layer.name, layer.name, **attrs)
+    return _resize_node(w, layer, x, (shape[2] * sh, shape[3] * sw), layer.interpolation, [sh, sw])
+
+
+@converter("Resizing")
+def _resizing(w: _Walker, layer, inputs):
+    x = _one(layer, inputs)
+    if getattr(layer, "crop_to_aspect_ratio", False) or getattr(layer, "pad_to_aspect_ratio", False):
+        raise KerasLayerError(f"layer '{layer.name}' (Resizing) crops or pads to an aspect ratio; zfprobe follows "
+                              "plain resizing")
+    return _resize_node(w, layer, x, (layer.height, layer.width), layer.interpolation)
 
 
 @converter("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
@@ -670,7 +804,7 @@ def keras_to_graph(model, input_shape: tuple[int, ...] | None = None) -> Graph:
         raise ModelLoadError(f"model '{model.name}' has no convolutional layer (Conv2D, DepthwiseConv2D, "
                              "SeparableConv2D); zfprobe visualizes convolutional networks")
     used = {i for n in w.nodes for i in n.inputs}
-    return Graph(
+    return fuse(Graph(
         nodes=w.nodes,
         inputs=[in_name],
         outputs=outs,
@@ -681,7 +815,7 @@ def keras_to_graph(model, input_shape: tuple[int, ...] | None = None) -> Graph:
         name=model.name,
         metadata={"format": "keras", "layout": "NHWC input; layer tensors channels-first (channel = axis 1)",
                   "keras_layers": dict(w.layer_tensors)},
-    )
+    ))
 
 
 def _preprocessing(graph: Graph, path: str | None):

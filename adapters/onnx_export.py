@@ -25,8 +25,61 @@ TO_INPUTS = {
     "Split": [("split", _I64, None)],
     "ReduceSum": [("axes", _I64, None)],
     "Expand": [("shape", _I64, None)],
+    "Tile": [("repeats", _I64, None)],
 }
 _DROP_ATTRS = {"Softmax": {"legacy_flatten"}, "Pad": {"value"}}
+
+
+
+def _decompose_gelu(node, const):
+    x, y, p = node.inputs[0], node.outputs[0], node.name
+    if node.attrs.get("approximate", "none") == "tanh":
+        c, k = np.sqrt(2.0 / np.pi), 0.044715
+        return [("Mul", [x, x], [f"{p}/x2"]), ("Mul", [f"{p}/x2", x], [f"{p}/x3"]),
+                ("Mul", [f"{p}/x3", const(k)], [f"{p}/kx3"]), ("Add", [x, f"{p}/kx3"], [f"{p}/inner"]),
+                ("Mul", [f"{p}/inner", const(c)], [f"{p}/u"]), ("Tanh", [f"{p}/u"], [f"{p}/t"]),
+                ("Add", [f"{p}/t", const(1.0)], [f"{p}/t1"]), ("Mul", [x, const(0.5)], [f"{p}/hx"]),
+                ("Mul", [f"{p}/hx", f"{p}/t1"], [y])]
+    return [("Mul", [x, const(1.0 / np.sqrt(2.0))], [f"{p}/xs"]), ("Erf", [f"{p}/xs"], [f"{p}/e"]),
+            ("Add", [f"{p}/e", const(1.0)], [f"{p}/e1"]), ("Mul", [x, const(0.5)], [f"{p}/hx"]),
+            ("Mul", [f"{p}/hx", f"{p}/e1"], [y])]
+
+
+def _decompose_mish(node, const):
+    x, y, p = node.inputs[0], node.outputs[0], node.name
+    return [("Softplus", [x], [f"{p}/sp"]), ("Tanh", [f"{p}/sp"], [f"{p}/t"]), ("Mul", [x, f"{p}/t"], [y])]
+
+
+def _decompose_swish(node, const):
+    x, y, p = node.inputs[0], node.outputs[0], node.name
+    alpha = float(node.attrs.get("alpha", 1.0))
+    ax = x
+    out = []
+    if alpha != 1.0:
+        out.append(("Mul", [x, const(alpha)], [f"{p}/ax"]))
+        ax = f"{p}/ax"
+    return out + [("Sigmoid", [ax], [f"{p}/s"]), ("Mul", [x, f"{p}/s"], [y])]
+
+
+def _decompose_groupnorm(node, const):
+    """Per-channel scale and bias (opset 21 semantics) through an opset-17 InstanceNormalization."""
+    x, scale, bias = node.inputs[:3]
+    y, p = node.outputs[0], node.name
+    groups = int(node.attrs["num_groups"])
+    ones, zeros = const(np.ones(groups, np.float32)), const(np.zeros(groups, np.float32))
+    grouped, channel = const(np.array([0, groups, -1], np.int64)), const(np.array([-1, 1, 1], np.int64))
+    return [("Reshape", [x, grouped], [f"{p}/grouped"]),
+            ("InstanceNormalization", [f"{p}/grouped", ones, zeros], [f"{p}/norm"],
+             {"epsilon": float(node.attrs.get("epsilon", 1e-5))}),
+            ("Shape", [x], [f"{p}/shape"]), ("Reshape", [f"{p}/norm", f"{p}/shape"], [f"{p}/back"]),
+            ("Reshape", [scale, channel], [f"{p}/scale"]), ("Reshape", [bias, channel], [f"{p}/bias"]),
+            ("Mul", [f"{p}/back", f"{p}/scale"], [f"{p}/scaled"]), ("Add", [f"{p}/scaled", f"{p}/bias"], [y])]
+
+
+# Canonical ops that are not in ONNX opset 17 (newer ONNX ops, or zfprobe's fused forms) are
+# written as their standard decomposition: op -> fn(node, const) -> [(op, inputs, outputs)].
+DECOMPOSITIONS = {"Gelu": _decompose_gelu, "Mish": _decompose_mish, "Swish": _decompose_swish,
+                  "GroupNormalization": _decompose_groupnorm}
 
 _NP_TO_ONNX = {np.dtype(np.float32): 1, np.dtype(np.int64): 7, np.dtype(np.float64): 11, np.dtype(np.int32): 6,
                np.dtype(np.uint8): 2, np.dtype(np.bool_): 9, np.dtype(np.float16): 10}
@@ -55,7 +108,19 @@ def to_onnx(program: Graph, batch_names: dict[str, str] | None = None):
         initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 
+    def scalar(value) -> str:
+        value = np.asarray(value)
+        return const_input(value, value.dtype if value.dtype != np.float64 else np.float32)
+
     for node in program.nodes:
+        if node.op_type == "Resize":
+            nodes.extend(_resize_as_matmuls(program, node, const_input))
+            continue
+        if node.op_type in DECOMPOSITIONS:
+            for i, (op, ins, outs, *extra) in enumerate(DECOMPOSITIONS[node.op_type](node, scalar)):
+                nodes.append(helper.make_node(op, ins, outs, name=f"{node.name}/{i}", **(extra[0] if extra else {})))
+            used_consts.update(i for i in node.inputs if i in program.constants)
+            continue
         attrs = dict(node.attrs)
         inputs = list(node.inputs)
         for key, dtype, default in TO_INPUTS.get(node.op_type, []):
@@ -77,7 +142,7 @@ def to_onnx(program: Graph, batch_names: dict[str, str] | None = None):
         used_consts.update(i for i in node.inputs if i in program.constants)
 
     for name in sorted(used_consts):
-        initializers.append(numpy_helper.from_array(np.ascontiguousarray(program.constants[name]), name))
+        initializers.append(numpy_helper.from_array(np.array(program.constants[name], order="C"), name))  # keeps 0-d
 
     inputs = [_value_info(t, program.dtypes.get(t, np.float32), len(program.shapes[t]), batch_names.get(t, f"N_{i}"))
               for i, t in enumerate(program.inputs)]
@@ -91,6 +156,42 @@ def to_onnx(program: Graph, batch_names: dict[str, str] | None = None):
         entry.key, entry.value = f"zfprobe.{key}", str(value)
     onnx.checker.check_model(model)
     return model
+
+
+def _resize_as_matmuls(program: Graph, node, const_input) -> list:
+    """A canonical Resize as one MatMul per resized axis with the matrices of
+    :func:`zfprobe.ops.resize.resize_matrices` (the same numbers the other backends use; the
+    canonical node keeps no ONNX ``sizes`` input, whose batch entry would be fixed)."""
+    from onnx import helper
+
+    from zfprobe.ops.resize import resize_matrices
+
+    in_shape, out_shape = program.shape(node.inputs[0]), program.shape(node.outputs[0])
+    rank = len(in_shape)
+    mats = sorted(resize_matrices(node.attrs, in_shape, out_shape).items())
+    out, cur = [], node.inputs[0]
+    if not mats:
+        return [helper.make_node("Identity", [cur], node.outputs, name=node.name)]
+    for k, (axis, a) in enumerate(mats):
+        last = k == len(mats) - 1
+        dst = node.outputs[0] if last else f"{node.name}/axis{axis}"
+        lead = (1,) * (rank - 2)
+        if axis == rank - 2:
+            w = const_input(a.reshape(lead + a.shape), np.float32)
+            out.append(helper.make_node("MatMul", [w, cur], [dst], name=f"{node.name}/mm{axis}"))
+        elif axis == rank - 1:
+            w = const_input(np.ascontiguousarray(a.T).reshape(lead + a.T.shape), np.float32)
+            out.append(helper.make_node("MatMul", [cur, w], [dst], name=f"{node.name}/mm{axis}"))
+        else:
+            perm = list(range(rank))
+            perm[axis], perm[-1] = perm[-1], perm[axis]
+            w = const_input(np.ascontiguousarray(a.T).reshape(lead + a.T.shape), np.float32)
+            t1, t2 = f"{node.name}/t{axis}", f"{node.name}/m{axis}"
+            out.append(helper.make_node("Transpose", [cur], [t1], perm=perm, name=t1))
+            out.append(helper.make_node("MatMul", [t1, w], [t2], name=t2))
+            out.append(helper.make_node("Transpose", [t2], [dst], perm=perm, name=f"{node.name}/back{axis}"))
+        cur = dst
+    return out
 
 
 def _safe_name(name: str) -> str:

@@ -14,8 +14,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from zfprobe.errors import ModelLoadError, ZfprobeError
+from zfprobe.errors import DynamicInputSizeError, ModelLoadError, ZfprobeError
+from zfprobe.fusion import fuse
 from zfprobe.graph import Graph, Node
+from zfprobe.ops.registry import ONNX_NORMALIZERS
+import zfprobe.inverses  # noqa: F401,E402  (imports the op modules, which register their normalizers)
 
 # Ops whose outputs depend on nothing but constants and static shapes are folded.
 _SHAPE_OPS = {"Shape", "Size"}
@@ -98,7 +101,7 @@ def _fixed_input_shape(value_info, input_shape: tuple[int, ...] | None) -> tuple
                 )
         return (1,) + shape[1:]
     if any(d is None for d in declared[1:]):
-        raise ZfprobeError(
+        raise DynamicInputSizeError(
             f"the model input '{value_info.name}' has unknown dimensions {declared}; "
             "give the input size (e.g. --input-size 224x224)"
         )
@@ -313,6 +316,8 @@ def _slice(ctx: _Ctx, node: Node) -> Node:
         a = int(a) % len(in_shape)
         # Python slice semantics give the clamped bounds ONNX defines.
         s2, e2, st2 = slice(int(s), int(e), int(st)).indices(in_shape[a])
+        if st2 < 0 and e2 < 0:  # "before index 0": -1 would read as the last index in ONNX
+            e2 = -in_shape[a] - 1
         norm_starts.append(s2)
         norm_ends.append(e2)
         norm_axes.append(a)
@@ -413,12 +418,101 @@ def _gemm(ctx: _Ctx, node: Node) -> Node:
     return node
 
 
+@normalizer("GroupNormalization")
+def _groupnorm(ctx: _Ctx, node: Node) -> Node:
+    """Canonical form: per-channel scale and bias (opset 21); opset 18-20 give them per group."""
+    groups = int(node.attrs["num_groups"])
+    channels = ctx.shape(node.inputs[0])[1]
+    node.attrs = {"num_groups": groups, "epsilon": float(node.attrs.get("epsilon", 1e-5))}
+    if ctx.opset < 21:
+        for i in (1, 2):
+            value = ctx.const(node.inputs[i])
+            if value is not None and value.shape[0] == groups and groups != channels:
+                name = f"{node.inputs[i]}/per_channel"
+                ctx.constants[name] = np.repeat(value, channels // groups)
+                node.inputs[i] = name
+    return node
+
+
 @normalizer("Cast")
 def _cast(ctx: _Ctx, node: Node) -> Node:
     return node
 
 
-def import_onnx(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> Graph:
+def _implicit_inputs(node_proto) -> list[str]:
+    """Outer-scope tensors that the subgraphs of ``node_proto`` (If / Loop / Scan branches) read.
+
+    They are inputs of the node as much as its declared ones: a node is constant only when
+    these are constant too (torch's LRN export reads the data through an ``If`` branch)."""
+    import onnx
+
+    found: list[str] = []
+    for attr in node_proto.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            local = {i.name for i in g.input} | {i.name for i in g.initializer}
+            for n in g.node:
+                for t in list(n.input) + _implicit_inputs(n):
+                    if t and t not in local and t not in found:
+                        found.append(t)
+                local.update(n.output)
+    return found
+
+
+def _constant_tensors(model) -> set[str]:
+    """Tensors that depend on nothing but constants and static shapes (folded at import)."""
+    const = {i.name for i in model.graph.initializer}
+    for proto in model.graph.node:
+        ins = list(proto.input) + _implicit_inputs(proto)
+        if (proto.op_type == "Constant" or proto.op_type in _SHAPE_OPS
+                or (proto.op_type not in _NONDETERMINISTIC and all((not i) or i in const for i in ins))):
+            const.update(o for o in proto.output if o)
+    return const
+
+
+def _inline_static_ifs(model, values: dict[str, np.ndarray]):
+    """A copy of ``model`` where every ``If`` whose condition is static (a function of shapes
+    and constants, known from the probe run) is replaced by the nodes of the branch it takes;
+    None if there is none. Exporters emit such Ifs for rank checks (torch's LRN)."""
+    import onnx
+
+    const = _constant_tensors(model)
+    ifs = [n for n in model.graph.node if n.op_type == "If" and n.input[0] in const and n.input[0] in values
+           and not all(o in const for o in n.output)]
+    if not ifs:
+        return None
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    taken = {}
+    for n in ifs:
+        cond = bool(np.asarray(values[n.input[0]]).reshape(-1)[0])
+        taken[n.name or n.output[0]] = next(a.g for a in n.attribute if a.name == ("then_branch" if cond else "else_branch"))
+    nodes = []
+    for n in out.graph.node:
+        key = n.name or (n.output[0] if n.output else "")
+        if n.op_type != "If" or key not in taken:
+            nodes.append(n)
+            continue
+        branch = taken[key]
+        out.graph.initializer.extend(branch.initializer)
+        rename = {o.name: outer for o, outer in zip(branch.output, n.output)}
+        for inner in branch.node:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(inner)
+            for i, t in enumerate(copy.output):
+                if t in rename:
+                    copy.output[i] = rename[t]
+            nodes.append(copy)
+        for o in branch.output:  # a branch that returns an outer tensor unchanged
+            if o.name not in {t for inner in branch.node for t in inner.output}:
+                nodes.append(onnx.helper.make_node("Identity", [o.name], [rename[o.name]], name=f"{key}/passthrough"))
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def import_onnx(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None,
+                fuse_decompositions: bool = True) -> Graph:
     """Read an ONNX file into zfprobe's graph (see the module docstring for how)."""
     import onnx
 
@@ -432,6 +526,10 @@ def import_onnx(path: str | os.PathLike, input_shape: tuple[int, ...] | None = N
     shape = _fixed_input_shape(inp, input_shape)
     elem = inp.type.tensor_type.elem_type
     values = _probe_run(model, inp.name, shape, elem)
+    inlined = _inline_static_ifs(model, values)
+    if inlined is not None:
+        model = inlined
+        values = _probe_run(model, inp.name, shape, elem)
     values.setdefault(inp.name, np.zeros(shape, dtype=_ONNX_TO_NUMPY.get(elem, np.float32)))
 
     constants: dict[str, np.ndarray] = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -444,7 +542,8 @@ def import_onnx(path: str | os.PathLike, input_shape: tuple[int, ...] | None = N
         is_const = (
             proto.op_type == "Constant"
             or proto.op_type in _SHAPE_OPS
-            or (proto.op_type not in _NONDETERMINISTIC and all((not i) or i in constants for i in ins))
+            or (proto.op_type not in _NONDETERMINISTIC
+                and all((not i) or i in constants for i in ins + _implicit_inputs(proto)))
         )
         if is_const:
             for out in proto.output:
@@ -461,7 +560,7 @@ def import_onnx(path: str | os.PathLike, input_shape: tuple[int, ...] | None = N
     ctx = _Ctx(opset, values, constants)
     normalized = []
     for node in nodes:
-        fn = NORMALIZERS.get(node.op_type)
+        fn = NORMALIZERS.get(node.op_type) or ONNX_NORMALIZERS.get(node.op_type)
         normalized.append(fn(ctx, node) if fn else node)
 
     live_tensors = {inp.name} | {o for n in normalized for o in n.outputs if o}
@@ -482,4 +581,5 @@ def import_onnx(path: str | os.PathLike, input_shape: tuple[int, ...] | None = N
         metadata={"format": "onnx", "opset": opset, "producer": model.producer_name,
                   "doc": {p.key: p.value for p in model.metadata_props}},
     )
-    return graph
+    # fuse_decompositions=False keeps exporters' chains as they are (tests compare rules op by op)
+    return fuse(graph) if fuse_decompositions else graph

@@ -490,7 +490,8 @@ def _pad(run: _Run, node: Node, ins: list[_V]):
     v = ins[0]
     rank = len(pads) // 2
     mode = a.get("mode", "constant").upper()
-    mode = {"EDGE": "SYMMETRIC"}.get(mode, mode)
+    if mode in ("EDGE", "WRAP"):
+        return [_V(_pad_by_index(tf, run.first(v), pads, mode.lower()))]
     pairs = [[pads[i], pads[i + rank]] for i in range(rank)]
     value = float(a.get("value", 0.0) or 0.0)
     if v.nhwc:
@@ -504,6 +505,51 @@ def _pad(run: _Run, node: Node, ins: list[_V]):
     return [_V(tf.pad(v.t, pairs, mode=mode, constant_values=value), v.nhwc)]
 
 
+def _pad_by_index(tf, x, pads, mode: str):
+    """Edge / wrap padding (TensorFlow has neither) as a gather along each padded axis."""
+    from zfprobe.ops.layout import pad_index
+
+    rank = len(pads) // 2
+    for ax in range(rank):
+        if pads[ax] or pads[ax + rank]:
+            x = tf.gather(x, pad_index(int(x.shape[ax]), pads[ax], pads[ax + rank], mode), axis=ax)
+    return x
+
+
+def _resize(tf, n, x):
+    """ONNX Resize through its per-axis matrices (zfprobe.ops.resize), the same numbers as the
+    other backends; one matmul per resized axis."""
+    from zfprobe.ops.axismap import apply_forward
+    from zfprobe.ops.resize import resize_matrices
+
+    rank = x.shape.rank
+    in_shape = [1] + list(x.shape[1:])
+    mats = resize_matrices(n.attrs, in_shape, n.attrs["out_size"])
+
+    def swap_last(t, axis):
+        perm = list(range(rank))
+        perm[axis], perm[-1] = perm[-1], perm[axis]
+        return tf.transpose(t, perm)
+
+    return [apply_forward(tf.linalg.matmul, x, mats, rank, lambda a: tf.constant(a, x.dtype), swap_last)]
+
+
+def _tile(tf, n, x, *unused):
+    return [tf.tile(x, [int(r) for r in n.attrs["repeats"]])]
+
+
+def _depth_to_space(tf, n, x):
+    from zfprobe.ops.layout import depth_to_space_steps, space_to_depth_steps
+
+    shape = [-1] + list(x.shape[1:])
+    if n.op_type == "DepthToSpace":
+        mid, perm, out = depth_to_space_steps(shape, int(n.attrs["blocksize"]), n.attrs.get("mode", "DCR"))
+    else:
+        mid, perm, out = space_to_depth_steps(shape, int(n.attrs["blocksize"]))
+    mid[0] = out[0] = -1
+    return [tf.reshape(tf.transpose(tf.reshape(x, mid), perm), out)]
+
+
 def _gather(run: _Run, node: Node, ins: list[_V]):
     tf = run.tf
     axis = int(node.attrs.get("axis", 0))
@@ -515,7 +561,10 @@ def _gather(run: _Run, node: Node, ins: list[_V]):
         else:
             info = None
         return [_V(tf.gather(ins[0].t, idx, axis=0), ins[0].nhwc, info)]
-    return [_V(tf.gather(run.first(ins[0]), idx, axis=axis))]
+    x = run.first(ins[0])
+    if idx.dtype.is_integer:  # ONNX allows negative indices, TensorFlow does not
+        idx = tf.where(idx < 0, idx + tf.cast(tf.shape(x)[axis], idx.dtype), idx)
+    return [_V(tf.gather(x, idx, axis=axis))]
 
 
 def _shape(tf, n, x):
@@ -681,6 +730,10 @@ OPS["Concat"] = _concat
 OPS["Slice"] = _canonical(_slice)
 OPS["Pad"] = _pad
 OPS["Gather"] = _gather
+OPS["Resize"] = _canonical(_resize)
+OPS["Tile"] = _canonical(_tile)
+OPS["DepthToSpace"] = _canonical(_depth_to_space)
+OPS["SpaceToDepth"] = _canonical(_depth_to_space)
 def _shape_op(run: _Run, node: Node, ins: list[_V]):
     tf = run.tf
     v = ins[0]
@@ -837,3 +890,75 @@ class TensorFlowBackend:
                 args.append(tf.convert_to_tensor(np.asarray(feeds[name], dtype=dtype)))
             result = fn(*args)
         return [r.numpy() for r in result]
+
+
+# -- smooth nonlinearities and data-dependent normalizations (zfprobe/ops/activation.py, norm.py)
+_SELU = (1.67326319217681884765625, 1.05070102214813232421875)
+
+
+def _gelu(tf, n, x):
+    return tf.nn.gelu(x, approximate=n.attrs.get("approximate", "none") == "tanh")
+
+
+def _celu(tf, n, x):
+    alpha = float(n.attrs.get("alpha", 1.0))
+    return tf.maximum(x, 0.0) + tf.minimum(0.0, alpha * (tf.exp(x / alpha) - 1.0))
+
+
+for _op, _fn in {
+    "Gelu": _gelu,
+    "Mish": lambda tf, n, x: x * tf.tanh(tf.nn.softplus(x)),
+    "Swish": lambda tf, n, x: x * tf.sigmoid(float(n.attrs.get("alpha", 1.0)) * x),
+    "Softplus": lambda tf, n, x: tf.nn.softplus(x),
+    "Softsign": lambda tf, n, x: tf.nn.softsign(x),
+    "Elu": lambda tf, n, x: tf.where(x > 0, x, float(n.attrs.get("alpha", 1.0)) * (tf.exp(x) - 1.0)),
+    "Celu": _celu,
+    "Selu": lambda tf, n, x: float(n.attrs.get("gamma", _SELU[1])) * tf.where(
+        x > 0, x, float(n.attrs.get("alpha", _SELU[0])) * (tf.exp(x) - 1.0)),
+    "Exp": lambda tf, n, x: tf.exp(x),
+    "Log": lambda tf, n, x: tf.math.log(x),
+    "Erf": lambda tf, n, x: tf.math.erf(x),
+    "Reciprocal": lambda tf, n, x: tf.math.reciprocal(x),
+    "Abs": lambda tf, n, x: tf.abs(x),
+    "Sign": lambda tf, n, x: tf.sign(x),
+}.items():
+    OPS[_op] = _unary(_fn)
+
+
+def _normalize(tf, x, axes, eps):
+    mean, var = tf.nn.moments(x, axes=axes, keepdims=True)
+    return (x - mean) * tf.math.rsqrt(var + eps)
+
+
+def _layernorm(tf, n, x, scale=None, bias=None):
+    rank = x.shape.rank
+    axis = int(n.attrs.get("axis", -1)) % rank
+    y = _normalize(tf, x, list(range(axis, rank)), float(n.attrs.get("epsilon", 1e-5)))
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return [y]
+
+
+def _per_channel(tf, t, rank):
+    return tf.reshape(t, [-1] + [1] * (rank - 2))
+
+
+def _instancenorm(tf, n, x, scale, bias):
+    rank = x.shape.rank
+    y = _normalize(tf, x, list(range(2, rank)), float(n.attrs.get("epsilon", 1e-5)))
+    return [y * _per_channel(tf, scale, rank) + _per_channel(tf, bias, rank)]
+
+
+def _groupnorm(tf, n, x, scale, bias):
+    rank, groups = x.shape.rank, int(n.attrs["num_groups"])
+    shape = tf.shape(x)
+    grouped = tf.reshape(x, tf.stack([shape[0], groups, -1]))
+    y = tf.reshape(_normalize(tf, grouped, [2], float(n.attrs.get("epsilon", 1e-5))), shape)
+    return [y * _per_channel(tf, scale, rank) + _per_channel(tf, bias, rank)]
+
+
+OPS["LayerNormalization"] = _canonical(_layernorm)
+OPS["InstanceNormalization"] = _canonical(_instancenorm)
+OPS["GroupNormalization"] = _canonical(_groupnorm)

@@ -161,7 +161,13 @@ def _conv_transpose(node: Node):
     crop: list[int] = []
     for i in reversed(range(nd)):
         crop += [-int(pads[i]), int(out_pad[i]) - int(pads[i + nd])]
-    return lambda x, w, b=None: F.pad(fn(x, w, b, strides, 0, 0, group, dilations), crop)
+
+    def run(x, w, b=None):
+        y = F.pad(fn(x, w, None, strides, 0, 0, group, dilations), crop)
+        # ONNX adds the bias everywhere, also on the output padding the crop appended
+        return y if b is None else y + b.reshape([1, -1] + [1] * nd)
+
+    return run
 
 
 # ------------------------------------------------------------------ pooling ----------------
@@ -399,6 +405,49 @@ def _smooth(node):
     bias, lambd = float(a.get("bias", 0.0)), float(a.get("lambd", 0.5))
     zero = 0.0
     return lambda x: torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, x * zero))
+
+
+@converter("Swish")
+def _swish(node):
+    torch = _torch()
+    alpha = float(node.attrs.get("alpha", 1.0))
+    return lambda x: x * torch.sigmoid(alpha * x)
+
+
+def _normalize(x, dims, eps):
+    var, mean = _torch().var_mean(x, dim=dims, keepdim=True, unbiased=False)
+    return (x - mean) * (var + eps).rsqrt()
+
+
+@converter("LayerNormalization")
+def _layernorm(node):
+    F = _F()
+    axis, eps = int(node.attrs.get("axis", -1)), float(node.attrs.get("epsilon", 1e-5))
+
+    def run(x, scale=None, bias=None):
+        a = axis % x.dim()
+        return F.layer_norm(x, tuple(x.shape[a:]), scale, bias, eps)
+
+    return run
+
+
+@converter("InstanceNormalization")
+def _instancenorm(node):
+    eps = float(node.attrs.get("epsilon", 1e-5))
+
+    def run(x, scale, bias):
+        shape = [-1] + [1] * (x.dim() - 2)
+        return _normalize(x, tuple(range(2, x.dim())), eps) * scale.reshape(shape) + bias.reshape(shape)
+
+    return run
+
+
+@converter("GroupNormalization")
+def _groupnorm(node):
+    """Per-channel scale and bias (ONNX opset 21), like ``F.group_norm``."""
+    F = _F()
+    groups, eps = int(node.attrs["num_groups"]), float(node.attrs.get("epsilon", 1e-5))
+    return lambda x, scale, bias: F.group_norm(x, groups, scale, bias, eps)
 
 
 # ------------------------------------------------------------------ arithmetic -------------
@@ -704,6 +753,61 @@ def _expand(node):
     return run
 
 
+@converter("Resize")
+def _resize(node):
+    """ONNX Resize through its per-axis matrices (zfprobe.ops.resize): exact ONNX semantics for
+    every mode and coordinate transform, one matmul per resized axis."""
+    torch = _torch()
+    from zfprobe.ops.resize import resize_matrices
+
+    cache: dict = {}
+
+    def run(x, *unused):
+        key = (tuple(x.shape[1:]), x.device, x.dtype)
+        if key not in cache:
+            mats = resize_matrices(node.attrs, (1,) + tuple(x.shape[1:]), node.attrs["out_size"])
+            cache[key] = {a: torch.from_numpy(m).to(device=x.device, dtype=x.dtype) for a, m in mats.items()}
+        mats = cache[key]
+        rank = x.dim()
+        out = x
+        for axis, a in sorted(mats.items()):
+            if axis == rank - 1:
+                out = torch.matmul(out, a.t())
+            elif axis == rank - 2:
+                out = torch.matmul(a, out)
+            else:
+                out = torch.matmul(out.transpose(axis, -1), a.t()).transpose(axis, -1)
+        return out.contiguous()
+
+    return run
+
+
+@converter("Tile")
+def _tile(node):
+    def run(x, *unused):
+        return x.repeat(*[int(r) for r in _static(node, "repeats", (x, *unused), 1)])
+
+    return run
+
+
+@converter("DepthToSpace", "SpaceToDepth")
+def _depth_to_space(node):
+    from zfprobe.ops.layout import depth_to_space_steps, space_to_depth_steps
+
+    block = int(node.attrs["blocksize"])
+
+    def run(x):
+        shape = [-1] + list(x.shape[1:])
+        if node.op_type == "DepthToSpace":
+            mid, perm, out = depth_to_space_steps(shape, block, node.attrs.get("mode", "DCR"))
+        else:
+            mid, perm, out = space_to_depth_steps(shape, block)
+        mid[0] = out[0] = -1
+        return x.reshape(mid).permute(perm).reshape(out)
+
+    return run
+
+
 @converter("Shape")
 def _shape(node):
     torch = _torch()
@@ -814,7 +918,7 @@ class _Compiled:
         for name, value in program.constants.items():
             if name in self.live or name in derived_names:
                 continue
-            arr = np.ascontiguousarray(value)
+            arr = np.asarray(value, order="C")  # (np.ascontiguousarray would make a 0-d index 1-d)
             if arr.dtype == np.float64:
                 arr = arr.astype(np.float32)
             self.constants[name] = torch.from_numpy(arr.copy()).to(device)

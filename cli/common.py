@@ -41,14 +41,35 @@ def parse_unit(value: str | None) -> tuple[int, tuple[int, ...]] | None:
     return parts[0], tuple(parts[1:])
 
 
-def open_probe(model: str, input_size: str | None, device: str = "auto", channels_hint: int | None = None):
+def open_probe(model: str, input_size: str | None, device: str = "auto", channels_hint: int | None = None,
+               image: str | None = None):
+    """The model as a Probe. A model whose input size is free (a detector's dynamic H x W) takes
+    ``--input-size``, else the size of ``image`` when the command has one."""
     import zfprobe
+    from zfprobe.errors import DynamicInputSizeError
 
     size = parse_size(input_size)
     shape = None
     if size is not None:
         shape = (channels_hint, *size) if channels_hint else size
-    return zfprobe.load(model, input_shape=shape, device=device)
+    try:
+        return zfprobe.load(model, input_shape=shape, device=device)
+    except DynamicInputSizeError:
+        image_size = _image_size(image) if shape is None and image else None
+        if image_size is None:
+            raise
+        return zfprobe.load(model, input_shape=image_size, device=device)
+
+
+def _image_size(path: str) -> tuple[int, int] | None:
+    """(H, W) of an image file, or None when it cannot be read (the command reports that later)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except Exception:  # noqa: BLE001 - any unreadable file: no size, the image loader gives the error
+        return None
 
 
 def preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize):

@@ -78,7 +78,7 @@ def layers(model, input_size, in_channels):
 def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset, input_size, mean, std, scale, bgr,
               resize, percentile, device, out_dir):
     """Project units of LAYER for IMAGE to pixel space; write PNGs, a contact sheet and a manifest."""
-    probe = open_probe(model, input_size, device)
+    probe = open_probe(model, input_size, device, image=image)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
     position = None
     channels = list(channels)

@@ -46,7 +46,7 @@ def command(model, image, layer, size, stride, label, fill, channel, labels_file
     probability and the top class per square position; write npz, overlays and a manifest."""
     from zfprobe.occlusion import class_output, occlude
 
-    probe = open_probe(model, input_size, device)
+    probe = open_probe(model, input_size, device, image=image)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
     side = min(prep.size)
     size = size if size is not None else max(1, round(side / 7))

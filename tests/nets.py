@@ -115,17 +115,21 @@ class ZFNet(nn.Module):
     """
 
     def __init__(self, width: float = 1.0, fc: int = 4096, num_classes: int = 1000,
-                 in_size: int = 224, lrn_alpha: float = 1e-4, lrn_k: float = 1.0):
+                 in_size: int = 224, lrn_alpha: float = 1e-4, lrn_k: float = 1.0, torch_lrn: bool = False):
         super().__init__()
+        # torch_lrn: torch's own nn.LocalResponseNorm, which the exporter decomposes into a chain
+        # (Mul, 5-D Reshape, Pad, AveragePool, Div, ...) that zfprobe fuses back into one LRN.
+        norm = (lambda: nn.LocalResponseNorm(5, alpha=lrn_alpha, beta=0.75, k=lrn_k)) if torch_lrn else \
+            (lambda: LRN(5, alpha=lrn_alpha, beta=0.75, k=lrn_k))
         c1, c2, c3, c4, c5 = (max(4, int(round(c * width))) for c in (96, 256, 384, 384, 256))
         self.conv1 = nn.Conv2d(3, c1, 7, stride=2, padding=1)
         self.relu1 = nn.ReLU()
         self.pool1 = nn.MaxPool2d(3, stride=2, padding=1)
-        self.norm1 = LRN(5, alpha=lrn_alpha, beta=0.75, k=lrn_k)
+        self.norm1 = norm()
         self.conv2 = nn.Conv2d(c1, c2, 5, stride=2)
         self.relu2 = nn.ReLU(inplace=True)
         self.pool2 = nn.MaxPool2d(3, stride=2, padding=1)
-        self.norm2 = LRN(5, alpha=lrn_alpha, beta=0.75, k=lrn_k)
+        self.norm2 = norm()
         self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)
         self.relu3 = nn.ReLU()
         self.conv4 = nn.Conv2d(c3, c4, 3, padding=1)
@@ -172,6 +176,17 @@ def zfnet_small(seed: int = 1) -> nn.Module:
     """
     return _init_(ZFNet(width=0.125, fc=128, num_classes=10, in_size=64,
                         lrn_alpha=0.5, lrn_k=2.0), seed)
+
+
+def zfnet_torch_lrn(seed: int = 0) -> nn.Module:
+    """:func:`zfnet` with torch's ``nn.LocalResponseNorm`` (the decomposed export)."""
+    return _init_(ZFNet(torch_lrn=True), seed)
+
+
+def zfnet_small_torch_lrn(seed: int = 1) -> nn.Module:
+    """:func:`zfnet_small` with torch's ``nn.LocalResponseNorm`` (alpha 0.5, k 2)."""
+    return _init_(ZFNet(width=0.125, fc=128, num_classes=10, in_size=64, lrn_alpha=0.5, lrn_k=2.0,
+                        torch_lrn=True), seed)
 
 
 ZFNET_LAYERS = ["conv1", "relu1", "pool1", "norm1", "conv2", "relu2", "pool2", "norm2",

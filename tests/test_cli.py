@@ -159,25 +159,35 @@ def test_missing_model_file(tmp_path):
 
 
 def test_op_the_deconvnet_cannot_invert_names_node_and_op(tmp_path, image_8x8):
-    scales = numpy_helper.from_array(np.array([1, 1, 1, 1], np.float32), "scales")
-    node = helper.make_node("Resize", ["c", "", "scales"], ["u"], name="the_resize", mode="nearest")
-    model = _tiny_model_with(node, [scales], tmp_path / "resize.onnx")
+    node = helper.make_node("Round", ["c"], ["u"], name="the_round")
+    model = _tiny_model_with(node, [], tmp_path / "round.onnx")
     out = tmp_path / "out"
     r = run_cli("visualize", model, "--image", image_8x8, "--layer", "relu_top", "-o", out)
-    assert_clean_error(r, "the_resize", "Resize", "probe a layer below it")
+    assert_clean_error(r, "the_round", "Round", "probe a layer below it")
     assert not out.exists()
     # below the node the same model works, and `layers` says where the deconvnet stops
     assert run_cli("visualize", model, "--image", image_8x8, "--layer", "conv", "-o", out).returncode == 0
     listing = run_cli("layers", model).stdout
-    assert "no: node 'the_resize' (Resize)" in listing
+    assert "no: node 'the_round' (Round)" in listing
 
 
-def test_reflect_pad_is_refused_with_reason(tmp_path, image_8x8):
+def test_resize_that_needs_a_region_of_interest_is_refused_with_reason(tmp_path, image_8x8):
+    roi = numpy_helper.from_array(np.array([0, 0, 0, 0, 1, 1, 1, 1], np.float32), "roi")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    node = helper.make_node("Resize", ["c", "roi", "scales"], ["u"], name="crop_resize", mode="linear",
+                            coordinate_transformation_mode="tf_crop_and_resize")
+    model = _tiny_model_with(node, [roi, scales], tmp_path / "crop.onnx")
+    r = run_cli("visualize", model, "--image", image_8x8, "--layer", "relu_top", "-o", tmp_path / "o")
+    assert_clean_error(r, "crop_resize", "Resize", "region of interest")
+
+
+def test_reflect_pad_and_resize_pass(tmp_path, image_8x8):
+    """Issue 9: reflect padding and Resize have exact reversals now (tests/test_linear_ops.py)."""
     pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
     node = helper.make_node("Pad", ["c", "pads"], ["u"], name="reflect_pad", mode="reflect")
     model = _tiny_model_with(node, [pads], tmp_path / "pad.onnx")
-    r = run_cli("visualize", model, "--image", image_8x8, "--layer", "relu_top", "-o", tmp_path / "o")
-    assert_clean_error(r, "reflect_pad", "Pad", "reflect")
+    assert run_cli("visualize", model, "--image", image_8x8, "--layer", "relu_top", "-o", tmp_path / "o").returncode == 0
+    assert "no: " not in run_cli("layers", model).stdout
 
 
 def test_unknown_layer_suggests_close_names(tmp_path):

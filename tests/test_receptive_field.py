@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
+import geometric_nets  # noqa: E402  (tests/geometric_nets.py)
 import nets  # noqa: E402  (tests/nets.py)
 import zfprobe  # noqa: E402
 from zfprobe.receptive_field import receptive_field, receptive_fields  # noqa: E402
@@ -136,6 +137,12 @@ CASES = {
                ["conv1", "maxpool", "layer1.0", "layer2.0.downsample", "layer2.0", "layer2", "avgpool"]),
     "dilated": (lambda: nets._init_(DilatedNet(), 5), (1, 3, 40, 40),
                 ["conv1", "pool1", "branch_b", "cat", "pad", "conv3", "zpad", "conv4", "gap", "fc"]),
+    # issue 9: ConvTranspose, Resize (bilinear / nearest), Focus slicing, Gather. (Not the
+    # PixelShuffle net: torch exports PixelUnshuffle as a 6-D Reshape / Transpose, which the
+    # receptive-field walk reports conservatively.)
+    "unet": (lambda: geometric_nets.build("unet"), (1, 3, 32, 40), ["up1", "dec1", "dec2", "up3", "head"]),
+    "yolo_focus": (lambda: geometric_nets.build("yolo_focus"), (1, 3, 32, 40), ["focus", "b1", "up", "fuse", "head"]),
+    "fpn_pan": (lambda: geometric_nets.build("fpn_pan"), (1, 3, 32, 40), ["up", "s4", "s3", "down3", "down4"]),
 }
 
 

@@ -52,3 +52,8 @@ class ImageError(ZfprobeError):
 
 class OptionError(ZfprobeError):
     """An option value that makes no sense (negative stride, unknown rule, ...)."""
+
+
+class DynamicInputSizeError(ZfprobeError):
+    """The model's input has free dimensions and no size was given (the CLI then takes the
+    image's size when it has an image)."""

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from zfprobe.graph import Graph, Node
+from zfprobe.ops.geometry import AxisWindow
 from zfprobe.program import ProgramBuilder
 
 Signal = Optional[str]
@@ -149,16 +150,9 @@ def _spatial_in_out(ctx: InverseContext, node: Node) -> tuple[tuple[int, ...], t
 
 
 def transposed_geometry(n_in: int, n_out: int, k: int, s: int, d: int, pb: int, pe: int) -> tuple[int, int, int]:
-    """Pads and output_padding that make a transposed conv return exactly ``n_in`` positions.
-
-    The forward window geometry may leave input positions unused at the end (floor division) or
-    read past the end (ceil_mode); output_padding adds the former, a larger end pad crops the latter.
-    """
-    produced = s * (n_out - 1) + (k - 1) * d + 1 - pb - pe
-    extra = n_in - produced
-    if extra >= 0:
-        return pb, pe, extra
-    return pb, pe - extra, 0
+    """Pads and output_padding that make a transposed conv return exactly ``n_in`` positions
+    (see :meth:`zfprobe.ops.geometry.AxisWindow.transposed_pads`)."""
+    return AxisWindow(k, s, d, pb, pe).transposed_pads(n_in, n_out)
 
 
 def _conv_transpose(ctx: InverseContext, g: str, weight: str, node: Node, in_shape, out_shape, group: int,
@@ -511,20 +505,6 @@ def _mul(ctx, node, gy):
     return result
 
 
-@inverse("Div")
-def _div(ctx, node, gy):
-    out_shape = ctx.shape(node.outputs[0])
-    x = node.inputs[0]
-    return [ctx.unbroadcast(ctx.b.op("Div", gy[0], node.inputs[1]), ctx.shape(x), out_shape), None]
-
-
-@check("Div")
-def _div_check(graph, node):
-    if graph.is_constant(node.inputs[0]) or not graph.is_constant(node.inputs[1]):
-        return "only division by a constant is supported"
-    return None
-
-
 @inverse("Neg")
 def _neg(ctx, node, gy):
     return [ctx.b.op("Neg", gy[0])]
@@ -613,55 +593,7 @@ def _split_check(graph, node):
     return "it splits along the batch axis" if node.attrs["axis"] == 0 else None
 
 
-@inverse("Slice")
-def _slice(ctx, node, gy):
-    in_shape = ctx.shape(node.inputs[0])
-    rank = len(in_shape)
-    pads = [0] * (2 * rank)
-    for s, e, a in zip(node.attrs["starts"], node.attrs["ends"], node.attrs["axes"]):
-        pads[a] = s
-        pads[a + rank] = in_shape[a] - max(e, s)
-    return [ctx.b.op("Pad", gy[0], pads=pads, mode="constant", value=0.0)]
-
-
-@check("Slice")
-def _slice_check(graph, node):
-    if any(st != 1 for st in node.attrs["steps"]):
-        return "it slices with a step other than 1"
-    if 0 in node.attrs["axes"]:
-        in_shape = graph.shape(node.inputs[0])
-        i = node.attrs["axes"].index(0)
-        if node.attrs["starts"][i] != 0 or node.attrs["ends"][i] < in_shape[0]:
-            return "it slices the batch axis"
-    return None
-
-
-@inverse("Pad")
-def _pad(ctx, node, gy):
-    in_shape = ctx.shape(node.inputs[0])
-    rank = len(in_shape)
-    pads = node.attrs["pads"]
-    g = gy[0]
-    if any(p < 0 for p in pads):  # negative pads crop; their adjoint pads back with zeros
-        back = [max(0, -p) for p in pads]
-        g = ctx.b.op("Pad", g, pads=back, mode="constant", value=0.0)
-        pads = [max(0, p) for p in pads]
-    axes = [a for a in range(1, rank) if pads[a] or pads[a + rank]]
-    if axes:
-        g = ctx.b.op("Slice", g, starts=[pads[a] for a in axes], ends=[pads[a] + in_shape[a] for a in axes],
-                     axes=axes, steps=[1] * len(axes))
-    return [g]
-
-
-@check("Pad")
-def _pad_check(graph, node):
-    if node.attrs.get("mode", "constant") != "constant":
-        return f"it pads in '{node.attrs['mode']}' mode (only constant padding has an exact reversal here)"
-    rank = len(graph.shape(node.inputs[0]))
-    if node.attrs["pads"][0] or node.attrs["pads"][rank]:
-        return "it pads the batch axis"
-    return None
-
-
 # Op families kept in their own modules (zfprobe/ops/<family>.py) register into the tables above.
-import zfprobe.ops  # noqa: E402,F401  (import for its registrations)
+import zfprobe.ops  # noqa: E402
+
+zfprobe.ops.import_all()

@@ -48,6 +48,7 @@ from typing import Sequence
 
 import numpy as np
 
+from zfprobe.ops.geometry import AxisWindow
 from zfprobe.errors import ImageError, OptionError, ZfprobeError
 from zfprobe.graph import Graph, Node
 
@@ -149,7 +150,7 @@ def class_output(graph: Graph) -> ClassOutput | None:
 
 _UNARY = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish",
           "Softplus", "Softsign", "Identity", "Neg", "Abs", "Exp", "Log", "Sqrt", "Gelu", "Erf", "ThresholdedRelu",
-          "Cast", "Floor", "Ceil", "Round", "Sign", "Reciprocal", "Mish"}
+          "Cast", "Floor", "Ceil", "Round", "Sign", "Reciprocal", "Mish", "Swish"}
 _BINARY = {"Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min", "Pow"}
 
 
@@ -254,6 +255,11 @@ def local_chain(graph: Graph) -> list[_Op]:
 
 def _affected(op: _Op, axis: int, lo: int, hi: int) -> tuple[int, int]:
     """Output index range of ``op`` that reads input indices ``lo..hi`` (inclusive)."""
+    window = AxisWindow(op.kernel[axis], op.stride[axis], 1, op.pad[axis])
+    first, end = window.outputs_reading(lo, hi + 1, op.n_out[axis])
+    if end > first:
+        return first, end - 1
+    # no output reads these inputs (stride > kernel): the empty range just after them
     k, s, p, n = op.kernel[axis], op.stride[axis], op.pad[axis], op.n_out[axis]
     return max(0, -((-(lo + p - k + 1)) // s)), min(n - 1, (hi + p) // s)
 
@@ -280,8 +286,10 @@ def _plan_axis(chain: list[_Op], axis: int, starts: Sequence[int], size: int) ->
         start = np.minimum(lo, op.n_out[axis] - psize)
         plan.out_size.append(psize)
         plan.out_start.append(start)
-        plan.in_size.append((psize - 1) * op.stride[axis] + op.kernel[axis])
-        plan.in_start.append(start * op.stride[axis] - op.pad[axis])
+        window = AxisWindow(op.kernel[axis], op.stride[axis], 1, op.pad[axis])
+        in_lo, in_hi = window.input_span(0, psize)
+        plan.in_size.append(in_hi - in_lo)
+        plan.in_start.append(np.array([window.first_tap(int(o)) for o in start], np.int64))
     return plan
 
 

@@ -38,6 +38,7 @@ POINTWISE_OPS = {
     "InstanceNormalization", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Exp", "Log", "Sqrt", "Pow",
     "Max", "Min", "Sum", "Mean", "Cast", "Erf", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
     "Where", "Equal", "Greater", "Less", "Not", "And", "Or", "Mish", "ThresholdedRelu", "Shrink",
+    "Swish", "Softsign", "Celu",
 }
 
 
@@ -257,6 +258,8 @@ def _propagate(graph: Graph, node, k: int, ins: list[TensorRF], out_shape, image
         if len(new) == rank:  # a reduction over channels only keeps the spatial geometry
             return _replace_axes(x, new, out_shape)
         return None
+    if op in AXIS_MAP_OPS:
+        return _axis_maps(graph, node, x, out_shape)
     if op in ("Gemm", "MatMul"):
         return _collapse(ins, out_shape, image_size, exact=True)
     if op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Softmax", "LogSoftmax"):
@@ -273,6 +276,85 @@ def _propagate(graph: Graph, node, k: int, ins: list[TensorRF], out_shape, image
         # seeing everything its input sees; its own box is smaller (exact = False).
         return _collapse(ins, out_shape, image_size, exact=False)
     return None
+
+
+# Ops whose output, along each axis, reads a fixed set of input positions (issue 9's geometric
+# ops): their boxes come from that relation, built from the op's own rule (zfprobe.ops).
+AXIS_MAP_OPS = {"Resize", "ConvTranspose", "DepthToSpace", "SpaceToDepth", "Tile", "Gather", "Expand"}
+
+
+def _reads_matrices(graph: Graph, node, x: TensorRF, out_shape) -> dict[int, np.ndarray] | None:
+    """Per tensor axis, the boolean [n_out, n_in] relation "output j reads input i"."""
+    from zfprobe.ops.axismap import index_matrix
+    from zfprobe.ops.geometry import axis_windows
+    from zfprobe.ops.resize import resize_matrices
+
+    op, in_shape = node.op_type, x.shape
+    rank = len(in_shape)
+    if op == "Resize":
+        return {a: m != 0 for a, m in resize_matrices(node.attrs, in_shape, out_shape).items()}
+    if op == "ConvTranspose":
+        nd = len(node.attrs["kernel_shape"])
+        out = {}
+        for i, w in enumerate(axis_windows(node.attrs, nd)):
+            n_in, n_out = in_shape[2 + i], out_shape[2 + i]
+            m = np.zeros((n_out, n_in), bool)
+            taps = (np.arange(n_in)[:, None] * w.stride - w.pad_begin + np.arange(w.kernel)[None, :] * w.dilation)
+            for i_in, row in enumerate(taps):
+                row = row[(row >= 0) & (row < n_out)]
+                m[row, i_in] = True
+            out[2 + i] = m
+        return out
+    if op in ("DepthToSpace", "SpaceToDepth"):
+        b = int(node.attrs["blocksize"])
+        out = {}
+        for a in (2, 3):
+            n_in, n_out = in_shape[a], out_shape[a]
+            src = np.arange(n_out) // b if op == "DepthToSpace" else None
+            out[a] = index_matrix(src, n_in) != 0 if src is not None else \
+                np.kron(np.eye(n_out, dtype=bool), np.ones((1, b), bool))[:, :n_in]
+        return out
+    if op == "Tile":
+        return {a: index_matrix(np.tile(np.arange(in_shape[a]), r), in_shape[a]) != 0
+                for a, r in enumerate(node.attrs["repeats"]) if r != 1}
+    if op == "Gather":
+        axis = node.attrs.get("axis", 0) % rank
+        idx = np.asarray(graph.constants.get(node.inputs[1], np.zeros(0)), np.int64)
+        if idx.ndim != 1 or len(out_shape) != rank:
+            return None if x.axes[axis] is not None else {}
+        return {axis: index_matrix(np.where(idx < 0, idx + in_shape[axis], idx), in_shape[axis]) != 0}
+    if op == "Expand":
+        if len(out_shape) != rank:
+            return None
+        return {a: np.ones((out_shape[a], 1), bool) for a in range(rank) if in_shape[a] == 1 and out_shape[a] != 1}
+    return None
+
+
+def _axis_maps(graph: Graph, node, x: TensorRF, out_shape) -> TensorRF | None:
+    try:
+        reads = _reads_matrices(graph, node, x, out_shape)
+    except (KeyError, ValueError, IndexError):
+        return None
+    if reads is None or len(out_shape) != len(x.shape):
+        return None
+    axes = list(x.axes)
+    for a, m in reads.items():
+        ax = x.axes[a]
+        if ax is None:
+            continue
+        any_read = m.any(axis=1)
+        lo = np.where(m, ax.lo[None, :], _EMPTY_LO).min(axis=1)
+        hi = np.where(m, ax.hi[None, :], -1).max(axis=1)
+        lo, hi = np.where(any_read, lo, _EMPTY_LO), np.where(any_read, hi, -1)
+        # nominal: the mean step between outputs, and the widest set of inputs one output reads
+        g = ax.nominal
+        cols = [np.flatnonzero(r) for r in m]
+        first = int(cols[0][0]) if len(cols) and len(cols[0]) else 0
+        width = max((int(c[-1] - c[0]) for c in cols if len(c)), default=0)
+        jump = max(1, int(round(g.jump * m.shape[1] / max(1, m.shape[0])))) if g.jump else 0
+        axes[a] = _Axis(ax.src, lo.astype(np.int64), hi.astype(np.int64),
+                        AxisGeometry(jump, g.start + first * g.jump, g.size + width * g.jump))
+    return TensorRF("", tuple(out_shape), x.image_size, axes, dict(x.fixed), x.exact)
 
 
 def _replace_axes(x: TensorRF, axes, out_shape) -> TensorRF:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zfprobe.ops.geometry import AxisWindow
 from zfprobe.graph import Graph, Node
 from zfprobe.inverses import INVERSES, InverseContext, check_invertible
 from zfprobe.program import ProgramBuilder
@@ -30,7 +31,8 @@ SEED_WINDOW = "zf_seed_window"
 OUTPUT_WINDOW = "zf_projection_window"
 
 _ELEMENTWISE = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
-                "BatchNormalization", "LRN", "Identity", "Dropout", "Cast", "Add", "Sum", "Sub", "Mul", "Div", "Neg"}
+                "BatchNormalization", "LRN", "Identity", "Dropout", "Cast", "Add", "Sum", "Sub", "Mul", "Div", "Neg",
+                "Gelu", "Swish", "Mish", "Softplus", "Elu", "Selu", "Celu", "Exp", "Log", "Erf", "Sqrt", "Reciprocal"}
 _LOCAL = {"Conv", "MaxPool", "AveragePool"}
 
 
@@ -69,8 +71,11 @@ def _input_window(graph: Graph, node: Node, win: Window) -> Window:
         s = a["strides"]
         d = a.get("dilations", [1, 1]) if op != "AveragePool" else [1, 1]
         pads = a["pads"]
-        return Window(s[0] * (win.h - 1) + (k[0] - 1) * d[0] + 1, s[1] * (win.w - 1) + (k[1] - 1) * d[1] + 1,
-                      win.ay * s[0], win.by * s[0] - pads[0], win.ax * s[1], win.bx * s[1] - pads[1])
+        wy, wx = (AxisWindow(k[i], s[i], d[i], pads[i], pads[i + 2]) for i in range(2))
+        # the window of win.h outputs starting at a*p + b reads span inputs from (a*p + b)*s - pad
+        h0, h1 = wy.input_span(0, win.h)
+        w0, w1 = wx.input_span(0, win.w)
+        return Window(h1 - h0, w1 - w0, win.ay * s[0], wy.first_tap(win.by), win.ax * s[1], wx.first_tap(win.bx))
     if op == "Pad":
         p = a["pads"]
         return Window(win.h, win.w, win.ay, win.by - p[2], win.ax, win.bx - p[3])
@@ -109,11 +114,11 @@ def _check_windowable(graph: Graph, node: Node) -> None:
         return
     if op == "Pad":
         p = node.attrs["pads"]
-        if p[1] or p[5] or any(v < 0 for v in p):
+        if p[1] or p[5] or any(v < 0 for v in p) or node.attrs.get("mode", "constant") != "constant":
             raise NotWindowable(node.name)
         return
     if op == "Slice":
-        if 1 in node.attrs["axes"]:
+        if 1 in node.attrs["axes"] or any(st != 1 for st in node.attrs.get("steps") or []):
             raise NotWindowable(node.name)
         return
     if op not in _ELEMENTWISE:

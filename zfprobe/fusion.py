@@ -1,0 +1,374 @@
+"""Fuse exporters' decompositions back into one canonical node, before any analysis.
+
+Exporters write some layers as chains of primitive ops: torch's ``nn.LocalResponseNorm`` as
+Mul / 5-D Reshape / Pad / AveragePool / Reshape / Mul / Add / Pow / Div, GELU as Div / Erf /
+Add / Mul / Mul (or its tanh polynomial), SiLU as x * Sigmoid(x), Mish as x * Tanh(Softplus(x)),
+Keras' hard-swish as x * Clip(x + 3, 0, 6) / 6, a LayerNorm from tf2onnx or an old opset as
+ReduceMean / Sub / Pow / ReduceMean / Add / Sqrt / Div. Each chain computes the same function
+as one canonical node, but a reader sees five layers, the paper's LRN rule (identity) and the
+receptive-field and window logic do not recognize it. Every front-end runs :func:`fuse` on its
+graph, so every analysis and rule sees ``LRN``, ``Gelu``, ``Swish``, ``Mish``, ``HardSwish`` and
+``LayerNormalization`` however the model was exported.
+
+Pointwise chains are recognized by what they compute, not by their exact shape: around an
+anchor op (Erf, Tanh, Sigmoid, Softplus, HardSigmoid, Clip) the pass takes the region of
+scalar pointwise ops between one input ``x`` and one output ``y`` whose intermediate tensors
+are used nowhere else, evaluates it in float64 on a grid of inputs and compares it with each
+canonical function; exporters' variants (constant order, x / sqrt(2) or x * 0.7071, where the
+0.5 is applied) all fuse. LRN and LayerNorm chains, which are not pointwise, are matched
+structurally.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import numpy as np
+from scipy.special import erf as _erf
+
+from zfprobe.graph import Graph, Node
+
+_POINTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Erf", "Tanh", "Sigmoid", "Softplus", "HardSigmoid", "Clip",
+              "Relu", "Exp", "Log", "Neg", "Sqrt", "Max", "Min", "Identity", "Reciprocal"}
+_ANCHORS = {"Erf", "Tanh", "Sigmoid", "Softplus", "HardSigmoid", "Clip"}
+_RESHAPES = {"Reshape", "Squeeze", "Unsqueeze", "Identity"}
+_MAX_REGION = 12
+_GRID = np.linspace(-8.0, 8.0, 1601)
+
+
+def _sigmoid(v):
+    return 0.5 * (1.0 + np.tanh(0.5 * v))
+
+
+# canonical pointwise functions: (op_type, attrs, f)
+CANDIDATES: list[tuple[str, dict, Callable[[np.ndarray], np.ndarray]]] = [
+    ("Gelu", {"approximate": "none"}, lambda v: 0.5 * v * (1.0 + _erf(v / math.sqrt(2.0)))),
+    ("Gelu", {"approximate": "tanh"},
+     lambda v: 0.5 * v * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v ** 3)))),
+    ("Swish", {"alpha": 1.0}, lambda v: v * _sigmoid(v)),
+    ("Mish", {}, lambda v: v * np.tanh(np.logaddexp(0.0, v))),
+    ("HardSwish", {}, lambda v: v * np.clip(v / 6.0 + 0.5, 0.0, 1.0)),
+]
+
+
+def _evaluate(node: Node, args: list[np.ndarray]) -> np.ndarray:
+    op, a = node.op_type, node.attrs
+    x = args[0]
+    if op == "Add":
+        return args[0] + args[1]
+    if op == "Sub":
+        return args[0] - args[1]
+    if op == "Mul":
+        return args[0] * args[1]
+    if op == "Div":
+        return args[0] / args[1]
+    if op == "Pow":
+        return np.power(args[0], args[1])
+    if op == "Max":
+        return np.maximum.reduce(args)
+    if op == "Min":
+        return np.minimum.reduce(args)
+    if op == "Erf":
+        return _erf(x)
+    if op == "Tanh":
+        return np.tanh(x)
+    if op == "Sigmoid":
+        return _sigmoid(x)
+    if op == "Softplus":
+        return np.logaddexp(0.0, x)
+    if op == "HardSigmoid":
+        return np.clip(x * float(a.get("alpha", 0.2)) + float(a.get("beta", 0.5)), 0.0, 1.0)
+    if op == "Clip":
+        return np.clip(x, a.get("min", -np.inf), a.get("max", np.inf))
+    if op == "Relu":
+        return np.maximum(x, 0.0)
+    if op == "Exp":
+        return np.exp(x)
+    if op == "Log":
+        return np.log(x)
+    if op == "Neg":
+        return -x
+    if op == "Sqrt":
+        return np.sqrt(x)
+    if op == "Reciprocal":
+        return 1.0 / x
+    return x  # Identity
+
+
+class _Fuser:
+    def __init__(self, graph: Graph):
+        self.g = graph
+        self.index = {n.name: i for i, n in enumerate(graph.nodes)}
+        self.removed: set[str] = set()
+        self.replacements: dict[str, Node] = {}   # name of the node a fused node replaces -> fused node
+        self.new_constants: dict[str, np.ndarray] = {}
+        self.outputs = set(graph.outputs)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def producer(self, t: str) -> Optional[Node]:
+        n = self.g.producer(t)
+        return None if n is None or n.name in self.removed else n
+
+    def scalar(self, t: str) -> Optional[float]:
+        if t and self.g.is_constant(t) and self.g.constants[t].size == 1:
+            return float(np.asarray(self.g.constants[t]).reshape(-1)[0])
+        return None
+
+    def private(self, nodes: list[Node], keep: str) -> bool:
+        """Every output of ``nodes`` except ``keep`` is read only inside ``nodes``."""
+        names = {n.name for n in nodes}
+        for n in nodes:
+            for o in n.outputs:
+                if o == keep:
+                    continue
+                if o in self.outputs or any(c.name not in names for c in self.g.consumers(o)):
+                    return False
+        return True
+
+    def replace(self, nodes: list[Node], fused: Node) -> None:
+        last = max(nodes, key=lambda n: self.index[n.name])
+        for n in nodes:
+            self.removed.add(n.name)
+        self.replacements[last.name] = fused
+
+    def build(self) -> Graph:
+        if not self.replacements:
+            return self.g
+        nodes = []
+        for n in self.g.nodes:
+            if n.name in self.replacements:
+                nodes.append(self.replacements[n.name])
+            elif n.name not in self.removed:
+                nodes.append(n)
+        constants = dict(self.g.constants, **self.new_constants)
+        used = {i for n in nodes for i in n.inputs if i}
+        constants = {k: v for k, v in constants.items() if k in used or k in self.g.parameter_refs}
+        produced = {o for n in nodes for o in n.outputs} | set(self.g.inputs)
+        metadata = dict(self.g.metadata)
+        if "aliases" in metadata:
+            metadata["aliases"] = {k: v for k, v in metadata["aliases"].items() if v in produced}
+        fused = dict(metadata.get("fused", {}))
+        for f in self.replacements.values():
+            fused[f.name] = f.op_type
+        metadata["fused"] = fused
+        return Graph(nodes=nodes, inputs=list(self.g.inputs), outputs=list(self.g.outputs), constants=constants,
+                     shapes=self.g.shapes, dtypes=self.g.dtypes, parameter_refs=self.g.parameter_refs,
+                     name=self.g.name, metadata=metadata)
+
+    # -- pointwise regions --------------------------------------------------------------------
+    def region(self, x: str, y: str) -> Optional[list[Node]]:
+        """The scalar-pointwise nodes between ``x`` and ``y`` (None if anything else is there)."""
+        found: dict[str, Node] = {}
+        stack, seen = [y], set()
+        while stack:
+            t = stack.pop()
+            if t == x or t in seen:
+                continue
+            seen.add(t)
+            if self.g.is_constant(t):
+                if self.g.constants[t].size != 1:
+                    return None
+                continue
+            n = self.producer(t)
+            if n is None or n.op_type not in _POINTWISE or len([o for o in n.outputs if o]) != 1:
+                return None
+            found[n.name] = n
+            if len(found) > _MAX_REGION:
+                return None
+            stack.extend(i for i in n.inputs if i)
+        if not any(x in n.inputs for n in found.values()):
+            return None
+        return sorted(found.values(), key=lambda n: self.index[n.name])
+
+    def evaluate(self, nodes: list[Node], x: str, y: str) -> np.ndarray:
+        values = {x: _GRID}
+        with np.errstate(all="ignore"):
+            for n in nodes:
+                args = [values[i] if i in values else np.float64(self.scalar(i)) for i in n.inputs if i]
+                values[n.outputs[0]] = np.asarray(_evaluate(n, args), dtype=np.float64)
+        return values[y]
+
+    def upstream(self, t: str, depth: int = 5) -> list[str]:
+        """Tensors above ``t`` through pointwise ops, nearest first (candidates for x)."""
+        order, frontier = [t], [t]
+        for _ in range(depth):
+            nxt = []
+            for u in frontier:
+                n = self.producer(u)
+                if n is None or n.op_type not in _POINTWISE:
+                    continue
+                for i in n.inputs:
+                    if i and not self.g.is_constant(i) and i not in order:
+                        order.append(i)
+                        nxt.append(i)
+            frontier = nxt
+        return order
+
+    def downstream(self, t: str, depth: int = 5) -> list[str]:
+        order, frontier = [t], [t]
+        for _ in range(depth):
+            nxt = []
+            for u in frontier:
+                for c in self.g.consumers(u):
+                    if c.name in self.removed or c.op_type not in _POINTWISE:
+                        continue
+                    for o in c.outputs:
+                        if o and o not in order:
+                            order.append(o)
+                            nxt.append(o)
+            frontier = nxt
+        return order
+
+    def fuse_pointwise(self) -> None:
+        for anchor in list(self.g.nodes):
+            if anchor.name in self.removed or anchor.op_type not in _ANCHORS or not anchor.inputs:
+                continue
+            if self.g.is_constant(anchor.inputs[0]) or anchor.inputs[0] not in self.g.shapes:
+                continue
+            done = False
+            for x in reversed(self.upstream(anchor.inputs[0])):
+                for y in reversed(self.downstream(anchor.outputs[0])):
+                    nodes = self.region(x, y)
+                    if not nodes or len(nodes) < 2 or anchor not in nodes or not self.private(nodes, y):
+                        continue
+                    if self.g.shapes.get(x) != self.g.shapes.get(y):
+                        continue
+                    got = self.evaluate(nodes, x, y)
+                    for op, attrs, f in CANDIDATES:
+                        want = f(_GRID)
+                        if np.all(np.isfinite(got)) and np.allclose(got, want, rtol=1e-5, atol=1e-5):
+                            last = nodes[-1]
+                            self.replace(nodes, Node(last.name, op, [x], [y], dict(attrs), last.source))
+                            done = True
+                            break
+                    if done:
+                        break
+                if done:
+                    break
+
+    # -- torch's LRN --------------------------------------------------------------------------
+    def through_reshapes(self, t: str, chain: list[Node]) -> str:
+        n = self.producer(t)
+        while n is not None and n.op_type in _RESHAPES:
+            chain.append(n)
+            t = n.inputs[0]
+            n = self.producer(t)
+        return t
+
+    def binary_with_scalar(self, t: str, op: str, chain: list[Node]) -> Optional[tuple[str, float]]:
+        n = self.producer(t)
+        if n is None or n.op_type != op or len(n.inputs) != 2:
+            return None
+        a, b = n.inputs
+        for var, const in ((a, b), (b, a)):
+            if op in ("Pow",) and var != a:
+                continue
+            v = self.scalar(const)
+            if v is not None and not self.g.is_constant(var):
+                chain.append(n)
+                return var, v
+        return None
+
+    def fuse_lrn(self) -> None:
+        for div in list(self.g.nodes):
+            if div.name in self.removed or div.op_type != "Div" or len(div.inputs) != 2:
+                continue
+            x, den = div.inputs
+            if self.g.is_constant(x) or self.g.is_constant(den) or len(self.g.shape(x)) != 4:
+                continue
+            chain: list[Node] = [div]
+            m = self.binary_with_scalar(den, "Pow", chain)
+            m = m and (m, self.binary_with_scalar(m[0], "Add", chain))
+            if not m or not m[1]:
+                continue
+            (base, beta), (scaled, k) = m
+            m2 = self.binary_with_scalar(scaled, "Mul", chain)
+            if not m2:
+                continue
+            avg_t, alpha = m2
+            avg_t = self.through_reshapes(avg_t, chain)
+            pool = self.producer(avg_t)
+            if pool is None or pool.op_type != "AveragePool" or len(self.g.shape(pool.inputs[0])) != 5:
+                continue
+            a = pool.attrs
+            size = int(a["kernel_shape"][0])
+            if (list(a["kernel_shape"][1:]) != [1, 1] or any(s != 1 for s in a["strides"]) or any(a["pads"])
+                    or not a.get("count_include_pad") or size % 2 != 1):
+                continue
+            chain.append(pool)
+            pad = self.producer(pool.inputs[0])
+            if (pad is None or pad.op_type != "Pad" or pad.attrs.get("mode", "constant") != "constant"
+                    or float(pad.attrs.get("value", 0.0)) != 0.0
+                    or list(pad.attrs["pads"]) != [0, 0, size // 2, 0, 0, 0, 0, (size - 1) // 2, 0, 0]):
+                continue
+            chain.append(pad)
+            sq_t = self.through_reshapes(pad.inputs[0], chain)
+            sq = self.producer(sq_t)
+            if sq is None or sq.op_type != "Mul" or sq.inputs != [x, x]:
+                continue
+            chain.append(sq)
+            if not self.private(chain, div.outputs[0]):
+                continue
+            self.replace(chain, Node(div.name, "LRN", [x], list(div.outputs),
+                                     {"size": size, "alpha": alpha, "beta": beta, "bias": k}, div.source))
+
+    # -- LayerNorm ------------------------------------------------------------------------------
+    def fuse_layernorm(self) -> None:
+        for last in list(self.g.nodes):
+            if last.name in self.removed or last.op_type not in ("Div", "Mul") or len(last.inputs) != 2:
+                continue
+            for d, s in ((last.inputs[0], last.inputs[1]), (last.inputs[1], last.inputs[0])):
+                chain = [last]
+                if last.op_type == "Mul":
+                    rec = self.producer(s)
+                    if rec is None or rec.op_type != "Reciprocal":
+                        continue
+                    chain.append(rec)
+                    s = rec.inputs[0]
+                sqrt = self.producer(s)
+                if sqrt is None or sqrt.op_type != "Sqrt":
+                    continue
+                chain.append(sqrt)
+                m = self.binary_with_scalar(sqrt.inputs[0], "Add", chain)
+                if not m:
+                    continue
+                var_t, eps = m
+                var = self.producer(var_t)
+                sub = self.producer(d)
+                if var is None or var.op_type != "ReduceMean" or sub is None or sub.op_type != "Sub":
+                    continue
+                chain += [var, sub]
+                sq = self.producer(var.inputs[0])
+                if sq is None or not ((sq.op_type == "Pow" and sq.inputs[0] == d and self.scalar(sq.inputs[1]) == 2.0)
+                                      or (sq.op_type == "Mul" and sq.inputs == [d, d])):
+                    continue
+                chain.append(sq)
+                x, mean_t = sub.inputs
+                mean = self.producer(mean_t)
+                if mean is None or mean.op_type != "ReduceMean" or mean.inputs[0] != x:
+                    continue
+                chain.append(mean)
+                rank = len(self.g.shape(x))
+                axes = sorted(int(a) % rank for a in mean.attrs["axes"])
+                if (sorted(int(a) % rank for a in var.attrs["axes"]) != axes or axes != list(range(axes[0], rank))
+                        or axes[0] == 0 or not mean.attrs.get("keepdims", 1) or not var.attrs.get("keepdims", 1)):
+                    continue
+                if not self.private(chain, last.outputs[0]):
+                    continue
+                norm_shape = tuple(self.g.shape(x)[axes[0]:])
+                scale, bias = f"{last.name}/ln_scale", f"{last.name}/ln_bias"
+                self.new_constants[scale] = np.ones(norm_shape, np.float32)
+                self.new_constants[bias] = np.zeros(norm_shape, np.float32)
+                self.replace(chain, Node(last.name, "LayerNormalization", [x, scale, bias], list(last.outputs),
+                                         {"axis": axes[0], "epsilon": eps}, last.source))
+                break
+
+
+def fuse(graph: Graph) -> Graph:
+    """``graph`` with exporters' decompositions fused into canonical nodes (see module doc);
+    the graph itself when there is nothing to fuse. ``metadata["fused"]`` lists what was fused."""
+    f = _Fuser(graph)
+    f.fuse_lrn()
+    f.fuse_layernorm()
+    f.fuse_pointwise()
+    return f.build()
