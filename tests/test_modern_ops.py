@@ -231,3 +231,11 @@ def _rule_prelu(alpha, rule: str):
         return y, grad
 
     return lambda x: prelu(x)
+
+
+@pytest.mark.parametrize("front", ["onnx", "torch"])
+def test_convnext_every_layer_passable(convnext, front):
+    """`zfprobe layers` shows every layer of the ConvNeXt-style net as passable."""
+    layers = convnext[3][front].layers()
+    assert len(layers) > 30
+    assert [(l.name, l.op_type, l.blocker) for l in layers if not l.invertible] == []
