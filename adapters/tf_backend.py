@@ -529,7 +529,16 @@ def _constant_of_shape(tf, n, shape):
 
 def _expand(tf, n, x, shape=None):
     target = tf.cast(shape, tf.int64) if shape is not None else tf.constant(list(n.attrs["shape"]), tf.int64)
-    return [tf.broadcast_to(x, tf.broadcast_dynamic_shape(tf.shape(x, out_type=tf.int64), target))]
+    out = tf.broadcast_to(x, tf.broadcast_dynamic_shape(tf.shape(x, out_type=tf.int64), target))
+    if shape is None and x.shape.rank is not None:
+        # keep the static sizes a constant target gives (e.g. the spatial size GlobalAveragePool's
+        # adjoint spreads to): a ConvTranspose after it needs them while tracing
+        static = [int(v) for v in n.attrs["shape"]]
+        rank = max(len(static), x.shape.rank)
+        xs = [1] * (rank - x.shape.rank) + x.shape.as_list()
+        ts = [1] * (rank - len(static)) + static
+        out.set_shape([None if a is None else (b if a == 1 else a) for a, b in zip(xs, ts)])
+    return [out]
 
 
 def _scatter_elements(tf, n, data, idx, upd):

@@ -89,6 +89,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 RULES = ("deconvnet", "gradient", "guided")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_NP = {"float32": np.float32, "float64": np.float64}
 
 # --------------------------------------------------------------------------------------------
 # state: the current rule, a count of rectifier calls, the reference values for decisions
@@ -234,24 +236,82 @@ class RuleLeaky(nn.Module):
         return rule_leaky(x, self.alpha, self.ref_name)
 
 
+_LRN = {"mode": "gradient"}
+
+
+class RuleLRN(nn.Module):
+    """LRN whose backward is its true gradient (``lrn="gradient"``) or the identity
+    (``lrn="identity"``, the paper's deconvnet): the value is always the LRN's."""
+
+    def __init__(self, lrn: nn.Module):
+        super().__init__()
+        self.lrn = lrn
+
+    def forward(self, x):
+        y = self.lrn(x)
+        if _LRN["mode"] == "identity":
+            return x + (y - x).detach()
+        return y
+
+
+_TIE = {"last": False}
+
+
+def first_max_switches(r: torch.Tensor, kernel, stride, padding, dilation, ceil_mode):
+    """Max-pool switches under zfprobe's documented tie rule, computed here without any
+    pooling kernel: every window is unfolded (positions outside the tensor are -inf) and the
+    FIRST maximum in raster order of the window (row by row, left to right) wins
+    (``torch.argmax`` returns the first maximal index). Returns flat per-plane indices into
+    ``r`` ([N, C, Ho, Wo], the layout of ONNX MaxPool's ``Indices`` without the plane offset).
+    """
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)   # noqa: E731
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(pair, (kernel, stride, padding, dilation))
+    n, c, h, w = r.shape
+
+    def out_size(size, k, s, p, d):
+        span = size + 2 * p - d * (k - 1) - 1
+        o = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (o - 1) * s >= size + p:    # the last window must start inside
+            o -= 1
+        return o
+
+    ho, wo = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
+    extra_h = max(0, (ho - 1) * sh + dh * (kh - 1) + 1 - (h + 2 * ph))
+    extra_w = max(0, (wo - 1) * sw + dw * (kw - 1) + 1 - (w + 2 * pw))
+    rp = F.pad(r, (pw, pw + extra_w, ph, ph + extra_h), value=-torch.inf)
+    win = rp.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+    win = win[:, :, :ho, :wo, ::dh, ::dw].reshape(n, c, ho, wo, kh * kw)
+    if _TIE["last"]:      # the opposite rule, only to show that a test depends on the rule
+        arg = kh * kw - 1 - win.flip(-1).argmax(-1)
+    else:
+        arg = win.argmax(-1)                                   # first maximum in the window
+    ky, kx = arg // kw, arg % kw
+    oy = torch.arange(ho).view(ho, 1) * sh - ph
+    ox = torch.arange(wo).view(1, wo) * sw - pw
+    y, x = oy + ky * dh, ox + kx * dw
+    if ((y < 0) | (y >= h) | (x < 0) | (x >= w)).any():
+        raise RuntimeError("a max-pool window lies entirely in the padding")
+    return y * w + x
+
+
 class RefMaxPool2d(nn.Module):
-    """Max pooling whose switches may come from reference values (see module docstring):
-    output = the forward tensor gathered at the arg-max positions of the reference, so
-    autograd routes the signal to those positions (overlapping windows add)."""
+    """Max pooling with the oracle's own switches (see module docstring): the output is the
+    forward tensor gathered at the switches of the reference values (the forward values
+    themselves unless a reference is given), chosen by :func:`first_max_switches` -- the tie
+    rule zfprobe documents -- so autograd routes the signal to those positions (overlapping
+    windows add)."""
 
     def __init__(self, pool: nn.MaxPool2d, pad: nn.Module | None, ref_name: str):
         super().__init__()
         self.pool, self.pad, self.ref_name = pool, pad, ref_name
 
     def forward(self, x):
-        if _REF["values"] is None:
-            return self.pool(self.pad(x) if self.pad is not None else x)
-        r = _ref(self.ref_name, x).detach()
+        r = _ref(self.ref_name, x).detach() if _REF["values"] is not None else x.detach()
         if self.pad is not None:
             x, r = self.pad(x), self.pad(r)
         p = self.pool
-        _, idx = F.max_pool2d(r, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode,
-                              return_indices=True)
+        idx = first_max_switches(r, p.kernel_size, p.stride, p.padding, p.dilation,
+                                 p.ceil_mode)
         out = x.flatten(2).gather(2, idx.flatten(2))
         return out.view(idx.shape)
 
@@ -340,9 +400,9 @@ def _run_capturing(module: nn.Module, target: nn.Module, index, x: torch.Tensor)
     raise RuntimeError("the probed layer was never computed")
 
 
-def _prepare(images, seeds, seed_image):
-    images = np.asarray(images, dtype=np.float32)
-    seeds = np.asarray(seeds, dtype=np.float32)
+def _prepare(images, seeds, seed_image, dtype=np.float32):
+    images = np.asarray(images, dtype=dtype)
+    seeds = np.asarray(seeds, dtype=dtype)
     if images.ndim != 4:
         raise ValueError("images must be [N, C, H, W]")
     k = seeds.shape[0]
@@ -362,7 +422,7 @@ def _vjps(forward_to_layer: Callable[[torch.Tensor], torch.Tensor], images, seed
     ``references(i)``: the decision values (ONNX name -> array [1, ...]) for image i.
     ``layer_outputs``: if given, filled with image index -> the layer's output [1, ...]."""
     k = seeds.shape[0]
-    out_arrays = {r: np.zeros((k,) + images.shape[1:], np.float32) for r in rules}
+    out_arrays = {r: np.zeros((k,) + images.shape[1:], images.dtype) for r in rules}
     for i in np.unique(seed_image):
         ks = np.flatnonzero(seed_image == i)
         x = torch.from_numpy(images[i:i + 1].copy()).requires_grad_(True)
@@ -575,6 +635,8 @@ def _swap_modules(module: nn.Module) -> tuple[int, list[str]]:
             new = RuleClip(None if child.max_val is None else float(child.max_val), ref)
         elif isinstance(child, nn.LeakyReLU):
             new = RuleLeaky(float(child.negative_slope), ref)
+        elif isinstance(child, nn.LocalResponseNorm):
+            new = RuleLRN(child)
         elif isinstance(child, nn.MaxPool2d) and ref is not None:
             new = RefMaxPool2d(child, None, ref)
         elif (isinstance(child, nn.Sequential) and ref is not None and len(child) == 2
@@ -585,8 +647,8 @@ def _swap_modules(module: nn.Module) -> tuple[int, list[str]]:
                 new.onnx_mapping = mapping
                 del child.onnx_mapping      # a wrapped pool must not be taken for the producer
             setattr(module, name, new)
-            count += not isinstance(new, RefMaxPool2d)
-            if ref is not None:
+            count += not isinstance(new, (RefMaxPool2d, RuleLRN))
+            if ref is not None and not isinstance(new, RuleLRN):
                 names.append(ref)
         else:
             c, n = _swap_modules(child)
@@ -621,10 +683,60 @@ class OnnxOracle:
         if self.producer is None:
             raise KeyError(f"no converted module produces {target!r}")
         self._session = None
+        self._gm64 = None
+
+    def module(self, dtype=torch.float32) -> nn.Module:
+        """The converted network in ``dtype``: float32 as converted, or a float64 copy (every
+        weight cast; the float64 oracle, see :meth:`project`)."""
+        if dtype == torch.float32:
+            return self.gm
+        if dtype != torch.float64:
+            raise ValueError(f"unsupported oracle dtype {dtype}")
+        if self._gm64 is None:
+            import copy
+
+            self._gm64 = copy.deepcopy(self.gm).double()
+        return self._gm64
+
+    def _producer_in(self, gm: nn.Module):
+        if gm is self.gm:
+            return self.producer
+        mods = dict(self.gm.named_modules())
+        name = next(n for n, m in mods.items() if m is self.producer[0])
+        return gm.get_submodule(name), self.producer[1]
 
     def layer(self, x: torch.Tensor) -> torch.Tensor:
-        mod, index = self.producer
-        return _run_capturing(self.gm, mod, index, x)
+        gm = self.module(x.dtype)
+        mod, index = self._producer_in(gm)
+        return _run_capturing(gm, mod, index, x)
+
+    def forward_values(self, images, precision: str = "float64") -> list[dict]:
+        """Per image, the oracle's own forward value (torch, in ``precision``) of every
+        rectifier / max-pool input on the path (ONNX name -> [1, ...] array)."""
+        dtype = _DTYPES[precision]
+        gm = self.module(dtype)
+        images = np.asarray(images, _NP[precision])
+        captured: dict = {}
+        hooks = []
+        for m in gm.modules():
+            if isinstance(m, (RuleReLU, RuleClip, RuleLeaky, RefMaxPool2d)) and m.ref_name:
+                def pre(mod, inputs, name=m.ref_name):
+                    captured[name] = inputs[0].detach().numpy().copy()
+                hooks.append(m.register_forward_pre_hook(pre))
+        out = []
+        try:
+            for i in range(len(images)):
+                captured.clear()
+                with torch.no_grad(), rectifier_rule("gradient"):
+                    self.layer(torch.from_numpy(images[i:i + 1].copy()))
+                vals = dict(captured)
+                if self.input_name in self.decision_inputs:
+                    vals[self.input_name] = images[i:i + 1].copy()
+                out.append(vals)
+        finally:
+            for h in hooks:
+                h.remove()
+        return out
 
     def reference_values(self, images: np.ndarray) -> list[dict]:
         """Per image, onnxruntime's values of every rectifier / max-pool input on the path."""
@@ -661,23 +773,37 @@ class OnnxOracle:
         return out
 
     def project(self, images, seeds, seed_image=None, rule="deconvnet",
-                decisions="onnxruntime", layer_outputs: dict | None = None):
+                decisions=None, layer_outputs: dict | None = None,
+                precision: str = "float32", lrn: str = "gradient"):
         """As :func:`oracle_from_module`: one rule -> array, a sequence of rules -> dict.
-        ``decisions``: "onnxruntime", "torch", or a list (per image) of dicts giving the value
-        of every tensor in :attr:`decision_inputs` (see :meth:`decision_differences`).
+        ``decisions``: "onnxruntime" (the float32 default), "torch" (the oracle's own forward
+        pass in ``precision``; the float64 default), or a list (per image) of dicts giving the
+        value of every tensor in :attr:`decision_inputs` (see :meth:`decision_differences`).
+        ``precision``: "float32", or "float64": the whole computation in double precision
+        with every weight cast (images and seeds are cast up exactly), returning float64.
+        ``lrn``: LRN's backward, its true gradient or the identity (zfprobe's two LRN modes).
         ``layer_outputs``: filled with image index -> torch's forward value of the layer."""
         rules, single = _rules(rule)
-        images, seeds, seed_image = _prepare(images, seeds, seed_image)
+        if decisions is None:
+            decisions = "torch" if precision == "float64" else "onnxruntime"
+        images, seeds, seed_image = _prepare(images, seeds, seed_image, _NP[precision])
         refs = None
         if isinstance(decisions, (list, tuple)):
             refs = list(decisions).__getitem__
         elif decisions == "onnxruntime":
-            per_image = self.reference_values(images)
+            per_image = self.reference_values(images.astype(np.float32))
             refs = per_image.__getitem__
         elif decisions != "torch":
             raise ValueError("decisions must be 'onnxruntime', 'torch' or per-image values")
-        with rectifier_rule(rules[0]):
-            result = _vjps(self.layer, images, seeds, seed_image, rules, refs, layer_outputs)
+        if lrn not in ("gradient", "identity"):
+            raise ValueError(f"lrn must be 'gradient' or 'identity', not {lrn!r}")
+        _LRN["mode"] = lrn
+        try:
+            with rectifier_rule(rules[0]):
+                result = _vjps(self.layer, images, seeds, seed_image, rules, refs,
+                               layer_outputs)
+        finally:
+            _LRN["mode"] = "gradient"
         return result[rules[0]] if single else result
 
     def decision_differences(self, images, values, eta: float = 1e-5) -> list[dict]:
@@ -708,8 +834,104 @@ class OnnxOracle:
                                     ambiguous=max(abs(a[pos]), abs(b[pos])) <= eta * scale))
         return out
 
-    def activations(self, images) -> np.ndarray:
-        images = np.asarray(images, dtype=np.float32)
+    def decision_kinds(self) -> dict:
+        """ONNX name of each decision input -> ("relu" | "leaky", None), ("clip", hi) or
+        ("pool", RefMaxPool2d module)."""
+        kinds = {}
+        for m in self.gm.modules():
+            name = getattr(m, "ref_name", None)
+            if not name:
+                continue
+            if isinstance(m, RefMaxPool2d):
+                kinds[name] = ("pool", m)
+            elif isinstance(m, RuleClip):
+                kinds[name] = ("clip", m.hi)
+            elif isinstance(m, RuleLeaky):
+                kinds[name] = ("leaky", None)
+            else:
+                kinds[name] = ("relu", None)
+        return kinds
+
+    def flips(self, exact: list[dict], other: list[dict], eta: float = 1e-5,
+              value_tol: float = 1e-4) -> list[dict]:
+        """Every forward decision that comes out differently in ``other`` (per image: ONNX name
+        -> array, e.g. zfprobe's program forward) than in ``exact`` (the float64 forward,
+        :meth:`forward_values`), each judged:
+
+        - ``kind="sign"``: a rectifier input on the other side of a boundary (0, or a Clip's
+          upper bound); *proven* (a float-noise boundary flip) when both values lie within
+          ``eta`` * the tensor's scale (max |x|) of that boundary;
+        - ``kind="switch"``: a max-pool window whose first maximum is another position;
+          *proven* when the two candidates differ by at most ``eta`` * scale in both
+          forwards (a near-tie that rounding reordered);
+        - ``kind="value"``: the tensor itself differs by more than ``value_tol`` * scale (then
+          no flip in it is float noise; never proven).
+        """
+        kinds = self.decision_kinds()
+        out = []
+        for i, (ex, ot) in enumerate(zip(exact, other)):
+            for name in sorted(ex):
+                if name not in kinds:
+                    continue
+                a = np.asarray(ex[name], np.float64)
+                b = np.asarray(ot[name], np.float64)
+                scale = float(np.abs(a).max()) or 1.0
+                diff = float(np.abs(a - b).max())
+                if diff > value_tol * scale:
+                    out.append(dict(kind="value", image=i, tensor=name, diff=diff, scale=scale,
+                                    proven=False))
+                kind, arg = kinds[name]
+                if kind == "pool":
+                    out += self._switch_flips(i, name, arg, a, b, eta * scale, scale)
+                    continue
+                bounds = [0.0] + ([arg] if kind == "clip" and arg is not None else [])
+                for bound in bounds:      # masks: x > 0, and x < hi (so x >= hi is out)
+                    side = (lambda v: v > bound) if bound == 0.0 else (lambda v: v >= bound)
+                    for pos in zip(*np.nonzero(side(a) != side(b))):
+                        va, vb = float(a[pos]), float(b[pos])
+                        out.append(dict(kind="sign", image=i, tensor=name, boundary=bound,
+                                        pos=tuple(map(int, pos)), exact=va, other=vb,
+                                        scale=scale, proven=max(abs(va - bound),
+                                                                abs(vb - bound)) <= eta * scale))
+        return out
+
+    @staticmethod
+    def _switch_flips(i, name, mod, a, b, tol, scale):
+        p = mod.pool
+
+        def switches(v):
+            t = torch.from_numpy(v)
+            if mod.pad is not None:
+                t = mod.pad(t)
+            return first_max_switches(t, p.kernel_size, p.stride, p.padding, p.dilation,
+                                      p.ceil_mode).numpy(), t.numpy()
+
+        (sa, pa), (sb, pb) = switches(a), switches(b)
+        out = []
+        for pos in zip(*np.nonzero(sa != sb)):
+            n, c = pos[:2]
+            ia, ib = int(sa[pos]), int(sb[pos])
+            fa, fb = pa[n, c].reshape(-1), pb[n, c].reshape(-1)
+            gap_a, gap_b = abs(fa[ia] - fa[ib]), abs(fb[ia] - fb[ib])
+            out.append(dict(kind="switch", image=i, tensor=name, pos=tuple(map(int, pos)),
+                            exact=(ia, float(fa[ia]), float(fa[ib])),
+                            other=(ib, float(fb[ia]), float(fb[ib])), scale=scale,
+                            proven=max(gap_a, gap_b) <= tol))
+        return out
+
+    @staticmethod
+    def with_decisions_of(exact: list[dict], other: list[dict], flips: list[dict]) -> list[dict]:
+        """Decision values: ``exact``'s, except that every tensor holding one of ``flips`` is
+        taken from ``other`` (so exactly those decisions follow ``other``: elsewhere in such a
+        tensor the two agree, or :meth:`flips` would have listed it)."""
+        out = []
+        for i, (ex, ot) in enumerate(zip(exact, other)):
+            names = {f["tensor"] for f in flips if f["image"] == i}
+            out.append({n: (np.asarray(ot[n]) if n in names else v) for n, v in ex.items()})
+        return out
+
+    def activations(self, images, precision: str = "float32") -> np.ndarray:
+        images = np.asarray(images, dtype=_NP[precision])
         with torch.no_grad(), rectifier_rule("gradient"):
             return np.concatenate([self.layer(torch.from_numpy(images[i:i + 1].copy())).numpy()
                                    for i in range(images.shape[0])])
@@ -718,6 +940,15 @@ class OnnxOracle:
 @functools.lru_cache(maxsize=4)
 def _onnx_oracle_cached(path: str, mtime: float, target: str) -> OnnxOracle:
     return OnnxOracle(path, target)
+
+
+def clear_caches() -> None:
+    """Forget the cached oracles and ONNX models (memory: the big zoo graphs, float64 copies)."""
+    _onnx_oracle_cached.cache_clear()
+    _load_onnx.cache_clear()
+    import gc
+
+    gc.collect()
 
 
 def onnx_oracle(onnx_path: str | Path, tensor_name: str) -> OnnxOracle:
