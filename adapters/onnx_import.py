@@ -472,8 +472,9 @@ def _constant_tensors(model) -> set[str]:
 
 def _inline_static_ifs(model, values: dict[str, np.ndarray]):
     """A copy of ``model`` where every ``If`` whose condition is static (a function of shapes
-    and constants, known from the probe run) is replaced by the nodes of the branch it takes;
-    None if there is none. Exporters emit such Ifs for rank checks (torch's LRN)."""
+    and constants, known from the probe run) is replaced by the nodes of the branch it takes,
+    and the list of those nodes; None if there is none. Exporters emit such Ifs for rank checks
+    (torch's LRN)."""
     import onnx
 
     const = _constant_tensors(model)
@@ -487,7 +488,7 @@ def _inline_static_ifs(model, values: dict[str, np.ndarray]):
     for n in ifs:
         cond = bool(np.asarray(values[n.input[0]]).reshape(-1)[0])
         taken[n.name or n.output[0]] = next(a.g for a in n.attribute if a.name == ("then_branch" if cond else "else_branch"))
-    nodes = []
+    nodes, inlined = [], []
     for n in out.graph.node:
         key = n.name or (n.output[0] if n.output else "")
         if n.op_type != "If" or key not in taken:
@@ -503,12 +504,48 @@ def _inline_static_ifs(model, values: dict[str, np.ndarray]):
                 if t in rename:
                     copy.output[i] = rename[t]
             nodes.append(copy)
+            inlined.append(copy)
         for o in branch.output:  # a branch that returns an outer tensor unchanged
             if o.name not in {t for inner in branch.node for t in inner.output}:
                 nodes.append(onnx.helper.make_node("Identity", [o.name], [rename[o.name]], name=f"{key}/passthrough"))
+                inlined.append(nodes[-1])
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    return out
+    return out, inlined
+
+
+def _run_nodes(model, nodes: list, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The outputs of ``nodes`` (inlined branches), computed by onnxruntime from the known values
+    of what they read: a small model instead of a second run of the whole network."""
+    import onnx
+    import onnxruntime as ort
+
+    inits = {i.name: i for i in model.graph.initializer}
+    produced = {o for n in nodes for o in n.output}
+    reads = [t for n in nodes for t in list(n.input) + _implicit_inputs(n) if t and t not in produced]
+    g = onnx.helper.make_graph(list(nodes), "inlined", [], [])
+    for t in dict.fromkeys(reads):
+        if t in inits:
+            g.initializer.append(inits[t])
+        else:
+            v = np.asarray(values[t])
+            g.input.append(onnx.helper.make_tensor_value_info(t, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape))
+    for o in dict.fromkeys(produced):
+        vi = g.output.add()
+        vi.name = o
+    small = onnx.helper.make_model(g, opset_imports=list(model.opset_import))
+    small.ir_version = min(model.ir_version, 10)
+    inferred = onnx.shape_inference.infer_shapes(small)
+    types = {vi.name: vi.type for vi in inferred.graph.value_info}
+    for vi in small.graph.output:
+        if vi.name in types:
+            vi.type.CopyFrom(types[vi.name])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(small.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {i.name: values[i.name] for i in small.graph.input}
+    names = [o.name for o in small.graph.output]
+    return dict(zip(names, sess.run(names, feeds)))
 
 
 def import_onnx(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None,
@@ -528,8 +565,8 @@ def import_onnx(path: str | os.PathLike, input_shape: tuple[int, ...] | None = N
     values = _probe_run(model, inp.name, shape, elem)
     inlined = _inline_static_ifs(model, values)
     if inlined is not None:
-        model = inlined
-        values = _probe_run(model, inp.name, shape, elem)
+        model, new_nodes = inlined
+        values.update(_run_nodes(model, new_nodes, values))
     values.setdefault(inp.name, np.zeros(shape, dtype=_ONNX_TO_NUMPY.get(elem, np.float32)))
 
     constants: dict[str, np.ndarray] = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}

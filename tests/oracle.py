@@ -650,9 +650,57 @@ def _truncated(model, targets: list[str], for_onnx2torch: bool = True):
     return out
 
 
-def _swap_modules(module: nn.Module) -> tuple[int, list[str]]:
+def hardswish_clips(model) -> set[str]:
+    """Outputs of the ``Clip(x + 3, 0, 6)`` inside an exported hard-swish ``x * Clip(x + 3, 0, 6)``
+    (PaddlePaddle, Keras / tf2onnx). That clip is part of a smooth-ish activation, not a
+    rectifier of the network: like ONNX ``HardSwish`` (and torch's ``nn.Hardswish``) it takes
+    its plain derivative under every rule, so the oracle does not swap it."""
+    from onnx import numpy_helper
+
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute:
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def scalar(t):
+        v = consts.get(t)
+        return float(v.reshape(-1)[0]) if v is not None and v.size == 1 else None
+
+    found = set()
+    for n in model.graph.node:
+        if n.op_type != "Clip":
+            continue
+        attrs = {a.name: a.f for a in n.attribute}
+        lo = scalar(n.input[1]) if len(n.input) > 1 and n.input[1] else attrs.get("min")
+        hi = scalar(n.input[2]) if len(n.input) > 2 and n.input[2] else attrs.get("max")
+        add = producer.get(n.input[0])
+        if lo != 0.0 or hi != 6.0 or add is None or add.op_type != "Add":
+            continue
+        xs = [a for a, b in (add.input, add.input[::-1]) if scalar(b) == 3.0]
+        if not xs:
+            continue
+        frontier = [n.output[0]]
+        for _ in range(3):  # through "* (1/6)" or "/ 6" before or after the product with x
+            nxt = []
+            for t in frontier:
+                for c in consumers.get(t, []):
+                    if c.op_type == "Mul" and xs[0] in c.input:
+                        found.add(n.output[0])
+                    elif c.op_type in ("Mul", "Div") and any(scalar(i) is not None for i in c.input if i != t):
+                        nxt.append(c.output[0])
+            frontier = nxt
+    return found
+
+
+def _swap_modules(module: nn.Module, keep: frozenset = frozenset()) -> tuple[int, list[str]]:
     """Replace rectifier and max-pool submodules (recursively, in place) by rule-aware /
-    reference-switch ones. Returns (number of rectifiers, ONNX names of decision inputs)."""
+    reference-switch ones. Returns (number of rectifiers, ONNX names of decision inputs).
+    ``keep``: ONNX outputs of clips that are not rectifiers (see :func:`hardswish_clips`)."""
     from onnx2torch.node_converters.clip import OnnxClip
 
     count, names = 0, []
@@ -660,6 +708,8 @@ def _swap_modules(module: nn.Module) -> tuple[int, list[str]]:
         mapping = getattr(child, "onnx_mapping", None)
         ref = mapping.inputs[0] if mapping is not None else None
         new = None
+        if mapping is not None and set(mapping.outputs) & keep:
+            continue
         if isinstance(child, nn.ReLU):
             new = RuleReLU(ref)
         elif isinstance(child, nn.Hardtanh) and child.min_val == 0:   # includes nn.ReLU6
@@ -684,7 +734,7 @@ def _swap_modules(module: nn.Module) -> tuple[int, list[str]]:
             if ref is not None and not isinstance(new, RuleLRN):
                 names.append(ref)
         else:
-            c, n = _swap_modules(child)
+            c, n = _swap_modules(child, keep)
             count, names = count + c, names + n
     return count, names
 
@@ -706,7 +756,7 @@ class OnnxOracle:
         sub = _truncated(model, [target], for_onnx2torch=True)
         self.input_name = sub.graph.input[0].name
         self.gm = o2t.convert(sub, attach_onnx_mapping=True).eval().requires_grad_(False)
-        self.n_rectifiers, self.decision_inputs = _swap_modules(self.gm)
+        self.n_rectifiers, self.decision_inputs = _swap_modules(self.gm, frozenset(hardswish_clips(sub)))
         self.producer = None
         for _, mod in self.gm.named_modules():
             mapping = getattr(mod, "onnx_mapping", None)

@@ -231,3 +231,47 @@ def _rule_prelu(alpha, rule: str):
         return y, grad
 
     return lambda x: prelu(x)
+
+
+@pytest.mark.parametrize("front", ["onnx", "torch"])
+def test_convnext_every_layer_passable(convnext, front):
+    """`zfprobe layers` shows every layer of the ConvNeXt-style net as passable."""
+    layers = convnext[3][front].layers()
+    assert len(layers) > 30
+    assert [(l.name, l.op_type, l.blocker) for l in layers if not l.invertible] == []
+
+
+@pytest.mark.slow
+def test_tf2onnx_export_of_keras_activations(tmp_path):
+    """tf2onnx's forms of swish, mish, hard-swish (x * Clip(x + 3, 0, 6) * 1/6), its LayerNorm
+    (moments form, left unfused) and a tanh-GELU split by Transposes (left unfused): the
+    pointwise ones are fused, and the whole ONNX file agrees with the onnx2torch oracle."""
+    tf = pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    tf2onnx = pytest.importorskip("tf2onnx")
+    import onnx
+
+    L = keras.layers
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((16, 16, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="swish")(inp)
+    x = L.Conv2D(8, 3, padding="same", activation="mish")(x)
+    x = L.Conv2D(8, 3, padding="same", activation="hard_swish")(x)
+    x = L.LayerNormalization()(x)
+    x = L.Conv2D(8, 3, padding="same")(x)
+    x = L.Activation(lambda t: keras.activations.gelu(t, approximate=True))(x)
+    x = L.Conv2D(4, 3, padding="same")(x)
+    model = keras.Model(inp, x)
+    spec = (tf.TensorSpec((None, 16, 16, 3), tf.float32, name="input"),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
+    proto.ir_version = nets.IR_VERSION
+    path = tmp_path / "keras_acts.onnx"
+    onnx.save(proto, str(path))
+    probe = zfprobe.load(str(path))
+    assert sorted(probe.graph.metadata["fused"].values()) == ["HardSwish", "Mish", "Swish"]
+    layer = [n for n in probe.graph.nodes if n.op_type == "Conv"][-1].outputs[0]
+    images = np.transpose(natural_images(2, 16, 16), (0, 2, 3, 1)).copy()
+    seeds, seed_image = seeds_for(probe.activations(images, layer))
+    want = oracle.oracle_from_onnx(str(path), images, layer, seeds, seed_image, rule=RULES)
+    for rule in RULES:
+        assert_close(probe.project(images, layer, seeds, seed_image, rule=rule), want[rule], f"tf2onnx {rule}")

@@ -412,6 +412,24 @@ def _choose_end(graph: Graph, chain: list[_Op], rows: _AxisPlan, cols: _AxisPlan
     return best
 
 
+def multiply_adds(engine: _Engine) -> tuple[float, float]:
+    """Multiply-adds per occluded position of the plain plan (the whole network) and of the
+    engine's incremental plan (its first ``end`` local ops on windows only), without the
+    bookkeeping; their ratio is the ideal speed-up of incremental inference."""
+    graph: Graph = engine.probe.graph
+    wanted = ([engine.layer] if engine.layer else []) + ([engine.cls.tensor] if engine.cls else [])
+    needed = graph.ancestors(wanted)
+    chain_names = {op.node.name for op in engine.chain}
+    suffix = sum(_node_macs(graph, n) for n in needed if n.name not in chain_names)
+    names = {n.name for n in needed}
+    full = [op.n_out[0] * op.n_out[1] * op.macs_per_out if op.node.name in names else 0.0 for op in engine.chain]
+    plain = suffix + sum(full)
+    incremental = suffix + sum(full[engine.end:])
+    for i in range(engine.end):
+        incremental += engine.rows.out_size[i] * engine.cols.out_size[i] * engine.chain[i].macs_per_out
+    return plain, incremental
+
+
 def _node_macs(graph: Graph, node: Node) -> float:
     out = node.outputs[0] if node.outputs else ""
     size = float(np.prod(graph.shapes.get(out, (1,))[1:])) if out in graph.shapes else 0.0
