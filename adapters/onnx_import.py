@@ -111,8 +111,10 @@ _ONNX_TO_NUMPY = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int
 def _probe_run(model, input_name: str, shape: tuple[int, ...], elem_type: int) -> dict[str, np.ndarray]:
     """Run the model once on zeros with every tensor exposed; returns name -> value."""
     import onnx
-    import onnxruntime as ort
 
+    from zfprobe.adapters.onnxruntime_backend import quiet_onnxruntime
+
+    ort = quiet_onnxruntime()
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     g = probe.graph
@@ -137,7 +139,7 @@ def _probe_run(model, input_name: str, shape: tuple[int, ...], elem_type: int) -
         probe.ir_version = 10
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     try:
         sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:

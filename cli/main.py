@@ -11,8 +11,9 @@ from pathlib import Path
 import click
 
 from zfprobe.cli.common import (RULES, open_probe, parse_unit, preprocessing_from_options,
-                                preprocessing_options)
-from zfprobe.errors import OptionError, ZfprobeError
+                                preprocessing_options, quiet_native_logs, report_failure)
+from zfprobe.errors import OptionError
+from zfprobe.interrupts import install_handlers
 
 # Commands that live in their own modules: every cli/<name>_cmd.py defines ``command`` and is
 # registered here, so adding a command means adding one file.
@@ -20,15 +21,18 @@ COMMAND_MODULES = sorted(p.stem for p in Path(__file__).parent.glob("*_cmd.py"))
 
 
 class _Group(click.Group):
-    def invoke(self, ctx):
+    """The one error path: every failure ends as one line ``zfprobe: error: ...`` (exit 2)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        install_handlers()
+        quiet_native_logs()
         try:
-            return super().invoke(ctx)
-        except ZfprobeError as exc:
-            click.echo(f"zfprobe: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("zfprobe: interrupted; no output was written", err=True)
-            sys.exit(130)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except BaseException as exc:  # noqa: BLE001 - this is the top of the program
+            code = report_failure(exc)
+        if not standalone_mode:
+            return code
+        sys.exit(code or 0)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -52,3 +52,11 @@ class ImageError(ZfprobeError):
 
 class OptionError(ZfprobeError):
     """An option value that makes no sense (negative stride, unknown rule, ...)."""
+
+
+class OutputError(ZfprobeError):
+    """The output cannot be written (not writable, read-only, disk full, locked by another run)."""
+
+
+class UntrustedFileError(ZfprobeError):
+    """A model or data file that tries to reach outside its folder or hide what it is."""
