@@ -31,7 +31,7 @@ def load_onnx_model(path: str | os.PathLike):
     if not os.path.isfile(path):
         raise ModelLoadError(f"model file '{path}' does not exist")
     try:
-        model = onnx.load(path)
+        model = onnx.load(path, load_external_data=False)  # external data: checked below, never by onnx
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
         raise ModelLoadError(
             f"'{path}' is not a readable ONNX model (corrupt or truncated file, or another format): "
@@ -41,6 +41,9 @@ def load_onnx_model(path: str | os.PathLike):
         raise ModelLoadError(f"'{path}' is not a readable ONNX model: {type(exc).__name__}") from None
     if not model.graph.node or not model.graph.input:
         raise ModelLoadError(f"'{path}' holds no ONNX graph (no nodes or no inputs); is it an ONNX model?")
+    from zfprobe.adapters.onnx_external import inline_external_data
+
+    inline_external_data(model, path)
     return model
 
 

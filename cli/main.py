@@ -14,6 +14,7 @@ from zfprobe.cli.common import (RULES, open_probe, parse_unit, preprocessing_fro
                                 preprocessing_options, quiet_native_logs, report_failure)
 from zfprobe.errors import OptionError
 from zfprobe.interrupts import install_handlers
+from zfprobe.outputs import check_output_file, check_output_path
 
 # Commands that live in their own modules: every cli/<name>_cmd.py defines ``command`` and is
 # registered here, so adding a command means adding one file.
@@ -82,6 +83,7 @@ def layers(model, input_size, in_channels):
 def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset, input_size, mean, std, scale, bgr,
               resize, percentile, device, out_dir):
     """Project units of LAYER for IMAGE to pixel space; write PNGs, a contact sheet and a manifest."""
+    check_output_path(out_dir)
     probe = open_probe(model, input_size, device)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
     position = None
@@ -107,6 +109,7 @@ def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset,
 @click.option("--out", "-o", "out_path", required=True, type=click.Path(dir_okay=False))
 def export_deconv(model, layer, rule, lrn, input_size, out_path):
     """Save the deconvnet of LAYER as an ONNX model (inputs: image, zf_seed, zf_seed_image)."""
+    check_output_file(out_path)
     probe = open_probe(model, input_size, "cpu")
     probe.export_deconv(layer, out_path, rule, lrn)
     click.echo(f"deconvnet of {layer} ({rule}) -> {out_path}")

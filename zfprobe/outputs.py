@@ -68,6 +68,19 @@ def check_output_path(destination: str) -> str:
     return path
 
 
+def check_output_file(path: str) -> str:
+    """Refuse single-file outputs that cannot be one (empty name, a folder); returns abs path."""
+    if path is None or not str(path).strip():
+        raise OutputError("the output file name is empty; give one with -o")
+    full = os.path.abspath(os.fspath(path))
+    if os.path.isdir(full):
+        raise OutputError(f"output '{path}' is a folder; give a file name with -o")
+    parent = os.path.dirname(full)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise OutputError(f"cannot write '{path}': '{parent}' is not a folder")
+    return full
+
+
 @contextmanager
 def output_lock(destination: str, keep_on_interrupt: bool = True):
     """Hold ``destination`` (created if missing) locked against other runs for the block.
