@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -63,13 +64,16 @@ def read_image(path: str, channels: int, size: tuple[int, int], resize: str) -> 
         what = "is not a file" if os.path.exists(path) else "does not exist"
         raise ImageError(f"image '{path}' {what}")
     limit = max_pixels()
-    Image.MAX_IMAGE_PIXELS = max(limit, Image.MAX_IMAGE_PIXELS or 0)
+    Image.MAX_IMAGE_PIXELS = limit  # Pillow's own guard, at twice this, stops bombs it meets first
+    too_big = f"over the limit of {limit:,} pixels (set ZFPROBE_MAX_PIXELS to allow more)"
     try:
-        with Image.open(path, formats=safe_formats()) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path, formats=safe_formats())
+        with im:
             w, h = im.size
             if w * h > limit:
-                raise ImageError(f"image '{path}' has {w} x {h} = {w * h:,} pixels, over the limit of {limit:,} "
-                                 "(set ZFPROBE_MAX_PIXELS to allow more)")
+                raise ImageError(f"image '{path}' has {w} x {h} = {w * h:,} pixels, {too_big}")
             if w * h == 0:
                 raise ImageError(f"image '{path}' has no pixels ({w} x {h})")
             im = ImageOps.exif_transpose(im)
@@ -81,7 +85,7 @@ def read_image(path: str, channels: int, size: tuple[int, int], resize: str) -> 
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"image '{path}' is too large: {exc}") from None
+        raise ImageError(f"image '{path}' is {too_big}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageError(f"cannot read image '{path}': {msg}") from None

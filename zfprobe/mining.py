@@ -272,7 +272,8 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
     except BaseException as exc:
         if pending is not None and pending[1] is not None:
             pending[1].cancel()
-        save()  # everything consumed so far is in the top-k: a rerun resumes from here
+        if isinstance(exc, KeyboardInterrupt):  # a failed run writes nothing; an interrupted one checkpoints
+            save()  # everything consumed so far is in the top-k: a rerun resumes from here
         if state_path and isinstance(exc, KeyboardInterrupt):
             from zfprobe.interrupts import note
 
@@ -282,10 +283,10 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
     finally:
         runner.shutdown(wait=True)
         bar.close()
-    save()
     seconds = time.perf_counter() - t0
     if consumed - len(skipped) <= 0:
         raise ZfprobeError(f"none of the {n_total} dataset item(s) could be read ({len(skipped)} skipped); nothing to mine")
+    save()
     return MiningResult(tops, dataset, k, consumed, skipped, start, seconds)
 
 
