@@ -117,11 +117,21 @@ def _say(line: str) -> None:
         pass  # stderr is gone; the exit status still tells
 
 
+class Interrupted(BaseException):
+    """Carries a KeyboardInterrupt / Terminated past click (which would reword it) to the group."""
+
+    def __init__(self, original: KeyboardInterrupt):
+        super().__init__(original)
+        self.original = original
+
+
 def report_failure(exc: BaseException) -> int:
     """Print one line for any failure and return the exit status (2 for anything a user can
     cause or meet; 1, with a request to report it, for a bug; 130 / 143 for SIGINT / SIGTERM)."""
     from zfprobe.interrupts import Terminated, take_notes
 
+    if isinstance(exc, Interrupted):
+        exc = exc.original
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     if isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)):

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import click
 
-from zfprobe.cli.common import (RULES, open_probe, parse_unit, preprocessing_from_options,
-                                preprocessing_options, quiet_native_logs, report_failure)
+from zfprobe.cli.common import (RULES, Interrupted, open_probe, parse_unit,
+                                preprocessing_from_options, preprocessing_options, quiet_native_logs,
+                                report_failure)
 from zfprobe.errors import OptionError
-from zfprobe.interrupts import install_handlers
+from zfprobe.interrupts import install_handlers, take_notes
 from zfprobe.outputs import check_output_file, check_output_path
 
 # Commands that live in their own modules: every cli/<name>_cmd.py defines ``command`` and is
@@ -27,6 +28,7 @@ class _Group(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         install_handlers()
         quiet_native_logs()
+        take_notes()  # notes of an earlier invocation in this process do not belong to this one
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except BaseException as exc:  # noqa: BLE001 - this is the top of the program
@@ -34,6 +36,12 @@ class _Group(click.Group):
         if not standalone_mode:
             return code
         sys.exit(code or 0)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:  # click would turn it into Abort and print a blank line
+            raise Interrupted(exc) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -48,16 +48,25 @@ def take_notes() -> list[str]:
 
 @contextmanager
 def deferred():
-    """Hold SIGINT and SIGTERM until the block ends (a publish is never cut in half by them)."""
+    """Hold SIGINT and SIGTERM until the block ends (a publish is never cut in half by them).
+
+    The handlers are swapped for ones that only record the signal (blocking the signal mask
+    would not do: a process-directed signal may land on any of the native libraries' threads);
+    a recorded signal is raised when the block ends.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if caught:
+        raise Terminated() if caught[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def pause(point: str) -> None:

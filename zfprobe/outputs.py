@@ -35,7 +35,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 from zfprobe.errors import OutputError
-from zfprobe.interrupts import deferred, pause
+from zfprobe.interrupts import deferred, note, pause
 
 MANIFEST = "manifest.json"
 JOURNAL = ".zfprobe-journal.json"
@@ -197,20 +197,24 @@ class OutputStage:
         journal = {"staging": os.path.basename(self._staging), "files": self.files, "stale": stale,
                    "pid": os.getpid(), "time": time.time()}
         try:
-            with deferred():
+            with deferred():  # a SIGINT / SIGTERM now is delivered when the block ends
                 write_file_atomically(os.path.join(self.destination, JOURNAL), json.dumps(journal).encode())
                 pause("publish")
                 _apply_journal(self.destination, journal)
+                self._committed = True
+                _live.discard(self._staging)
+                note(f"the output was complete and published to {self.destination} before the interruption")
         except OSError as exc:
             raise OutputError(os_error_message(exc, f"cannot publish into '{self.destination}'")) from None
-        self._committed = True
-        _live.discard(self._staging)
-        self._release(None)
+        finally:
+            if self._committed:
+                self._release(None)
         return [os.path.join(self.destination, rel) for rel in self.files]
 
     def discard(self) -> None:
         """Drop the staged files; the destination stays as it was."""
         if self._committed or self._lock is None:
+            self._release(None)
             return
         shutil.rmtree(self._staging, ignore_errors=True)
         _live.discard(self._staging)
@@ -241,7 +245,9 @@ def recover(destination: str) -> bool:
     try:
         with open(path) as f:
             journal = json.load(f)
-        _check_relative(journal["staging"])
+        staging = journal["staging"]
+        if not (isinstance(staging, str) and staging.startswith(STAGING_PREFIX) and "/" not in staging):
+            raise ValueError(f"bad staging folder {staging!r}")
         [_check_relative(r) for r in journal["files"] + journal["stale"]]
     except FileNotFoundError:
         return False
