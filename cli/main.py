@@ -31,6 +31,7 @@ class _Group(click.Group):
         take_notes()  # notes of an earlier invocation in this process do not belong to this one
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = code if isinstance(code, int) else 0
         except BaseException as exc:  # noqa: BLE001 - this is the top of the program
             code = report_failure(exc)
         if not standalone_mode:
