@@ -5,6 +5,7 @@ printed as one line and the command exits with status 2, leaving no partial outp
 """
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -38,11 +39,34 @@ class _Group(click.Group):
             return code
         sys.exit(code or 0)
 
+    def add_command(self, cmd, name=None):
+        _check_outputs_first(cmd)
+        super().add_command(cmd, name)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as exc:  # click would turn it into Abort and print a blank line
             raise Interrupted(exc) from None
+
+
+def _check_outputs_first(cmd: click.Command) -> None:
+    """Every command's output option is checked before the command's work starts: ``out_dir``
+    (a folder) with check_output_path, ``out_path`` (a file) with check_output_file."""
+    callback = cmd.callback
+    if callback is None or getattr(callback, "_zfprobe_checked", False):
+        return
+
+    @functools.wraps(callback)
+    def checked(*args, **kwargs):
+        if kwargs.get("out_dir") is not None:
+            check_output_path(kwargs["out_dir"])
+        if kwargs.get("out_path") is not None:
+            check_output_file(kwargs["out_path"])
+        return callback(*args, **kwargs)
+
+    checked._zfprobe_checked = True
+    cmd.callback = checked
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

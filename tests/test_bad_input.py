@@ -261,3 +261,50 @@ def test_an_existing_file_as_output_folder(tmp_path):
     r = run("visualize", MODEL, "-i", DIGIT, "-l", "conv2", "-o", target)
     assert judge(r, expect_error=True) is None and "is a file" in r.stderr
     assert target.read_text() == "keep me"
+
+
+def test_checkpoint_of_other_inputs_is_kept(tmp_path):
+    out = tmp_path / "out"
+    first = ["mine", MODEL, SAMPLES, "-l", "conv2", "-k", "3", "-c", "0", "-q", "-o", out]
+    assert judge(run(*first), expect_error=False) is None
+    state = (out / ".mine-state.npz").read_bytes()
+    other = ["mine", MODEL, SAMPLES, "-l", "conv2", "-k", "2", "-c", "0", "-q", "-o", out]
+    r = run(*other)
+    assert judge(r, expect_error=False) is None and "saved state is for other inputs" in r.stderr
+    assert (out / ".mine-state.npz").read_bytes() == state  # not replaced by another run's state
+    r = run(*first)
+    assert "resuming after 20 of 20" in r.stderr  # the first run's pass is still there to reuse
+
+
+def test_output_folder_equal_to_the_dataset_is_refused(tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLES, data)
+    before = tree(tmp_path)
+    r = run("mine", MODEL, data, "-l", "conv2", "-q", "-o", data)
+    assert judge(r, expect_error=True) is None and "dataset folder" in r.stderr
+    assert tree(tmp_path) == before
+
+
+def test_layers_whose_names_differ_only_by_slash_get_their_own_folders(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r1"], name="blk/relu"),
+             helper.make_node("Relu", ["r1"], ["r2"], name="blk_relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 12, 12])],
+                              [helper.make_tensor_value_info("r2", TensorProto.FLOAT, [1, 4, 12, 12])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    out = tmp_path / "out"
+    r = run("mine", path, SAMPLES, "-l", "blk/relu", "-l", "blk_relu", "-k", "2", "-q", "-o", out)
+    assert judge(r, expect_error=False) is None, r.stderr
+    from zfprobe.outputs import name_from_file
+
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert sorted(name_from_file(f) for f in folders) == ["blk/relu", "blk_relu"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")} == set(manifest["files"])
