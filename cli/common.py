@@ -159,7 +159,7 @@ def report_failure(exc: BaseException) -> int:
         from zfprobe.outputs import os_error_message
 
         where = f"'{exc.filename}'" if exc.filename else "a file"
-        _say("zfprobe: error: " + os_error_message(exc, f"cannot use {where}"))
+        _say("zfprobe: error: " + os_error_message(exc, f"cannot use {where}", writing=False))
         return 2
     if isinstance(exc, MemoryError):
         _say("zfprobe: error: not enough memory for this run; use a smaller --batch-size, --top or input size")

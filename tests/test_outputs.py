@@ -138,3 +138,15 @@ def test_output_stage_api_and_reversible_names(tmp_path):
     with OutputStage(str(tmp_path / "never")) as stage:
         stage.write_bytes("a.txt", b"a")
     assert not (tmp_path / "never").exists()
+
+
+def test_failed_run_removes_the_folders_it_created(tmp_path):
+    from zfprobe.outputs import OutputStage
+
+    out = tmp_path / "a" / "b" / "out"
+    with pytest.raises(RuntimeError):
+        with OutputStage(str(out)) as stage:
+            stage.write_bytes("x.txt", b"1")
+            assert out.is_dir()
+            raise RuntimeError("the run failed")
+    assert not (tmp_path / "a").exists()

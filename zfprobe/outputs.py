@@ -47,9 +47,11 @@ _held: dict[str, list] = {}
 _live: set[str] = set()  # staging folders of this process's open stages
 
 
-def os_error_message(exc: OSError, what: str) -> str:
+def os_error_message(exc: OSError, what: str, writing: bool = True) -> str:
     """One line for an OSError a user can act on (permission, read-only, disk full, ...)."""
     reason = exc.strerror or str(exc)
+    if not writing:
+        return f"{what}: {reason}"
     hint = {errno.ENOSPC: "; free some space or choose another folder with -o",
             errno.EROFS: "; choose a writable folder with -o",
             errno.EACCES: "; choose a folder you can write with -o",
@@ -97,7 +99,10 @@ def output_lock(destination: str, keep_on_interrupt: bool = True):
         finally:
             _held[key][1] -= 1
         return
-    created = not os.path.isdir(path)
+    created = path  # the topmost folder this run creates (removed again if the run fails)
+    while not os.path.exists(os.path.dirname(created)) and os.path.dirname(created) != created:
+        created = os.path.dirname(created)
+    created = created if not os.path.exists(created) else None
     try:
         os.makedirs(path, exist_ok=True)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -126,7 +131,7 @@ def output_lock(destination: str, keep_on_interrupt: bool = True):
     finally:
         del _held[key]
         if created and not ok:
-            shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(created, ignore_errors=True)
         os.close(fd)  # releases the lock
 
 
