@@ -16,7 +16,7 @@ from zfprobe.cli.common import (RULES, Interrupted, open_probe, parse_unit,
                                 report_failure)
 from zfprobe.errors import OptionError
 from zfprobe.interrupts import install_handlers, take_notes
-from zfprobe.outputs import check_output_file, check_output_path
+from zfprobe.outputs import check_output_file, check_output_path, output_lock
 
 # Commands that live in their own modules: every cli/<name>_cmd.py defines ``command`` and is
 # registered here, so adding a command means adding one file.
@@ -52,18 +52,21 @@ class _Group(click.Group):
 
 def _check_outputs_first(cmd: click.Command) -> None:
     """Every command's output option is checked before the command's work starts: ``out_dir``
-    (a folder) with check_output_path, ``out_path`` (a file) with check_output_file."""
+    (a folder) with check_output_path, and locked for the whole run (output_lock); ``out_path``
+    (a file) with check_output_file."""
     callback = cmd.callback
     if callback is None or getattr(callback, "_zfprobe_checked", False):
         return
 
     @functools.wraps(callback)
     def checked(*args, **kwargs):
-        if kwargs.get("out_dir") is not None:
-            check_output_path(kwargs["out_dir"])
         if kwargs.get("out_path") is not None:
             check_output_file(kwargs["out_path"])
-        return callback(*args, **kwargs)
+        if kwargs.get("out_dir") is None:
+            return callback(*args, **kwargs)
+        check_output_path(kwargs["out_dir"])
+        with output_lock(kwargs["out_dir"]):  # one run per output folder, from start to publish
+            return callback(*args, **kwargs)
 
     checked._zfprobe_checked = True
     cmd.callback = checked

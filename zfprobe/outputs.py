@@ -87,8 +87,9 @@ def check_output_file(path: str) -> str:
 def output_lock(destination: str, keep_on_interrupt: bool = True):
     """Hold ``destination`` (created if missing) locked against other runs for the block.
 
-    A run that fails inside the block and created the folder removes it again, unless it was
-    interrupted and ``keep_on_interrupt`` (a mining checkpoint in it is meant to survive).
+    A run that fails inside the block and created the folder removes it again; so does an
+    interrupted one, unless ``keep_on_interrupt`` and the folder holds something besides
+    zfprobe's scratch files (a mining checkpoint is meant to survive Ctrl-C).
     """
     path = check_output_path(destination)
     key = os.path.realpath(path)
@@ -126,7 +127,7 @@ def output_lock(destination: str, keep_on_interrupt: bool = True):
         yield path
         ok = True
     except KeyboardInterrupt:
-        ok = keep_on_interrupt
+        ok = keep_on_interrupt and any(not n.startswith((STAGING_PREFIX, ".zfprobe-")) for n in _listdir(path))
         raise
     finally:
         del _held[key]
