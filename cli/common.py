@@ -144,6 +144,9 @@ def report_failure(exc: BaseException) -> int:
     if isinstance(exc, ZfprobeError):
         _say(f"zfprobe: error: {exc}")
         return exc.exit_code
+    if type(exc).__name__ == "NoArgsIsHelpError" and getattr(exc, "ctx", None) is not None:
+        click.echo(exc.ctx.get_help())  # `zfprobe` alone: the help, not an error
+        return 0
     if isinstance(exc, click.ClickException):
         ctx = getattr(exc, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None and isinstance(exc, click.UsageError) else ""
