@@ -34,7 +34,7 @@ def load_onnx_model(path: str | os.PathLike):
     if not os.path.isfile(path):
         raise ModelLoadError(f"model file '{path}' does not exist")
     try:
-        model = onnx.load(path)
+        model = onnx.load(path, load_external_data=False)  # external data: checked below, never by onnx
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
         raise ModelLoadError(
             f"'{path}' is not a readable ONNX model (corrupt or truncated file, or another format): "
@@ -44,7 +44,90 @@ def load_onnx_model(path: str | os.PathLike):
         raise ModelLoadError(f"'{path}' is not a readable ONNX model: {type(exc).__name__}") from None
     if not model.graph.node or not model.graph.input:
         raise ModelLoadError(f"'{path}' holds no ONNX graph (no nodes or no inputs); is it an ONNX model?")
+    from zfprobe.adapters.onnx_external import inline_external_data
+
+    _check_text(model, path)
+    _sort_nodes(model.graph, path)
+    inline_external_data(model, path)
     return model
+
+
+def _graphs(graph):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
+
+
+def _check_text(model, path: str) -> None:
+    """Every name must be UTF-8 text. Protobuf decodes string fields only when they are read, and
+    then either raises or (repeated fields) hands back bytes; both mean a corrupt file."""
+    def texts(*values):
+        for v in values:
+            if not isinstance(v, str):
+                raise UnicodeDecodeError("utf-8", bytes(v), 0, 1, "not text")
+
+    try:
+        texts(model.producer_name, model.producer_version, model.domain, *[o.domain for o in model.opset_import],
+              *[x for p in model.metadata_props for x in (p.key, p.value)])
+        for g in _graphs(model.graph):
+            texts(g.name)
+            for n in g.node:
+                texts(n.name, n.op_type, n.domain, *n.input, *n.output, *[a.name for a in n.attribute])
+                for a in n.attribute:
+                    if a.type == a.STRING:
+                        a.s.decode()
+                    for v in a.strings:
+                        v.decode()
+            for vi in (*g.input, *g.output, *g.value_info):
+                texts(vi.name, *[d.dim_param for d in vi.type.tensor_type.shape.dim])
+            for t in g.initializer:
+                texts(t.name, *[x for e in t.external_data for x in (e.key, e.value)])
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"'{path}' holds a name or string that is not UTF-8 text; the file is corrupt") from None
+
+
+def _sort_nodes(graph, path: str) -> None:
+    """Put the nodes in dependency order (ONNX requires it; some exporters and editors do not)."""
+    produced_by = {}
+    for i, node in enumerate(graph.node):
+        for out in node.output:
+            if out:
+                produced_by.setdefault(out, i)
+    order, state = [], [0] * len(graph.node)  # 0 new, 1 visiting, 2 done
+    for start in range(len(graph.node)):
+        stack = [(start, False)]
+        while stack:
+            i, expanded = stack.pop()
+            if expanded:
+                state[i] = 2
+                order.append(i)
+                continue
+            if state[i] == 2:
+                continue
+            if state[i] == 1:
+                raise ModelLoadError(f"'{path}': the graph has a cycle through node '{graph.node[i].name}'")
+            state[i] = 1
+            stack.append((i, True))
+            for t in graph.node[i].input:
+                j = produced_by.get(t)
+                if j is not None and j != i:
+                    if state[j] == 1:
+                        raise ModelLoadError(f"'{path}': the graph has a cycle through node '{graph.node[j].name}'")
+                    if state[j] == 0:
+                        stack.append((j, False))
+    if order != list(range(len(graph.node))):
+        nodes = [graph.node[i] for i in order]
+        copies = []
+        for n in nodes:
+            c = type(n)()
+            c.CopyFrom(n)
+            copies.append(c)
+        del graph.node[:]
+        graph.node.extend(copies)
 
 
 def _attrs_of(node_proto) -> dict[str, Any]:
@@ -114,8 +197,10 @@ _ONNX_TO_NUMPY = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int
 def _probe_run(model, input_name: str, shape: tuple[int, ...], elem_type: int) -> dict[str, np.ndarray]:
     """Run the model once on zeros with every tensor exposed; returns name -> value."""
     import onnx
-    import onnxruntime as ort
 
+    from zfprobe.adapters.onnxruntime_backend import quiet_onnxruntime
+
+    ort = quiet_onnxruntime()
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     g = probe.graph
@@ -140,7 +225,7 @@ def _probe_run(model, input_name: str, shape: tuple[int, ...], elem_type: int) -
         probe.ir_version = 10
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     try:
         sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:

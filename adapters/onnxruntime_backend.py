@@ -37,6 +37,14 @@ def choose_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def quiet_onnxruntime():
+    """onnxruntime, with its own logging off: its errors become exceptions zfprobe reports."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    return ort
+
+
 def _cuda_device_present() -> bool:
     # onnxruntime-gpu lists the CUDA provider even without a GPU and then falls back noisily.
     return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
@@ -61,13 +69,12 @@ class OnnxRuntimeBackend:
         cached = self._sessions.get(key)
         if cached is not None and cached[0] is program:
             return cached[1]
-        import onnxruntime as ort
-
         from zfprobe.adapters.ort_rewrites import conv_transpose_as_conv
 
+        ort = quiet_onnxruntime()
         model = to_onnx(conv_transpose_as_conv(program))
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4
         if self.threads:
             opts.intra_op_num_threads = self.threads
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=self.providers)

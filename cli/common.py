@@ -1,9 +1,14 @@
-"""Pieces every zfprobe command shares: opening a model, preprocessing options, parsers."""
+"""Pieces every zfprobe command shares: opening a model, preprocessing options, parsers, and the
+one error path (:func:`report_failure`) the click group sends every failure through."""
 from __future__ import annotations
+
+import math
+import os
+import sys
 
 import click
 
-from zfprobe.errors import OptionError
+from zfprobe.errors import OptionError, ZfprobeError
 
 RULES = ["deconvnet", "gradient", "guided"]
 
@@ -22,13 +27,25 @@ def parse_size(value: str | None) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
-def parse_floats(value: str | None) -> tuple[float, ...] | None:
+def parse_floats(value: str | None, what: str = "value", nonzero: bool = False) -> tuple[float, ...] | None:
+    """'0.1,0.2' -> (0.1, 0.2); refuses NaN, infinities and (with ``nonzero``) zeros."""
     if value is None:
         return None
     try:
-        return tuple(float(v) for v in value.split(","))
+        out = tuple(float(v) for v in value.split(","))
     except ValueError:
-        raise OptionError(f"cannot read '{value}' as comma-separated numbers") from None
+        raise OptionError(f"cannot read {what} '{value}' as comma-separated numbers") from None
+    check_finite(out, what, nonzero)
+    return out
+
+
+def check_finite(values, what: str, nonzero: bool = False) -> None:
+    """Refuse NaN and infinite option values (they turn every result into NaN silently)."""
+    for v in values if isinstance(values, (tuple, list)) else (values,):
+        if not math.isfinite(v):
+            raise OptionError(f"{what} must be a finite number, not {v}")
+        if nonzero and v == 0:
+            raise OptionError(f"{what} must not be 0 (the input is divided by it)")
 
 
 def parse_unit(value: str | None) -> tuple[int, tuple[int, ...]] | None:
@@ -78,9 +95,13 @@ def preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize):
         raise OptionError("this model's input is not an image batch [N, C, H, W]; zfprobe cannot visualize it")
     if preset:
         prep = prep.with_preset(preset)
-    for key, value in (("mean", parse_floats(mean)), ("std", parse_floats(std)), ("scale", scale)):
+    if scale is not None:
+        check_finite(scale, "--scale", nonzero=True)
+    for key, value in (("mean", parse_floats(mean, "--mean")), ("std", parse_floats(std, "--std", nonzero=True)),
+                       ("scale", scale)):
         if value is not None:
             setattr(prep, key, value)
+    prep.validate()
     if bgr is not None:
         prep.channel_order = "BGR" if bgr else "RGB"
     if resize:
@@ -104,3 +125,81 @@ def preprocessing_options(fn):
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _say(line: str) -> None:
+    try:
+        click.echo(_one_line(line), err=True)
+    except (OSError, ValueError):
+        pass  # stderr is gone; the exit status still tells
+
+
+class Interrupted(BaseException):
+    """Carries a KeyboardInterrupt / Terminated past click (which would reword it) to the group."""
+
+    def __init__(self, original: KeyboardInterrupt):
+        super().__init__(original)
+        self.original = original
+
+
+def report_failure(exc: BaseException) -> int:
+    """Print one line for any failure and return the exit status (2 for anything a user can
+    cause or meet; 1, with a request to report it, for a bug; 130 / 143 for SIGINT / SIGTERM)."""
+    from zfprobe.interrupts import Terminated, take_notes
+
+    if isinstance(exc, Interrupted):
+        exc = exc.original
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)):
+        notes = take_notes()
+        what = "; ".join(notes) if notes else "no output was written"
+        term = isinstance(exc, Terminated)
+        _say(f"zfprobe: {'terminated (SIGTERM)' if term else 'interrupted'}; {what}")
+        return 143 if term else 130
+    take_notes()
+    if isinstance(exc, ZfprobeError):
+        _say(f"zfprobe: error: {exc}")
+        return exc.exit_code
+    if type(exc).__name__ == "NoArgsIsHelpError" and getattr(exc, "ctx", None) is not None:
+        click.echo(exc.ctx.get_help())  # `zfprobe` alone: the help, not an error
+        return 0
+    if isinstance(exc, click.ClickException):
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None and isinstance(exc, click.UsageError) else ""
+        _say(f"zfprobe: error: {exc.format_message()}{hint}")
+        return 2
+    if isinstance(exc, BrokenPipeError):  # `zfprobe layers m | head`
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 0
+    if isinstance(exc, OSError):
+        from zfprobe.outputs import os_error_message
+
+        where = f"'{exc.filename}'" if exc.filename else "a file"
+        _say("zfprobe: error: " + os_error_message(exc, f"cannot use {where}", writing=False))
+        return 2
+    if isinstance(exc, MemoryError):
+        _say("zfprobe: error: not enough memory for this run; use a smaller --batch-size, --top or input size")
+        return 2
+    if type(exc).__name__ == "DecompressionBombError":
+        _say(f"zfprobe: error: {exc}")
+        return 2
+    if os.environ.get("ZFPROBE_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
+    _say(f"zfprobe: error: internal error ({type(exc).__name__}: {exc}); this is a bug in zfprobe, please "
+         "report it (ZFPROBE_DEBUG=1 prints the traceback)")
+    return 1
+
+
+def quiet_native_logs() -> None:
+    """Native libraries log straight to stderr; zfprobe reports their errors itself."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # onnxruntime: see onnxruntime_backend.quiet_onnxruntime

@@ -5,14 +5,18 @@ printed as one line and the command exits with status 2, leaving no partial outp
 """
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
 import click
 
-from zfprobe.cli.common import (RULES, open_probe, parse_unit, preprocessing_from_options,
-                                preprocessing_options)
-from zfprobe.errors import OptionError, ZfprobeError
+from zfprobe.cli.common import (RULES, Interrupted, open_probe, parse_unit,
+                                preprocessing_from_options, preprocessing_options, quiet_native_logs,
+                                report_failure)
+from zfprobe.errors import OptionError
+from zfprobe.interrupts import install_handlers, take_notes
+from zfprobe.outputs import check_output_file, check_output_path, output_lock
 
 # Commands that live in their own modules: every cli/<name>_cmd.py defines ``command`` and is
 # registered here, so adding a command means adding one file.
@@ -20,15 +24,52 @@ COMMAND_MODULES = sorted(p.stem for p in Path(__file__).parent.glob("*_cmd.py"))
 
 
 class _Group(click.Group):
+    """The one error path: every failure ends as one line ``zfprobe: error: ...`` (exit 2)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        install_handlers()
+        quiet_native_logs()
+        take_notes()  # notes of an earlier invocation in this process do not belong to this one
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = code if isinstance(code, int) else 0
+        except BaseException as exc:  # noqa: BLE001 - this is the top of the program
+            code = report_failure(exc)
+        if not standalone_mode:
+            return code
+        sys.exit(code or 0)
+
+    def add_command(self, cmd, name=None):
+        _check_outputs_first(cmd)
+        super().add_command(cmd, name)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except ZfprobeError as exc:
-            click.echo(f"zfprobe: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("zfprobe: interrupted; no output was written", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:  # click would turn it into Abort and print a blank line
+            raise Interrupted(exc) from None
+
+
+def _check_outputs_first(cmd: click.Command) -> None:
+    """Every command's output option is checked before the command's work starts: ``out_dir``
+    (a folder) with check_output_path, and locked for the whole run (output_lock); ``out_path``
+    (a file) with check_output_file."""
+    callback = cmd.callback
+    if callback is None or getattr(callback, "_zfprobe_checked", False):
+        return
+
+    @functools.wraps(callback)
+    def checked(*args, **kwargs):
+        if kwargs.get("out_path") is not None:
+            check_output_file(kwargs["out_path"])
+        if kwargs.get("out_dir") is None:
+            return callback(*args, **kwargs)
+        check_output_path(kwargs["out_dir"])
+        with output_lock(kwargs["out_dir"]):  # one run per output folder, from start to publish
+            return callback(*args, **kwargs)
+
+    checked._zfprobe_checked = True
+    cmd.callback = checked
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,6 +119,7 @@ def layers(model, input_size, in_channels):
 def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset, input_size, mean, std, scale, bgr,
               resize, percentile, device, out_dir):
     """Project units of LAYER for IMAGE to pixel space; write PNGs, a contact sheet and a manifest."""
+    check_output_path(out_dir)
     probe = open_probe(model, input_size, device, image=image)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
     position = None
@@ -103,6 +145,7 @@ def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset,
 @click.option("--out", "-o", "out_path", required=True, type=click.Path(dir_okay=False))
 def export_deconv(model, layer, rule, lrn, input_size, out_path):
     """Save the deconvnet of LAYER as an ONNX model (inputs: image, zf_seed, zf_seed_image)."""
+    check_output_file(out_path)
     probe = open_probe(model, input_size, "cpu")
     probe.export_deconv(layer, out_path, rule, lrn)
     click.echo(f"deconvnet of {layer} ({rule}) -> {out_path}")

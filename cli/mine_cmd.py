@@ -9,6 +9,10 @@ import click
 from zfprobe.cli.common import RULES, open_probe, preprocessing_from_options, preprocessing_options
 from zfprobe.errors import OptionError
 
+MAX_TOP = 1000          # images kept per channel (the paper shows 9)
+MAX_PER_PAGE = 1024     # channels per contact sheet page
+MIN_TILE, MAX_TILE = 4, 1024  # tile side on the sheets, in pixels
+
 
 @click.command("mine")
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -40,13 +44,19 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
     mining pass is reused), other inputs start clean, --restart always starts clean.
     """
     from zfprobe.datasets import open_dataset
-    from zfprobe.mining import STATE_FILE, mine, parse_channels
-    from zfprobe.mining_render import render_layer, save_mining
+    from zfprobe.mining import STATE_FILE, layer_shapes, parse_channels
+    from zfprobe.outputs import check_output_path, output_lock
 
-    if k < 1:
-        raise OptionError("--top must be at least 1")
-    if per_page < 1:
-        raise OptionError("--per-page must be at least 1")
+    # every option is checked here, before the mining pass, never after it
+    check_output_path(out_dir)
+    if os.path.exists(data) and os.path.realpath(data) == os.path.realpath(out_dir):
+        raise OptionError("the output folder is the dataset folder; give -o another folder (a subfolder is fine)")
+    if not 1 <= k <= MAX_TOP:
+        raise OptionError(f"--top must be between 1 and {MAX_TOP}")
+    if not 1 <= per_page <= MAX_PER_PAGE:
+        raise OptionError(f"--per-page must be between 1 and {MAX_PER_PAGE}")
+    if tile is not None and not MIN_TILE <= tile <= MAX_TILE:
+        raise OptionError(f"--tile must be between {MIN_TILE} and {MAX_TILE} pixels")
     if limit is not None and limit < 1:
         raise OptionError("--limit must be at least 1")
     if batch_size is not None and batch_size < 1:
@@ -55,16 +65,31 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
         raise OptionError("--percentile must be in (0, 100]")
     probe = open_probe(model, input_size, device)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
+    shapes = layer_shapes(probe, layers)
     for layer in layers:
-        probe.resolve(layer)
+        parse_channels(channels, shapes[layer][1][0])
     if not no_project:
         for layer in layers:  # a layer the deconvnet cannot pass fails now, not after mining
             probe.deconv_program(layer, rule, lrn)
-    dataset = open_dataset(data, prep, probe.input_shape, array_key)
-    state = os.path.join(out_dir, STATE_FILE)
-    if restart and os.path.exists(state):
-        os.unlink(state)
-    os.makedirs(out_dir, exist_ok=True)
+    dataset = open_dataset(data, prep, probe.input_shape, array_key, exclude=(out_dir,))
+    with output_lock(out_dir):  # held until the outputs are published: one run per folder
+        state = os.path.join(out_dir, STATE_FILE)
+        if restart and os.path.exists(state):
+            os.unlink(state)
+        files, result = _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, per_page, rule, lrn,
+                                       batch_size, limit, tile, percentile, no_project, no_channel_pngs, restart, quiet)
+    s = result.summary()
+    speed = "saved mining pass reused" if result.resumed_from >= result.images_seen else f"{s['images_per_second'] or 0:.0f} img/s"
+    click.echo(f"mined {s['images_used']} image(s) ({s['skipped']} skipped) for {len(layers)} layer(s), top {k}, "
+               f"{speed} -> {out_dir} ({len(files)} files; see index.csv"
+               + ("" if no_project else " and */sheet_001.png") + ")")
+
+
+def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, per_page, rule, lrn, batch_size, limit,
+                   tile, percentile, no_project, no_channel_pngs, restart, quiet):
+    from zfprobe.mining import mine, parse_channels
+    from zfprobe.mining_render import render_layer, save_mining
+
     skipped_msgs = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -95,9 +120,4 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
     files = save_mining(out_dir, probe, result, pictures, rule, lrn, per_page, tile,
                         channel_pngs=not no_channel_pngs and not no_project, sheets=not no_project,
                         extra={"no_project": bool(no_project)})
-    s = result.summary()
-    speed = "saved mining pass reused" if result.resumed_from >= result.images_seen else f"{s['images_per_second'] or 0:.0f} img/s"
-    click.echo(f"mined {s['images_used']} image(s) ({s['skipped']} skipped) for {len(layers)} layer(s), top {k}, "
-               f"{speed} -> {out_dir} ({len(files)} files; see index.csv"
-               + ("" if no_project else " and */sheet_001.png") + ")")
-
+    return files, result

@@ -45,7 +45,9 @@ def command(model, image, layer, size, stride, label, fill, channel, labels_file
     """Slide a square over IMAGE; map LAYER's strongest feature map total, the target-class
     probability and the top class per square position; write npz, overlays and a manifest."""
     from zfprobe.occlusion import class_output, occlude
+    from zfprobe.outputs import check_output_path
 
+    check_output_path(out_dir)
     probe = open_probe(model, input_size, device, image=image)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
     side = min(prep.size)

@@ -25,7 +25,9 @@ from typing import Iterator
 import numpy as np
 
 from zfprobe.errors import ImageError, ZfprobeError
-from zfprobe.preprocess import Preprocessing, _fit, read_pixels
+from zfprobe.images import fit_image, to_display
+from zfprobe.images import image_extensions as _safe_extensions
+from zfprobe.preprocess import Preprocessing, read_pixels
 
 
 class DatasetError(ZfprobeError):
@@ -33,9 +35,8 @@ class DatasetError(ZfprobeError):
 
 
 def image_extensions() -> set[str]:
-    from PIL import Image
-
-    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    """Extensions of the image formats zfprobe opens (Pillow's, minus those that shell out)."""
+    return _safe_extensions()
 
 
 @dataclass
@@ -73,13 +74,17 @@ class Dataset:
 
 
 class ImageFolder(Dataset):
-    def __init__(self, root: str, prep: Preprocessing):
+    """``exclude``: folders below ``root`` to leave out (e.g. the run's own output folder)."""
+
+    def __init__(self, root: str, prep: Preprocessing, exclude: tuple[str, ...] = ()):
         self.root = os.path.abspath(root)
         self.prep = prep
         exts = image_extensions()
         files, ignored = [], 0
+        skip = {os.path.realpath(e) for e in exclude}
         for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                                 and os.path.realpath(os.path.join(dirpath, d)) not in skip)
             for f in filenames:
                 if f.startswith("."):
                     continue
@@ -101,8 +106,7 @@ class ImageFolder(Dataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         pixels = read_pixels(os.path.join(self.root, self.files[index]), self.prep)
-        display = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
-        return display, self.prep.to_tensor(pixels)
+        return to_display(pixels), self.prep.to_tensor(pixels)
 
     def batches(self, batch_size: int, start: int = 0) -> Iterator[Batch]:
         for lo in range(start, len(self), batch_size):
@@ -136,6 +140,11 @@ class ArrayDataset(Dataset):
         self.key = key
         if array is None:
             array, self.key = _open_array(path, key)
+        if array.ndim == 0 or array.dtype.kind not in "biuf":
+            raise DatasetError(f"cannot use the array in '{path}' ({array.dtype}, shape {array.shape}) as images: "
+                               "give real-valued pixels [N, H, W] or [N, H, W, C], or model inputs [N, ...]")
+        if array.ndim >= 3 and 0 in array.shape[1:3]:
+            raise DatasetError(f"the array in '{path}' has shape {array.shape}: its images have no pixels")
         self.array = array
         self.input_shape = tuple(input_shape)
         self.preprocessed = array.dtype.kind == "f" and tuple(array.shape[1:]) == self.input_shape[1:]
@@ -169,7 +178,7 @@ class ArrayDataset(Dataset):
             x = np.repeat(x, 3, axis=2) if want_c == 3 else np.round(x.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None].astype(np.uint8)
         if tuple(x.shape[:2]) != tuple(self.prep.size):
             im = Image.fromarray(x[..., 0] if x.shape[2] == 1 else x)
-            x = np.asarray(_fit(im, self.prep.size, self.prep.resize), np.uint8)
+            x = np.asarray(fit_image(im, self.prep.size, self.prep.resize), np.uint8)
             if x.ndim == 2:
                 x = x[..., None]
         return x
@@ -185,8 +194,7 @@ class ArrayDataset(Dataset):
             t = np.asarray(raw, np.float32)[None]
             return self.prep.to_display(t[0]), t
         pixels = self._pixels(raw)
-        display = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
-        return display, self.prep.to_tensor(pixels)
+        return to_display(pixels), self.prep.to_tensor(pixels)
 
     def batches(self, batch_size: int, start: int = 0) -> Iterator[Batch]:
         for lo in range(start, len(self), batch_size):
@@ -199,7 +207,14 @@ class ArrayDataset(Dataset):
                 tensors = _batch_to_tensor(raw, self.prep)  # fast path: vectorized preprocessing
             else:
                 tensors = np.stack([self._tensor(r) for r in raw])
-            yield Batch(np.arange(lo, hi, dtype=np.int64), tensors, [])
+            indices = np.arange(lo, hi, dtype=np.int64)
+            skipped = []
+            if raw.dtype.kind == "f":  # NaN / inf items would poison every top-k they enter
+                finite = np.isfinite(raw.reshape(len(raw), -1)).all(axis=1)
+                if not finite.all():
+                    skipped = [(int(i), "holds NaN or infinite values") for i in indices[~finite]]
+                    indices, tensors = indices[finite], tensors[finite]
+            yield Batch(indices, tensors, skipped)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -246,12 +261,14 @@ def _open_array(path: str, key: str | None) -> tuple[np.ndarray, str | None]:
         raise DatasetError(f"cannot read the array file '{path}': {str(exc).splitlines()[0]}") from None
 
 
-def open_dataset(path: str, prep: Preprocessing, input_shape: tuple[int, ...], key: str | None = None) -> Dataset:
-    """A folder of images or a .npy / .npz array file (see the module docstring)."""
+def open_dataset(path: str, prep: Preprocessing, input_shape: tuple[int, ...], key: str | None = None,
+                 exclude: tuple[str, ...] = ()) -> Dataset:
+    """A folder of images or a .npy / .npz array file (see the module docstring); ``exclude``:
+    folders inside it that are not data (the output folder of the run)."""
     if prep is None:
         raise DatasetError("this model's input is not an image batch; zfprobe cannot mine it")
     if os.path.isdir(path):
-        return ImageFolder(path, prep)
+        return ImageFolder(path, prep, exclude)
     if not os.path.exists(path):
         raise DatasetError(f"dataset '{path}' does not exist; give a folder of images or a .npy / .npz file")
     if os.path.splitext(path)[1].lower() in (".npy", ".npz"):

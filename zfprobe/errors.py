@@ -57,3 +57,11 @@ class OptionError(ZfprobeError):
 class DynamicInputSizeError(ZfprobeError):
     """The model's input has free dimensions and no size was given (the CLI then takes the
     image's size when it has an image)."""
+
+
+class OutputError(ZfprobeError):
+    """The output cannot be written (not writable, read-only, disk full, locked by another run)."""
+
+
+class UntrustedFileError(ZfprobeError):
+    """A model or data file that tries to reach outside its folder or hide what it is."""

@@ -34,6 +34,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from zfprobe.datasets import Dataset
+from zfprobe.interrupts import pause
 from zfprobe.errors import OptionError, ZfprobeError
 
 STATE_FILE = ".mine-state.npz"
@@ -216,8 +217,10 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
     start, skipped = 0, []
     if state_path and resume and os.path.isfile(state_path):
         loaded = _load_state(state_path, fingerprint, tops)
-        if loaded is None:
-            (log or (lambda m: None))(f"{state_path}: saved state is for other inputs; starting clean")
+        if loaded is None:  # a checkpoint is only ever replaced by a newer one of the same inputs
+            (log or (lambda m: None))(f"{state_path}: saved state is for other inputs; starting clean without "
+                                      "checkpoints, the saved state is kept (restart to replace it)")
+            state_path = None
         else:
             start, skipped = loaded
             (log or (lambda m: None))(f"resuming after {start} of {n_total} images")
@@ -261,22 +264,29 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
             future = runner.submit(run, probe._check_images(batch.tensors)) if len(batch.indices) else None
             if pending is not None:
                 finish(*pending)
+                pause("mining")  # test hook (zfprobe.interrupts): a deterministic moment mid-run
             pending = (batch, future)
         if pending is not None:
             finish(*pending)
             pending = None
-    except BaseException:
+    except BaseException as exc:
         if pending is not None and pending[1] is not None:
             pending[1].cancel()
-        save()  # everything consumed so far is in the top-k: a rerun resumes from here
+        if isinstance(exc, KeyboardInterrupt):  # a failed run writes nothing; an interrupted one checkpoints
+            save()  # everything consumed so far is in the top-k: a rerun resumes from here
+        if state_path and isinstance(exc, KeyboardInterrupt):
+            from zfprobe.interrupts import note
+
+            note(f"mining checkpoint saved after {consumed} of {n_total} images in {state_path}; "
+                 "rerun the same command to resume")
         raise
     finally:
         runner.shutdown(wait=True)
         bar.close()
-    save()
     seconds = time.perf_counter() - t0
     if consumed - len(skipped) <= 0:
         raise ZfprobeError(f"none of the {n_total} dataset item(s) could be read ({len(skipped)} skipped); nothing to mine")
+    save()
     return MiningResult(tops, dataset, k, consumed, skipped, start, seconds)
 
 
@@ -432,8 +442,10 @@ def parse_channels(spec: str | None, n: int) -> list[int]:
             part = part.strip()
             if not part:
                 continue
-            if "-" in part:
+            if "-" in part.lstrip("-"):
                 a, b = (int(x) for x in part.split("-", 1))
+                if a > b:
+                    raise OptionError(f"channel range '{part}' is empty (write low-high, e.g. 2-5)")
                 out.extend(range(a, b + 1))
             else:
                 out.append(int(part))
@@ -442,4 +454,6 @@ def parse_channels(spec: str | None, n: int) -> list[int]:
     bad = [c for c in out if not 0 <= c < n]
     if bad:
         raise OptionError(f"channel {bad[0]} is out of range: the layer has {n} channels (0..{n - 1})")
+    if not out:
+        raise OptionError(f"channels '{spec}' select no channel")
     return list(dict.fromkeys(out))

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -134,8 +132,10 @@ def layer_pages(pics: LayerPictures, k: int, per_page: int = 64, tile: int | Non
 
 
 def safe_name(layer: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "_", layer).strip("._")
-    return s or "layer"
+    """The folder name of a layer: reversible, so two layers never share one (blk/relu, blk_relu)."""
+    from zfprobe.outputs import safe_file_name
+
+    return safe_file_name(layer)
 
 
 def index_rows(result: MiningResult, layer: str, channels: list[int], rf=None) -> list[dict]:
@@ -155,13 +155,12 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
                 per_page: int = 64, tile: int | None = None, channel_pngs: bool = True, sheets: bool = True,
                 extra: dict | None = None) -> list[str]:
     """Write sheets, per-channel PNGs, index.csv and manifest.json into ``out_dir``, all or nothing.
-    Files of an earlier run listed in its manifest and not rewritten now are removed."""
+    Files of an earlier run listed in its manifest and not rewritten now are removed (by OutputStage)."""
     from zfprobe import __version__
     from zfprobe.outputs import OutputStage
     from zfprobe.receptive_field import receptive_field
     from zfprobe.visualize import DISPLAY_MAPPING, file_sha256
 
-    previous = _previous_files(out_dir)
     with OutputStage(out_dir) as stage:
         files: list[str] = []
         all_rows: list[dict] = []
@@ -214,27 +213,7 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
         }
         stage.write_json("manifest.json", manifest)
         final = stage.commit()
-    for rel in previous - set(files):
-        path = os.path.join(out_dir, rel)
-        if os.path.isfile(path):
-            os.unlink(path)
-            parent = os.path.dirname(path)
-            while os.path.abspath(parent) != os.path.abspath(out_dir) and os.path.isdir(parent) and not os.listdir(parent):
-                os.rmdir(parent)
-                parent = os.path.dirname(parent)
     return final
-
-
-def _previous_files(out_dir: str) -> set[str]:
-    path = os.path.join(out_dir, "manifest.json")
-    try:
-        with open(path) as f:
-            m = json.load(f)
-        if m.get("command") != "mine":
-            return set()
-        return {f for f in m.get("files", []) if isinstance(f, str) and not os.path.isabs(f) and ".." not in f.split("/")}
-    except (OSError, ValueError):
-        return set()
 
 
 __all__ = ["render_layer", "layer_pages", "channel_block", "save_mining", "parse_channels", "LayerPictures"]

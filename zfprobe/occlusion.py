@@ -102,6 +102,8 @@ def fill_values(fill, prep, channels: int) -> tuple[np.ndarray, str]:
             fill = float(fill)
         except ValueError:
             raise OptionError(f"unknown fill '{fill}'; choose grey, zero, mean or a pixel value 0..255") from None
+    if not isinstance(fill, str) and not (np.isfinite(fill) and 0 <= float(fill) <= 255):
+        raise OptionError(f"fill {fill} is not a pixel value 0..255; choose grey, zero, mean or a pixel value 0..255")
     if fill == "zero":
         return np.zeros(channels, np.float32), "zero (0 in model space)"
     if prep is None:

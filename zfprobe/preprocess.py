@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from zfprobe.errors import ImageError, OptionError
+from zfprobe.errors import OptionError
+from zfprobe.images import fit_image, read_image, to_display
 
 PRESETS = {
     # torchvision / timm ImageNet models
@@ -44,6 +45,30 @@ class Preprocessing:
         if name not in PRESETS:
             raise OptionError(f"unknown preprocessing preset '{name}'; choose one of {', '.join(PRESETS)}")
         return replace(self, **PRESETS[name])
+
+    def validate(self) -> "Preprocessing":
+        """Refuse settings that silently give NaN or garbage (std 0, NaN mean, odd names)."""
+        import math
+
+        def numbers(key, value, nonzero=False):
+            vals = value if isinstance(value, (tuple, list)) else (value,)
+            if not vals or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+                raise OptionError(f"preprocessing {key} must be a number or a list of numbers, not {value!r}")
+            if not all(math.isfinite(v) for v in vals):
+                raise OptionError(f"preprocessing {key} must be finite, not {value!r}")
+            if nonzero and any(v == 0 for v in vals):
+                raise OptionError(f"preprocessing {key} must not be 0 (the input is divided by it)")
+            if isinstance(value, (tuple, list)) and len(vals) not in (1, self.channels):
+                raise OptionError(f"{len(vals)} {key} values given for a {self.channels}-channel input")
+
+        numbers("scale", self.scale, nonzero=True)
+        numbers("mean", self.mean)
+        numbers("std", self.std, nonzero=True)
+        if not isinstance(self.channel_order, str) or self.channel_order.upper() not in ("RGB", "BGR"):
+            raise OptionError(f"preprocessing channel_order must be RGB or BGR, not {self.channel_order!r}")
+        if self.resize not in ("crop", "stretch"):
+            raise OptionError(f"preprocessing resize must be crop or stretch, not {self.resize!r}")
+        return self
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -89,13 +114,23 @@ def default_preprocessing(input_shape: tuple[int, ...], model_path: str | None =
     prep = Preprocessing(size=(h, w), channels=c, layout=layout)
     sidecar = _sidecar(model_path)
     if sidecar:
+        where = f" in '{os.path.splitext(model_path)[0]}.json'"
         if "preset" in sidecar:
+            if not isinstance(sidecar["preset"], str) or sidecar["preset"] not in PRESETS:
+                raise OptionError(f"unknown preprocessing preset {sidecar['preset']!r}{where}; choose one of {', '.join(PRESETS)}")
             prep = prep.with_preset(sidecar["preset"])
         for key in ("scale", "mean", "std", "channel_order", "resize"):
             if key in sidecar:
                 value = sidecar[key]
                 setattr(prep, key, tuple(value) if isinstance(value, list) else value)
-        prep.labels = sidecar.get("labels")
+        labels = sidecar.get("labels")
+        if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+            raise OptionError(f"'labels'{where} must be a list of class names")
+        prep.labels = labels
+        try:
+            prep.validate()
+        except OptionError as exc:
+            raise OptionError(f"{exc}{where}") from None
     return prep
 
 
@@ -106,44 +141,26 @@ def _sidecar(model_path: str | None) -> dict | None:
     if not os.path.isfile(path):
         return None
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
     except (OSError, ValueError) as exc:
         raise OptionError(f"cannot read the preprocessing file '{path}': {exc}") from None
+    if not isinstance(data, dict):
+        raise OptionError(f"the preprocessing file '{path}' must hold a JSON object (e.g. {{\"preset\": \"imagenet\"}}), "
+                          f"not a {type(data).__name__}")
+    return data
 
 
 def read_pixels(path: str, prep: Preprocessing) -> np.ndarray:
-    """Read an image file as uint8 [H, W, C] at the model's size (C = 1 or 3, RGB)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if not os.path.isfile(path):
-        raise ImageError(f"image '{path}' does not exist")
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            im = im.convert("L" if prep.channels == 1 else "RGB")
-            im = _fit(im, prep.size, prep.resize)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"cannot read image '{path}': {exc}") from None
-    return arr[..., None] if arr.ndim == 2 else arr
+    """An image file as [H, W, C] pixels at the model's size (C = 1 or 3, RGB): uint8 for 8-bit
+    files, float32 0..255 for 16-bit and float files (see :mod:`zfprobe.images`)."""
+    return read_image(path, prep.channels, prep.size, prep.resize)
 
 
-def _fit(im, size: tuple[int, int], mode: str):
-    from PIL import Image
-
-    h, w = size
-    if mode == "stretch" or im.size == (w, h):
-        return im.resize((w, h), Image.BILINEAR)
-    scale = max(w / im.width, h / im.height)
-    new = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
-    im = im.resize(new, Image.BILINEAR)
-    left, top = (new[0] - w) // 2, (new[1] - h) // 2
-    return im.crop((left, top, left + w, top + h))
+_fit = fit_image  # older name, kept for callers
 
 
 def load_image(path: str, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
     """(display RGB uint8 [H, W, 3], model input float32 [1, ...])."""
     pixels = read_pixels(path, prep)
-    display = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
-    return display, prep.to_tensor(pixels)
+    return to_display(pixels), prep.to_tensor(pixels)
