@@ -43,7 +43,12 @@ def page(title: str, body: str, depth: int = 0, script: bool = False) -> str:
 def table(header: list[str], rows: list[list], raw: bool = False, caption: str | None = None) -> str:
     """An HTML table; cells are escaped unless ``raw`` (then they are trusted HTML)."""
     cell = (lambda v: str(v)) if raw else esc
-    head = "".join(f'<th scope="col">{esc(h)}</th>' for h in header)
+    head = "".join(f'<th scope="col">{esc(h)}</th>' for h in header) if any(header) else ""
+    if not head:  # a key-value table: the first cell of each row is its header
+        body = "".join(f'<tr><th scope="row">{cell(row[0])}</th>' + "".join(f"<td>{cell(v)}</td>" for v in row[1:]) + "</tr>"
+                       for row in rows)
+        cap = f"<caption>{esc(caption)}</caption>" if caption else ""
+        return f"<table>{cap}<tbody>{body}</tbody></table>"
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
