@@ -220,11 +220,12 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
             rows = index_rows(result, layer, pics.channels, rf)
             all_rows += rows
             top = result.layers[layer]
+            status = channel_status(top)
             layers_meta[layer] = {"tensor": pics.tensor, "shape": list(top.shape), "channels_shown": pics.channels,
                                   "receptive_field": {"size": list(rf.size), "stride": list(rf.stride), "exact": rf.exact},
                                   "sheets": sheet_files, "projection_seconds": round(pics.seconds, 3),
-                                  "dead_channels": [c for c in pics.channels if pics.status.get(c) == "dead"],
-                                  "weak_channels": [c for c in pics.channels if pics.status.get(c) == "weak"],
+                                  "dead_channels": [c for c in pics.channels if status[c] == "dead"],
+                                  "weak_channels": [c for c in pics.channels if status[c] == "weak"],
                                   "display_percentile": pics.percentile}
         buf = io.StringIO()
         fields = ["layer", "channel", "rank", "image_index", "image", "position", "value", "box"]
