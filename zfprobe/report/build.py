@@ -144,7 +144,7 @@ class ReportBuilder:
             layer_rows = {}
             for layer in self.layers:
                 t = time.perf_counter()
-                pics = render_layer(probe, result, layer)
+                pics = self._layer_pictures(result, layer, dataset, cache)
                 self._timed("projections", t)
                 bar.update(1)
                 t = time.perf_counter()
@@ -194,6 +194,45 @@ class ReportBuilder:
         meta["files_count"] = len(final)
         meta["timings_s"] = self.timings
         return meta
+
+    def _layer_pictures(self, result, layer, dataset, cache: str):
+        """The thumbnails' projections of every kept unit of ``layer``, reused from the cache when
+        the same model (hash), data, layer, k and display were rendered before."""
+        import hashlib
+
+        from zfprobe.mining_render import LayerPictures, channel_status, render_layer
+        from zfprobe.receptive_field import receptive_field
+        from zfprobe.render import DEFAULT_PERCENTILE
+
+        top = result.layers[layer]
+        key = hashlib.sha256(json.dumps([self.sha, layer, dataset.fingerprint(), result.k, result.images_seen,
+                                         DEFAULT_PERCENTILE, "v1"], sort_keys=True, default=str).encode()).hexdigest()[:24]
+        path = os.path.join(cache, f"tiles-{key}.npz")
+        if os.path.isfile(path):
+            try:
+                with np.load(path) as z:
+                    arrays = {k: z[k] for k in z.files}
+                rf = receptive_field(self.probe.graph, top.tensor, self.prep.layout)
+                status = channel_status(top)
+                chans = list(range(top.channels))
+                pics = LayerPictures(layer, top.tensor, "deconvnet", chans, rf.size, rf.stride, {c: [] for c in chans},
+                                     status=status, percentile=DEFAULT_PERCENTILE)
+                entries = {(u.channel, u.rank): u for u in top.units(chans)}
+                for c, r, proj, patch in zip(arrays["channel"], arrays["rank"], arrays["projection"], arrays["patch"]):
+                    pics.tiles[int(c)].append((entries[(int(c), int(r))], proj, patch))
+                return pics
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged or stale cache entry: render again
+        pics = render_layer(self.probe, result, layer)
+        flat = [(c, u.rank, proj, patch) for c, ts in pics.tiles.items() for u, proj, patch in ts]
+        if flat:
+            from zfprobe.outputs import write_file_atomically
+
+            buf = io.BytesIO()
+            np.savez(buf, channel=np.array([f[0] for f in flat]), rank=np.array([f[1] for f in flat]),
+                     projection=np.stack([f[2] for f in flat]), patch=np.stack([f[3] for f in flat]))
+            write_file_atomically(path, buf.getvalue())
+        return pics
 
     # -- pages -----------------------------------------------------------------------------
     def _unit_pages(self, stage, result, layer, pics, d, samples) -> dict[int, str]:
