@@ -18,8 +18,9 @@ from zfprobe.errors import OptionError
               help="Sample images with occlusion maps on each unit page (0: none).")
 @click.option("--include", "includes", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="An analysis output folder (any zfprobe command's -o) to add (repeatable).")
-@click.option("--with", "with_", help="Analyses to include by name (e.g. filters,occlusion); each must be an "
-                                      "output folder inside OUT or given with --include.")
+@click.option("--with", "with_", help="Analyses to include by name (e.g. occlusion,filters): 'occlusion' adds "
+                                      "occlusion maps to the unit pages; any other must be an output folder (or "
+                                      "command) inside OUT or given with --include.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @preprocessing_options
 @click.option("--out", "-o", "out_dir", type=click.Path(), help="Report folder [default: ./zfprobe-report-<model>].")
@@ -48,7 +49,10 @@ def command(model, data, layers, limit, unit_pages, occlusion_images, includes, 
     if with_:
         present = {n for n, _ in find_analyses(out_dir)} | {m.get("command") for _, m in find_analyses(out_dir)}
         present |= {os.path.basename(os.path.normpath(p)) for p in includes}
-        missing = [w.strip() for w in with_.split(",") if w.strip() and w.strip() not in present]
+        wanted = [w.strip() for w in with_.split(",") if w.strip()]
+        if "occlusion" in wanted:  # built in: occlusion maps on the unit pages
+            occlusion_images = max(1, occlusion_images)
+        missing = [w for w in wanted if w not in present and w != "occlusion"]
         if missing:
             raise OptionError(f"no output of {', '.join(missing)} to include: run e.g. `zfprobe {missing[0]} MODEL ... "
                               f"-o {os.path.join(out_dir, missing[0])}` first, or pass --include FOLDER")
