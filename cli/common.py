@@ -65,6 +65,9 @@ def open_probe(model: str, input_size: str | None, device: str = "auto", channel
     import zfprobe
     from zfprobe.errors import DynamicInputSizeError
 
+    if input_size is None and image is not None and has_dynamic_size(model):
+        input_size = image_size_of(image)
+        click.echo(f"zfprobe: note: the model's input size is dynamic; using the image's size {input_size}", err=True)
     size = parse_size(input_size)
     shape = None
     if size is not None:
@@ -87,6 +90,28 @@ def _image_size(path: str) -> tuple[int, int] | None:
             return im.size[1], im.size[0]
     except Exception:  # noqa: BLE001 - any unreadable file: no size, the image loader gives the error
         return None
+
+
+def default_image(model: str, input_size: str | None, device: str):
+    """(probe, image path) when no --image is given: a bundled sample that suits the model."""
+    from zfprobe.defaults import PHOTOS, sample_images
+
+    first_photo = sorted(os.path.join(PHOTOS, f) for f in os.listdir(PHOTOS) if f.endswith(".jpg"))[0]
+    probe = open_probe(model, input_size, device, image=first_photo)
+    return probe, sample_images(probe.preprocessing)[0]
+
+
+def default_layer(probe, layer: str | None, command: str) -> str:
+    from zfprobe.defaults import deepest_layer
+    from zfprobe.errors import OptionError
+
+    if layer:
+        return layer
+    chosen = deepest_layer(probe)
+    if chosen is None:
+        raise OptionError("the model has no spatial layer the deconvnet can pass; give --layer (see `zfprobe layers`)")
+    click.echo(f"zfprobe: no --layer given; using {chosen}, the deepest spatial layer the deconvnet passes", err=True)
+    return chosen
 
 
 def preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize):

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import click
 
-from zfprobe.cli.common import (RULES, Interrupted, open_probe, parse_unit,
+from zfprobe.cli.common import (RULES, Interrupted, default_image, default_layer, open_probe, parse_unit,
                                 preprocessing_from_options, preprocessing_options, quiet_native_logs,
                                 report_failure)
 from zfprobe.errors import OptionError
 from zfprobe.interrupts import install_handlers, take_notes
 from zfprobe.outputs import check_output_file, check_output_path, output_lock
+from zfprobe.render import DEFAULT_PERCENTILE
 
 # Commands that live in their own modules: every cli/<name>_cmd.py defines ``command`` and is
 # registered here, so adding a command means adding one file.
@@ -62,6 +63,10 @@ def _check_outputs_first(cmd: click.Command) -> None:
     def checked(*args, **kwargs):
         if kwargs.get("out_path") is not None:
             check_output_file(kwargs["out_path"])
+        if "out_dir" in kwargs and kwargs["out_dir"] is None and kwargs.get("model"):
+            from zfprobe.defaults import output_folder  # without -o: a named folder, checked and locked too
+
+            kwargs["out_dir"] = output_folder(cmd.name, kwargs["model"])
         if kwargs.get("out_dir") is None:
             return callback(*args, **kwargs)
         check_output_path(kwargs["out_dir"])
@@ -103,8 +108,9 @@ def layers(model, input_size, in_channels):
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--image", "-i", required=True, type=click.Path(dir_okay=False), help="The input image.")
-@click.option("--layer", "-l", required=True, help="Layer name (see `zfprobe layers`).")
+@click.option("--image", "-i", type=click.Path(dir_okay=False),
+              help="The input image [default: a bundled sample that suits the model].")
+@click.option("--layer", "-l", help="Layer name (see `zfprobe layers`) [default: the deepest spatial layer the deconvnet passes].")
 @click.option("--channel", "-c", "channels", type=int, multiple=True, help="Channel to project (repeatable).")
 @click.option("--top", "-n", type=int, help="Also project the N channels with the strongest activation.")
 @click.option("--unit", help="One unit CHANNEL,Y,X instead of each channel's strongest position.")
@@ -114,13 +120,28 @@ def layers(model, input_size, in_channels):
 @click.option("--lrn", type=click.Choice(["identity", "gradient"]), default="identity", show_default=True,
               help="How LRN layers are reversed (the paper: identity).")
 @preprocessing_options
-@click.option("--percentile", type=float, help="Scale each projection by this percentile of |p| (contrast).")
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
+              help="Display scale s = this percentile of each projection's non-zero |p| (stronger pixels saturate).")
+@click.option("--max-scale", is_flag=True, help="Scale each projection by its max |p| instead (no saturation).")
+@click.option("--frame", type=click.Choice(["rf", "full"]), default="rf", show_default=True,
+              help="rf: crop each unit's projection and image to its receptive field (+25%); full: whole frame with the RF box.")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
+              help="Output folder [default: ./zfprobe-visualize-<model>].")
 def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset, input_size, mean, std, scale, bgr,
-              resize, percentile, device, out_dir):
-    """Project units of LAYER for IMAGE to pixel space; write PNGs, a contact sheet and a manifest."""
-    check_output_path(out_dir)
-    probe = open_probe(model, input_size, device, image=image)
+              resize, percentile, max_scale, frame, device, out_dir):
+    """Project units of LAYER for IMAGE to pixel space; write PNGs, a contact sheet and a manifest.
+
+    Only MODEL is required: without --image a bundled sample image is used, without --layer the
+    deepest spatial layer, without -o a folder named after the model."""
+    from zfprobe.defaults import output_folder
+
+    if image is None:
+        probe, image = default_image(model, input_size, device)
+        click.echo(f"zfprobe: no --image given; using the bundled sample {image}", err=True)
+    else:
+        probe = open_probe(model, input_size, device, image=image)
+    layer = default_layer(probe, layer, "visualize")
+    out_dir = out_dir or output_folder("visualize", model)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
     position = None
     channels = list(channels)
@@ -130,7 +151,7 @@ def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset,
     if percentile is not None and not 0 < percentile <= 100:
         raise OptionError("--percentile must be in (0, 100]")
     result = probe.visualize(image, layer, channels=channels, top=top, mode=mode, position=position, rule=rule,
-                             lrn=lrn, percentile=percentile, preprocessing=prep)
+                             lrn=lrn, percentile=None if max_scale else percentile, preprocessing=prep, frame=frame)
     files = result.save(out_dir, probe)
     click.echo(f"{len(result.seeds)} projection(s) of {layer} ({rule}) in "
                f"{sum(result.timings.values()):.2f} s -> {out_dir} ({len(files)} files; see contact_sheet.png)")

@@ -8,6 +8,7 @@ import click
 
 from zfprobe.cli.common import RULES, open_probe, preprocessing_from_options, preprocessing_options
 from zfprobe.errors import OptionError
+from zfprobe.render import DEFAULT_PERCENTILE
 
 MAX_TOP = 1000          # images kept per channel (the paper shows 9)
 MAX_PER_PAGE = 1024     # channels per contact sheet page
@@ -16,8 +17,9 @@ MIN_TILE, MAX_TILE = 4, 1024  # tile side on the sheets, in pixels
 
 @click.command("mine")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.argument("data", type=click.Path())
-@click.option("--layer", "-l", "layers", required=True, multiple=True, help="Layer to mine (repeatable; one pass for all).")
+@click.argument("data", type=click.Path(), required=False)
+@click.option("--layer", "-l", "layers", multiple=True,
+              help="Layer to mine (repeatable; one pass for all) [default: 3 layers spread over depth].")
 @click.option("--top", "-k", "k", type=int, default=9, show_default=True, help="Images kept per channel.")
 @click.option("--channels", "-c", help="Channels to project and show, e.g. 0-15,40 (default: all; mining covers all).")
 @click.option("--per-page", type=int, default=64, show_default=True, help="Channels per contact sheet page.")
@@ -27,15 +29,18 @@ MIN_TILE, MAX_TILE = 4, 1024  # tile side on the sheets, in pixels
 @click.option("--limit", type=int, help="Use only the first N images of the dataset.")
 @click.option("--array-key", help="Array to use in a .npz file (default: images, x, or the first).")
 @click.option("--tile", type=int, help="Tile size in pixels on the sheets (default: from the receptive field).")
-@click.option("--percentile", type=float, help="Scale each projection by this percentile of |p| (contrast).")
+@click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
+              help="Display scale s = this percentile of each projection's non-zero |p| (stronger pixels saturate).")
+@click.option("--max-scale", is_flag=True, help="Scale each projection by its max |p| instead (no saturation).")
 @click.option("--no-project", is_flag=True, help="Only mine: write index.csv and manifest.json, no pictures.")
 @click.option("--no-channel-pngs", is_flag=True, help="Do not write one PNG per channel.")
 @click.option("--restart", is_flag=True, help="Ignore a saved state in OUT and mine from the first image.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @preprocessing_options
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
+              help="Output folder [default: ./zfprobe-mine-<model>].")
 def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, limit, array_key, tile, percentile,
-            no_project, no_channel_pngs, restart, quiet, preset, input_size, mean, std, scale, bgr, resize, device, out_dir):
+            max_scale, no_project, no_channel_pngs, restart, quiet, preset, input_size, mean, std, scale, bgr, resize, device, out_dir):
     """Top-K images per feature map of each LAYER over DATA (a folder of images or a .npy/.npz array).
 
     Writes per layer contact sheets (projections | image patches, as in Zeiler & Fergus Fig. 2),
@@ -61,10 +66,23 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
         raise OptionError("--limit must be at least 1")
     if batch_size is not None and batch_size < 1:
         raise OptionError("--batch-size must be at least 1")
-    if percentile is not None and not 0 < percentile <= 100:
+    if not 0 < percentile <= 100:
         raise OptionError("--percentile must be in (0, 100]")
-    probe = open_probe(model, input_size, device)
+    from zfprobe.defaults import PHOTOS, output_folder, sample_dataset, spread_layers
+
+    probe = open_probe(model, input_size, device, image=os.path.join(PHOTOS, "chelsea.jpg") if data is None else None)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
+    if data is None:
+        data = sample_dataset(prep)
+        click.echo(f"zfprobe: no DATA given; mining the bundled samples in {data}", err=True)
+    if not layers:
+        layers = tuple(spread_layers(probe))
+        if not layers:
+            raise OptionError("the model has no spatial layer the deconvnet can pass; give --layer (see `zfprobe layers`)")
+        click.echo(f"zfprobe: no --layer given; using {', '.join(layers)} (spread over depth)", err=True)
+    out_dir = out_dir or output_folder("mine", model)
+    if max_scale:
+        percentile = None
     shapes = layer_shapes(probe, layers)
     for layer in layers:
         parse_channels(channels, shapes[layer][1][0])

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from zfprobe.cli.common import open_probe, preprocessing_from_options, preprocessing_options
+from zfprobe.cli.common import (default_image, default_layer, open_probe, preprocessing_from_options,
+                                preprocessing_options)
 from zfprobe.errors import OptionError
 
 
@@ -23,8 +24,10 @@ def read_labels(path: str) -> list[str]:
 
 @click.command("occlude")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--image", "-i", required=True, type=click.Path(dir_okay=False), help="The input image.")
-@click.option("--layer", "-l", required=True, help="Layer whose strongest feature map is tracked (map b, projection c).")
+@click.option("--image", "-i", type=click.Path(dir_okay=False),
+              help="The input image [default: a bundled sample that suits the model].")
+@click.option("--layer", "-l", help="Layer whose strongest feature map is tracked (map b, projection c) "
+                                    "[default: the deepest spatial layer the deconvnet passes].")
 @click.option("--size", "-s", type=int, default=None, help="Side of the occluding square in pixels [default: 1/7 of the image side].")
 @click.option("--stride", "-t", type=int, default=None, help="Step between square positions in pixels [default: size/4].")
 @click.option("--label", type=int, help="Target class for the probability map [default: top-1 of the unoccluded image].")
@@ -39,7 +42,8 @@ def read_labels(path: str) -> list[str]:
 @click.option("--no-projection", is_flag=True, help="Skip the deconvnet projection of the strongest map.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @preprocessing_options
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
+              help="Output folder [default: ./zfprobe-occlude-<model>].")
 def command(model, image, layer, size, stride, label, fill, channel, labels_file, method, no_projection, progress,
             preset, input_size, mean, std, scale, bgr, resize, device, out_dir):
     """Slide a square over IMAGE; map LAYER's strongest feature map total, the target-class
@@ -47,8 +51,15 @@ def command(model, image, layer, size, stride, label, fill, channel, labels_file
     from zfprobe.occlusion import class_output, occlude
     from zfprobe.outputs import check_output_path
 
-    check_output_path(out_dir)
-    probe = open_probe(model, input_size, device, image=image)
+    from zfprobe.defaults import output_folder
+
+    if image is None:
+        probe, image = default_image(model, input_size, device)
+        click.echo(f"zfprobe: no --image given; using the bundled sample {image}", err=True)
+    else:
+        probe = open_probe(model, input_size, device, image=image)
+    layer = default_layer(probe, layer, "occlude")
+    out_dir = out_dir or output_folder("occlude", model)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
     side = min(prep.size)
     size = size if size is not None else max(1, round(side / 7))

@@ -3,7 +3,9 @@
 For each channel: a grid of the top-k projections (cropped at each unit's receptive field, each
 shown with the signed grey mapping of :mod:`zfprobe.render`) beside a grid of the image patches
 that produced them, strongest first in raster order, as in the paper's Fig. 2. Wide layers are
-split into pages of ``per_page`` channels.
+split into pages of ``per_page`` channels. Channels never active over the data (strongest value
+<= 0) are drawn as a "dead" block instead of arbitrary patches; channels whose strongest value is
+below ``WEAK_FRACTION`` of the layer's median channel maximum are flagged "weak".
 """
 from __future__ import annotations
 
@@ -16,9 +18,27 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from zfprobe.mining import STATE_FILE, MinedUnit, MiningResult, parse_channels, project_units
-from zfprobe.render import _font, signed_to_uint8
+from zfprobe.render import DEFAULT_PERCENTILE, _font, describe_mapping, signed_to_uint8, with_legend
 
 GAP, BLOCK_GAP, CAPTION_H = 2, 10, 14
+WEAK_FRACTION = 0.05
+
+
+def channel_status(top) -> dict[int, str]:
+    """Per channel of a mined layer: 'dead' (never active: no positive value on any image),
+    'weak' (max below WEAK_FRACTION of the median positive channel max) or '' (normal)."""
+    best = np.asarray(top.values[:, 0], dtype=np.float64)
+    alive = best[np.isfinite(best) & (best > 0)]
+    median = float(np.median(alive)) if alive.size else 0.0
+    out = {}
+    for c, v in enumerate(best):
+        if not np.isfinite(v) or v <= 0:
+            out[c] = "dead"
+        elif v < WEAK_FRACTION * median:
+            out[c] = "weak"
+        else:
+            out[c] = ""
+    return out
 
 
 @dataclass
@@ -31,19 +51,25 @@ class LayerPictures:
     rf_stride: tuple[int, ...]
     tiles: dict[int, list[tuple[MinedUnit, np.ndarray, np.ndarray]]] = field(default_factory=dict)  # c -> (unit, proj, patch)
     seconds: float = 0.0
+    status: dict[int, str] = field(default_factory=dict)  # c -> 'dead' / 'weak' / ''
+    percentile: float | None = DEFAULT_PERCENTILE
 
 
 def render_layer(probe, result: MiningResult, layer: str, rule: str = "deconvnet", lrn: str = "identity",
-                 channels: list[int] | None = None, percentile: float | None = None, image_chunk: int = 32) -> LayerPictures:
-    """Project every kept unit of ``channels`` (default: all) and keep uint8 crops."""
+                 channels: list[int] | None = None, percentile: float | None = DEFAULT_PERCENTILE,
+                 image_chunk: int = 32) -> LayerPictures:
+    """Project every kept unit of ``channels`` (default: all; dead channels are not projected)
+    and keep uint8 crops."""
     from zfprobe.receptive_field import receptive_field
 
     top = result.layers[layer]
     chans = list(range(top.channels)) if channels is None else list(channels)
     rf = receptive_field(probe.graph, top.tensor, result.dataset.prep.layout)
-    pics = LayerPictures(layer, top.tensor, rule, chans, rf.size, rf.stride, {c: [] for c in chans})
+    status = channel_status(top)
+    pics = LayerPictures(layer, top.tensor, rule, chans, rf.size, rf.stride, {c: [] for c in chans},
+                         status={c: status[c] for c in chans}, percentile=percentile)
     t0 = time.perf_counter()
-    units = top.units(chans)
+    units = top.units([c for c in chans if status[c] != "dead"])
     for up in project_units(probe, result.dataset, layer, units, rule, lrn, image_chunk=image_chunk):
         pics.tiles[up.unit.channel].append((up.unit, signed_to_uint8(up.projection_crop, percentile), up.patch))
     for c in chans:
@@ -56,7 +82,7 @@ def _tile_size(crop_hw: tuple[int, int], tile: int | None) -> int:
     if tile:
         return tile
     s = max(crop_hw)
-    return int(min(96, max(36, s * max(1, int(np.ceil(36 / max(s, 1)))))))
+    return int(min(128, max(64, s * max(1, int(np.ceil(64 / max(s, 1)))))))
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -83,10 +109,13 @@ def _grid(images: list[np.ndarray], k: int, size: int) -> np.ndarray:
     return out
 
 
-def channel_block(channel: int, tiles, k: int, size: int, caption: bool = True) -> np.ndarray:
-    """[projections grid | patches grid] of one channel, with a caption line above."""
+def channel_block(channel: int, tiles, k: int, size: int, caption: bool = True, status: str = "") -> np.ndarray:
+    """[projections grid | patches grid] of one channel, with a caption line above; a dead
+    channel gets an empty block marked 'dead'."""
     from PIL import Image, ImageDraw
 
+    if status == "dead":
+        tiles = []
     left = _grid([t[1] for t in tiles], k, size)
     right = _grid([t[2] for t in tiles], k, size)
     h, w = left.shape[0], left.shape[1] * 2 + BLOCK_GAP // 2
@@ -96,8 +125,15 @@ def channel_block(channel: int, tiles, k: int, size: int, caption: bool = True) 
     block[top:, left.shape[1] + BLOCK_GAP // 2:] = right
     if caption:
         im = Image.fromarray(block)
+        draw = ImageDraw.Draw(im)
         best = f" max {tiles[0][0].value:.3g}" if tiles else " (no images)"
-        ImageDraw.Draw(im).text((1, 1), f"c{channel}{best}", fill="black", font=_font(10))
+        if status == "dead":
+            best = " DEAD: never active on the data"
+        elif status == "weak":
+            best += " WEAK"
+        draw.text((1, 1), f"c{channel}{best}", fill=(200, 0, 0) if status else "black", font=_font(10))
+        if status == "dead":
+            draw.text((4, top + left.shape[0] // 2 - 6), "dead", fill=(200, 0, 0), font=_font(14))
         block = np.asarray(im)
     return block
 
@@ -112,7 +148,7 @@ def layer_pages(pics: LayerPictures, k: int, per_page: int = 64, tile: int | Non
     n_pages = max(1, int(np.ceil(len(chans) / per_page)))
     for p in range(n_pages):
         page_chans = chans[p * per_page: (p + 1) * per_page]
-        blocks = [channel_block(c, pics.tiles[c], k, size) for c in page_chans]
+        blocks = [channel_block(c, pics.tiles[c], k, size, status=pics.status.get(c, "")) for c in page_chans]
         cols = int(np.ceil(np.sqrt(len(blocks)))) if blocks else 1
         rows = int(np.ceil(len(blocks) / cols)) if blocks else 1
         bh, bw = blocks[0].shape[:2] if blocks else (10, 10)
@@ -127,7 +163,7 @@ def layer_pages(pics: LayerPictures, k: int, per_page: int = 64, tile: int | Non
         if n_pages > 1:
             text += f"  page {p + 1}/{n_pages}"
         ImageDraw.Draw(im).text((BLOCK_GAP, 5), text, fill="black", font=_font(13))
-        pages.append(np.asarray(im))
+        pages.append(with_legend(np.asarray(im), pics.percentile))
     return pages
 
 
@@ -176,15 +212,20 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
                 crop = next((t[1].shape[:2] for ts in pics.tiles.values() for t in ts), (8, 8))
                 size = max(_tile_size(crop, tile), 64)
                 for c in pics.channels:
-                    chan_files[c] = stage.write_png(f"{d}/channels/c{c:04d}.png", channel_block(c, pics.tiles[c], k, size))
+                    chan_files[c] = stage.write_png(f"{d}/channels/c{c:04d}.png",
+                                                    channel_block(c, pics.tiles[c], k, size, status=pics.status.get(c, "")))
                 files += list(chan_files.values())
             rf = receptive_field(probe.graph, pics.tensor, result.dataset.prep.layout)
             rows = index_rows(result, layer, pics.channels, rf)
             all_rows += rows
             top = result.layers[layer]
+            status = channel_status(top)
             layers_meta[layer] = {"tensor": pics.tensor, "shape": list(top.shape), "channels_shown": pics.channels,
                                   "receptive_field": {"size": list(rf.size), "stride": list(rf.stride), "exact": rf.exact},
-                                  "sheets": sheet_files, "projection_seconds": round(pics.seconds, 3)}
+                                  "sheets": sheet_files, "projection_seconds": round(pics.seconds, 3),
+                                  "dead_channels": [c for c in pics.channels if status[c] == "dead"],
+                                  "weak_channels": [c for c in pics.channels if status[c] == "weak"],
+                                  "display_percentile": pics.percentile}
         buf = io.StringIO()
         fields = ["layer", "channel", "rank", "image_index", "image", "position", "value", "box"]
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -204,7 +245,10 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
             "rule": rule, "lrn": lrn, "k": result.k,
             "ranking": "per channel: each image's strongest position; value descending, then image index ascending",
             "preprocessing": result.dataset.prep.to_dict(),
-            "display": {"mapping": DISPLAY_MAPPING, "crops": "nominal receptive field box; grey beyond the image border"},
+            "display": {"mapping": describe_mapping(next(iter(pictures.values())).percentile) if pictures else DISPLAY_MAPPING,
+                        "crops": "nominal receptive field box; grey beyond the image border",
+                        "dead": "strongest value over the data <= 0 (never active); not projected",
+                        "weak": f"strongest value below {WEAK_FRACTION:g} x the layer's median channel maximum"},
             "layers": layers_meta,
             "index": "index.csv (box: exact receptive field y0-y1;x0-x1, clipped to the image)",
             "state": STATE_FILE,

@@ -81,12 +81,12 @@ def _figure_png(result, kind: str) -> bytes:
 
 
 def projection_png(result) -> np.ndarray:
-    from zfprobe.render import projection_to_hwc, signed_to_uint8
+    from zfprobe.render import DEFAULT_PERCENTILE, projection_to_hwc, signed_to_uint8
 
     prep = result.preprocessing
     layout = prep.layout if prep else "NCHW"
     order = prep.channel_order if prep else "RGB"
-    return signed_to_uint8(projection_to_hwc(result.projection, layout, order))
+    return signed_to_uint8(projection_to_hwc(result.projection, layout, order), DEFAULT_PERCENTILE)
 
 
 def save_result(result, out_dir: str, probe=None) -> list[str]:

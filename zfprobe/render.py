@@ -1,10 +1,14 @@
 """Turning signed projections into pictures.
 
-The mapping (documented in docs/methods.md): a projection p is divided by a scale s and shown as
-``128 + 127 * clip(p / s, -1, 1)``: zero is mid grey, positive contributions brighter, negative
-darker, the sign preserved and colour channels scaled together. ``s`` is the largest |p| of the
-projection by default, or its ``percentile``-th |p| value to enhance contrast (the paper says
-only that contrast was enhanced).
+The mapping (documented in docs/methods.md and docs/legibility.md): a projection p is divided by a
+scale s and shown as ``128 + 127 * clip(p / s, -1, 1)``: zero is mid grey, positive contributions
+brighter, negative darker, the sign preserved and colour channels scaled together.
+
+``s`` is robust by default: the ``DEFAULT_PERCENTILE``-th percentile of |p| over the pixels where
+p is non-zero, so the few strongest pixels saturate instead of taking the whole range and leaving
+the rest of the tile uniform grey (captum's ``visualize_image_attr`` likewise clips the top 2 % by
+default). Counting only non-zero pixels keeps the scale independent of how much of the frame lies
+outside the unit's receptive field. ``percentile=None`` gives the plain max-|p| scaling.
 """
 from __future__ import annotations
 
@@ -19,10 +23,34 @@ def projection_to_hwc(projection: np.ndarray, layout: str = "NCHW", channel_orde
     return x
 
 
+DEFAULT_PERCENTILE = 99.0
+
+
+def display_scale(x: np.ndarray, percentile: float | None = DEFAULT_PERCENTILE) -> float:
+    """The scale s of the grey mapping: a percentile of the non-zero |p| (None or 100: max |p|)."""
+    mag = np.abs(np.asarray(x, dtype=np.float64))
+    mag = mag[np.isfinite(mag)]
+    if mag.size == 0:
+        return 0.0
+    if percentile is None or percentile >= 100:
+        return float(mag.max())
+    nonzero = mag[mag > 0]
+    return float(np.percentile(nonzero, percentile)) if nonzero.size else 0.0
+
+
+def describe_mapping(percentile: float | None) -> str:
+    """One line for legends and manifests: how a projection became grey levels."""
+    if percentile is None or percentile >= 100:
+        how = "s = max |p| of each projection"
+    else:
+        how = f"s = {percentile:g}th percentile of the non-zero |p| of each projection (stronger pixels saturate)"
+    return f"grey = 128 + 127 * clip(p / s, -1, 1) per pixel and colour channel; {how}"
+
+
 def signed_to_uint8(x: np.ndarray, percentile: float | None = None) -> np.ndarray:
-    """Map signed values around grey (see module docstring); returns uint8 with 3 channels."""
-    mag = np.abs(x)
-    scale = float(np.percentile(mag, percentile)) if percentile else float(mag.max())
+    """Map signed values around grey (see module docstring); returns uint8 with 3 channels.
+    ``percentile=None`` scales by max |p|; callers pass ``DEFAULT_PERCENTILE`` for the default."""
+    scale = display_scale(x, percentile)
     if scale <= 0 or not np.isfinite(scale):
         out = np.full(x.shape, 128, dtype=np.uint8)
     else:
@@ -61,3 +89,33 @@ def contact_sheet(tiles: list[np.ndarray], captions: list[str], columns: int | N
         sheet.paste(im, (x0, y0))
         draw.text((x0, y0 + tile_size + 1), caption[:28], fill="black", font=_font(11))
     return np.asarray(sheet)
+
+
+def legend(width: int, percentile: float | None, height: int = 46) -> np.ndarray:
+    """A colour legend strip: the grey ramp from -s to +s with its labels and the mapping rule."""
+    from PIL import Image, ImageDraw
+
+    width = max(width, 600)
+    im = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(im)
+    ramp_w, x0 = min(200, width - 20), 8
+    ramp = np.round(np.linspace(1, 255, ramp_w)).astype(np.uint8)
+    im.paste(Image.fromarray(np.repeat(np.repeat(ramp[None, :, None], 12, 0), 3, 2)), (x0, 4))
+    draw.rectangle((x0 - 1, 3, x0 + ramp_w, 16), outline="black")
+    font = _font(10)
+    draw.text((x0, 18), "-s", fill="black", font=font)
+    draw.text((x0 + ramp_w // 2 - 3, 18), "0", fill="black", font=font)
+    draw.text((x0 + ramp_w - 12, 18), "+s", fill="black", font=font)
+    scale = "max |p|" if percentile is None or percentile >= 100 else f"{percentile:g}th pct of non-zero |p|"
+    draw.text((x0 + ramp_w + 10, 4), f"projection p: grey = 0, brighter = positive, darker = negative", fill="black", font=font)
+    draw.text((x0 + ramp_w + 10, 18), f"s = {scale} (per tile; beyond s saturates)", fill="black", font=font)
+    return np.asarray(im)
+
+
+def with_legend(sheet: np.ndarray, percentile: float | None) -> np.ndarray:
+    """``sheet`` with the colour legend added below it."""
+    bar = legend(sheet.shape[1], percentile, height=34)
+    if bar.shape[1] > sheet.shape[1]:
+        pad = np.full((sheet.shape[0], bar.shape[1] - sheet.shape[1], 3), 255, np.uint8)
+        sheet = np.concatenate([sheet, pad], axis=1)
+    return np.concatenate([sheet, bar], axis=0)

@@ -1,0 +1,46 @@
+"""Screenshots of a built report in headless Chromium (for docs/img): the model page, the first
+layer page and its first unit page.
+
+    python scripts/report_screenshots.py REPORT_DIR PREFIX   # -> docs/img/PREFIX_{model,layer,unit}.png
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(report: str, prefix: str) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"):
+        opts.add_argument(a)
+    d = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    m = json.loads((Path(report) / "manifest.json").read_text())
+    first = next(iter(m["layers"].values()))
+    pages = {"model": "index.html", "layer": first["page"]}
+    if first["unit_pages"]:
+        from zfprobe.mining_render import safe_name
+
+        layer = next(iter(m["layers"]))
+        pages["unit"] = f"units/{safe_name(layer)}/c{first['unit_pages'][0]:04d}.html"
+    try:
+        for kind, rel in pages.items():
+            d.get((Path(report).resolve() / rel).as_uri())
+            d.execute_script("document.querySelectorAll('img').forEach(function(i){i.loading='eager';});")
+            time.sleep(1.5)
+            out = ROOT / "docs" / "img" / f"{prefix}_{kind}.png"
+            d.save_screenshot(str(out))
+            print(out)
+    finally:
+        d.quit()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

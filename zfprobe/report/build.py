@@ -1,0 +1,385 @@
+"""Build the static report: model page, layer pages, unit pages, analysis pages.
+
+Stages (each timed, one progress bar over all): mining (top-9 per channel over the data, its
+checkpoint kept in a cache folder keyed by the model's sha256, so a rerun reuses a finished
+pass), projections of every kept unit (thumbnails for layer pages), unit pages for the
+strongest channels (the top-9 large under the three rules, occlusion maps of sample images),
+analysis pages (any output folder inside the report folder or given with --include), and the
+HTML. Everything is written through :class:`zfprobe.outputs.OutputStage`: all or nothing.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from zfprobe.errors import OptionError
+from zfprobe.report.html import ASSETS, esc, graph_svg, page, table
+
+RULES = ("deconvnet", "gradient", "guided")
+THUMB_TILE = 40   # px per tile in the layer-page thumbnails
+UNIT_TILE = 128   # px per tile on unit pages
+
+
+@dataclass
+class ReportOptions:
+    layers: list[str] | None = None
+    data: str | None = None
+    limit: int | None = None
+    k: int = 9
+    unit_pages: int = 8          # channels per layer that get a unit page (the strongest)
+    occlusion_images: int = 1    # sample images with occlusion maps on each unit page
+    include: list[str] = field(default_factory=list)
+    per_page: int = 64
+    progress: bool = True
+
+
+def cache_root() -> str:
+    return os.environ.get("ZFPROBE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "zfprobe")
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=6)  # optimize=True costs ~5x the time
+    return buf.getvalue()
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    method = Image.NEAREST if max(img.shape[:2]) <= size else Image.BILINEAR
+    return np.asarray(Image.fromarray(img).resize((size, size), method))
+
+
+def _heatmap(values: np.ndarray, image: np.ndarray, size: int) -> np.ndarray:
+    """An occlusion map (low = the square hurt most) as a colour image blended over the photo."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    v = np.asarray(values, np.float64)
+    lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
+    norm = (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+    rgb = (colormaps["viridis"](norm)[..., :3] * 255).astype(np.uint8)
+    heat = np.asarray(Image.fromarray(rgb).resize((size, size), Image.NEAREST), np.float32)
+    base = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), np.float32)
+    return np.round(0.65 * heat + 0.35 * base).astype(np.uint8)
+
+
+class ReportBuilder:
+    def __init__(self, probe, out_dir: str, options: ReportOptions, log=None):
+        from zfprobe.defaults import spread_layers
+
+        self.probe, self.out_dir, self.opt = probe, out_dir, options
+        self.log = log or (lambda m: None)
+        self.prep = probe.preprocessing
+        if self.prep is None:
+            raise OptionError("this model's input is not an image batch [N, C, H, W]; zfprobe cannot report on it")
+        self.layers = list(options.layers or spread_layers(probe))
+        if not self.layers:
+            raise OptionError("the model has no spatial layer the deconvnet can pass; give --layers")
+        for layer in self.layers:
+            probe.resolve(layer)
+            probe.deconv_program(layer)
+        self.timings: dict[str, float] = {}
+        self.sha = None
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _timed(self, stage: str, start: float) -> None:
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - start, 3)
+
+    def _bar(self, total: int):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc="report", unit="step", disable=not self.opt.progress, leave=False)
+
+    # -- build -----------------------------------------------------------------------------
+    def build(self) -> dict:
+        from zfprobe.datasets import open_dataset
+        from zfprobe.defaults import sample_dataset, sample_images
+        from zfprobe.mining import mine
+        from zfprobe.mining_render import render_layer, safe_name
+        from zfprobe.outputs import OutputStage
+        from zfprobe.report.folders import analysis_page, find_analyses
+        from zfprobe.visualize import file_sha256
+
+        probe, opt = self.probe, self.opt
+        t0 = time.perf_counter()
+        self.sha = file_sha256(probe.source) if probe.source and os.path.isfile(probe.source) else None
+        data = opt.data or sample_dataset(self.prep)
+        dataset = open_dataset(data, self.prep, probe.input_shape)
+        if len(dataset) == 0:
+            raise OptionError(f"the dataset '{data}' holds no images")
+        n_samples = max(0, opt.occlusion_images)
+        if opt.data is None:  # (name, image path or preprocessed array) for the occlusion maps
+            samples = [(p, p) for p in sample_images(self.prep)[:n_samples]]
+        else:
+            samples = [(dataset.name(i), dataset.load(i)[1]) for i in range(min(len(dataset), n_samples))]
+        cache = os.path.join(cache_root(), "report", (self.sha or "nohash")[:16])
+        os.makedirs(cache, exist_ok=True)
+        self._timed("setup", t0)
+
+        includes = [(os.path.basename(os.path.normpath(p)), p) for p in opt.include]
+        for name, path in includes:
+            if not os.path.isfile(os.path.join(path, "manifest.json")):
+                raise OptionError(f"--include '{path}' is not a zfprobe output folder (no manifest.json)")
+        existing = find_analyses(self.out_dir)
+        total = 1 + len(self.layers) * 2 + len(includes) + len(existing) + 1
+        bar = self._bar(total)
+        with OutputStage(self.out_dir) as stage:
+            # mining: one pass for every layer; checkpoint keyed by the model hash
+            t = time.perf_counter()
+            result = mine(probe, dataset, self.layers, k=opt.k, state_path=os.path.join(cache, "mine-state.npz"),
+                          resume=True, limit=opt.limit, progress=False)
+            if result.images_seen - len(result.skipped) == 0:
+                raise OptionError(f"no image of '{data}' could be read")
+            self._timed("mining", t)
+            bar.update(1)
+            layer_rows = {}
+            for layer in self.layers:
+                t = time.perf_counter()
+                pics = self._layer_pictures(result, layer, dataset, cache)
+                self._timed("projections", t)
+                bar.update(1)
+                t = time.perf_counter()
+                d = safe_name(layer)
+                units = self._unit_pages(stage, result, layer, pics, d, samples)
+                self._timed("unit_pages", t)
+                t = time.perf_counter()
+                self._layer_page(stage, layer, pics, d, units, result)
+                layer_rows[layer] = (d, pics, units)
+                self._timed("layer_pages", t)
+                bar.update(1)
+            t = time.perf_counter()
+            analyses = []
+            for name, path in includes:
+                for root, _, files in os.walk(path):
+                    for f in files:
+                        full = os.path.join(root, f)
+                        rel = os.path.relpath(full, path)
+                        with open(full, "rb") as fh:
+                            stage.write_bytes(f"{name}/{rel}", fh.read())
+                with open(os.path.join(path, "manifest.json")) as f:
+                    analyses.append((name, json.load(f), path))
+                bar.update(1)
+            for name, manifest in existing:
+                if name not in {n for n, _ in includes}:
+                    analyses.append((name, manifest, os.path.join(self.out_dir, name)))
+                bar.update(1)
+            links = []
+            for name, manifest, path in analyses:
+                root = os.path.dirname(path)
+                title, body = analysis_page(root, name, manifest)
+                stage.write_bytes(f"analyses/{name}.html", page(title, body, depth=1).encode())
+                links.append((name, manifest.get("command", "?")))
+            self._timed("analysis_pages", t)
+            t = time.perf_counter()
+            self._model_page(stage, layer_rows, links, result, data)
+            for f in ("style.css", "report.js"):
+                with open(os.path.join(ASSETS, f), "rb") as fh:
+                    stage.write_bytes(f"assets/{f}", fh.read())
+            meta = self._manifest(result, data, layer_rows, links)
+            stage.write_json("manifest.json", meta)
+            bar.update(1)
+            self._timed("html", t)
+            final = stage.commit()
+        bar.close()
+        meta["size_bytes"] = sum(os.path.getsize(f) for f in final if os.path.isfile(f))
+        meta["files_count"] = len(final)
+        meta["timings_s"] = self.timings
+        return meta
+
+    def _layer_pictures(self, result, layer, dataset, cache: str):
+        """The thumbnails' projections of every kept unit of ``layer``, reused from the cache when
+        the same model (hash), data, layer, k and display were rendered before."""
+        import hashlib
+
+        from zfprobe.mining_render import LayerPictures, channel_status, render_layer
+        from zfprobe.receptive_field import receptive_field
+        from zfprobe.render import DEFAULT_PERCENTILE
+
+        top = result.layers[layer]
+        key = hashlib.sha256(json.dumps([self.sha, layer, dataset.fingerprint(), result.k, result.images_seen,
+                                         DEFAULT_PERCENTILE, "v1"], sort_keys=True, default=str).encode()).hexdigest()[:24]
+        path = os.path.join(cache, f"tiles-{key}.npz")
+        if os.path.isfile(path):
+            try:
+                with np.load(path) as z:
+                    arrays = {k: z[k] for k in z.files}
+                rf = receptive_field(self.probe.graph, top.tensor, self.prep.layout)
+                status = channel_status(top)
+                chans = list(range(top.channels))
+                pics = LayerPictures(layer, top.tensor, "deconvnet", chans, rf.size, rf.stride, {c: [] for c in chans},
+                                     status=status, percentile=DEFAULT_PERCENTILE)
+                entries = {(u.channel, u.rank): u for u in top.units(chans)}
+                for c, r, proj, patch in zip(arrays["channel"], arrays["rank"], arrays["projection"], arrays["patch"]):
+                    pics.tiles[int(c)].append((entries[(int(c), int(r))], proj, patch))
+                return pics
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged or stale cache entry: render again
+        pics = render_layer(self.probe, result, layer)
+        flat = [(c, u.rank, proj, patch) for c, ts in pics.tiles.items() for u, proj, patch in ts]
+        if flat:
+            from zfprobe.outputs import write_file_atomically
+
+            buf = io.BytesIO()
+            np.savez(buf, channel=np.array([f[0] for f in flat]), rank=np.array([f[1] for f in flat]),
+                     projection=np.stack([f[2] for f in flat]), patch=np.stack([f[3] for f in flat]))
+            write_file_atomically(path, buf.getvalue())
+        return pics
+
+    # -- pages -----------------------------------------------------------------------------
+    def _unit_pages(self, stage, result, layer, pics, d, samples) -> dict[int, str]:
+        """Unit pages for the ``unit_pages`` strongest live channels of ``layer``."""
+        from zfprobe.mining import project_units
+        from zfprobe.render import DEFAULT_PERCENTILE, signed_to_uint8
+
+        top = result.layers[layer]
+        best = top.values[:, 0]
+        live = [c for c in np.argsort(-best, kind="stable") if pics.status.get(int(c)) != "dead" and np.isfinite(best[c])]
+        chans = [int(c) for c in live[: self.opt.unit_pages]]
+        if not chans:
+            return {}
+        units = top.units(chans)
+        tiles: dict[tuple[int, int], dict] = {(u.channel, u.rank): {"unit": u} for u in units}
+        for rule in RULES:
+            for up in project_units(self.probe, result.dataset, layer, units, rule):
+                entry = tiles[(up.unit.channel, up.unit.rank)]
+                entry[rule] = signed_to_uint8(up.projection_crop, DEFAULT_PERCENTILE)
+                entry["patch"] = up.patch
+        occlusions = self._occlusions(layer, chans, samples)
+        out = {}
+        for c in chans:
+            rows = []
+            for u in top.entries(c):
+                e = tiles[(c, u.rank)]
+                cells = [str(u.rank + 1), f"{u.value:.4g}", esc(result.dataset.name(u.image)) + f"<br>at {esc(u.position)}"]
+                for what in ("patch",) + RULES:
+                    rel = f"units/{d}/c{c:04d}_r{u.rank}_{what}.png"
+                    stage.write_bytes(rel, _png(_resize(e[what], UNIT_TILE)))
+                    cells.append(f'<img src="../../{rel}" alt="{esc(what)} of channel {c}, rank {u.rank + 1}" '
+                                 f'width="{UNIT_TILE}" height="{UNIT_TILE}" loading="lazy">')
+                rows.append(cells)
+            body = (f'<p><a href="../../layers/{d}.html">back to layer {esc(layer)}</a></p>'
+                    f"<h2>Top {len(rows)} images</h2><p class=\"note\">Image patch at the unit's receptive field and "
+                    "its projection under each rule (grey = 0; s = 99th percentile of the non-zero |p| per tile).</p>"
+                    + table(["rank", "value", "image", "patch", *RULES], rows, raw=True, caption=f"channel {c} of {layer}"))
+            occ = []
+            for i, (name, heat) in enumerate(occlusions.get(c, [])):
+                rel = f"units/{d}/c{c:04d}_occlusion{i}.png"
+                stage.write_bytes(rel, _png(heat))
+                occ.append(f'<figure><img src="../../{rel}" alt="occlusion map of channel {c} on {esc(os.path.basename(name))}" '
+                           f'width="{heat.shape[1]}" height="{heat.shape[0]}"><figcaption>{esc(os.path.basename(name))}: total activation of '
+                           f'channel {c} with a grey square at each position (dark = the square removes the most)</figcaption></figure>')
+            if occ:
+                body += "<h2>Occlusion maps</h2>" + "".join(occ)
+            rel = f"units/{d}/c{c:04d}.html"
+            stage.write_bytes(rel, page(f"{layer} channel {c}", body, depth=2).encode())
+            out[c] = rel
+        return out
+
+    def _occlusions(self, layer, chans, samples) -> dict[int, list[tuple[str, np.ndarray]]]:
+        from zfprobe.occlusion import occlude
+
+        out: dict[int, list] = {c: [] for c in chans}
+        side = min(self.prep.size)
+        size = max(1, round(side / 7))
+        for name, image in samples:
+            for c in chans:
+                r = occlude(self.probe, image, layer, size=size, stride=max(1, size // 2), channel=c, project=False,
+                            probability=False, preprocessing=self.prep)
+                out[c].append((name, _heatmap(r.activation, r.image, 192)))
+        return out
+
+    def _layer_page(self, stage, layer, pics, d, units, result) -> None:
+        from zfprobe.mining_render import channel_block
+
+        figures = []
+        for c in pics.channels:
+            status = pics.status.get(c, "")
+            rel = f"img/{d}/c{c:04d}.png"
+            stage.write_bytes(rel, _png(channel_block(c, pics.tiles[c], result.k, THUMB_TILE, caption=False, status=status)))
+            badge = f' <span class="badge {status}">{status}</span>' if status else ""
+            tiles = pics.tiles[c]
+            best = f"max {tiles[0][0].value:.3g}" if tiles else "never active"
+            img = (f'<img class="thumb" src="../{rel}" loading="lazy" alt="channel {c}: top {result.k} projections '
+                   f'(left) and image patches (right){", dead" if status == "dead" else ""}">')
+            if c in units:
+                img = f'<a href="../{units[c]}">{img}</a>'
+            figures.append(f'<figure class="ch" data-channel="{c}" data-status="{status}">{img}'
+                           f"<figcaption>channel {c}{badge} - {best}</figcaption></figure>")
+        n_dead = sum(1 for c in pics.channels if pics.status.get(c) == "dead")
+        n_weak = sum(1 for c in pics.channels if pics.status.get(c) == "weak")
+        body = (f'<p>{len(pics.channels)} channels; receptive field {"x".join(map(str, pics.rf_size))}; '
+                f'{n_dead} dead (never active on the data), {n_weak} weak. Each block: the top {result.k} '
+                f'projections (deconvnet) | the image patches. Channels with a unit page are links.</p>'
+                '<div class="pager"><label for="filter">Filter channels</label>'
+                '<input id="filter" type="search" placeholder="e.g. 12, 0-15, dead, weak" aria-describedby="filterhelp">'
+                '<span id="filterhelp" class="note">channel numbers, ranges, "dead", "weak" or "alive"</span></div>'
+                '<div class="pager"><button id="prev" type="button">Previous</button><span id="pageinfo" aria-live="polite"></span>'
+                '<button id="next" type="button">Next</button></div>'
+                f'<div id="channels" class="grid" data-per-page="{self.opt.per_page}">{"".join(figures)}</div>')
+        stage.write_bytes(f"layers/{d}.html", page(f"Layer {layer}", body, depth=1, script=True).encode())
+
+    def _model_page(self, stage, layer_rows, links, result, data) -> None:
+        from zfprobe.receptive_field import describe, receptive_fields
+
+        probe = self.probe
+        infos = probe.layers()
+        rfs = receptive_fields(probe.graph, [i.tensor for i in infos], self.prep.layout)
+        rows = []
+        for info in infos:
+            rf = describe(rfs[info.tensor]) if info.tensor in rfs else ("-", "-")
+            name = esc(info.name)
+            if info.name in layer_rows:
+                name = f'<a href="layers/{layer_rows[info.name][0]}.html">{name}</a>'
+            rows.append([name, esc(info.op_type), esc("x".join(map(str, info.shape[1:]))), esc(rf[0]), esc(rf[1]),
+                         "yes" if info.invertible else esc(f"no: {info.blocker}")])
+        prep = self.prep.to_dict()
+        mined = "".join(f'<li><a href="layers/{d}.html">{esc(layer)}</a> ({len(p.channels)} channels, '
+                        f'{sum(1 for s in p.status.values() if s == "dead")} dead)</li>' for layer, (d, p, _) in layer_rows.items())
+        analyses = "".join(f'<li><a href="analyses/{esc(n)}.html">{esc(n)}</a> ({esc(c)})</li>' for n, c in links) \
+            or '<li class="note">none: put zfprobe output folders inside this report folder or pass --include</li>'
+        s = result.summary()
+        body = (f"<h2>Model</h2>" + table(["", ""], [["file", probe.source], ["sha256", self.sha or "-"],
+                                                     ["input", f"{probe.input_name} {list(probe.input_shape)}"],
+                                                     ["dataset", f"{data} ({s['images_used']} images used)"]])
+                + "<h2>Preprocessing</h2>" + table(list(prep.keys()), [list(prep.values())])
+                + "<h2>Graph</h2>" + graph_svg([(n.name, n.op_type) for n in probe.graph.nodes])
+                + f'<h2 id="mined">Mined layers</h2><ul>{mined}</ul>'
+                + f'<h2 id="analyses">Analyses</h2><ul>{analyses}</ul>'
+                + '<h2 id="layers">Layers</h2>' + table(["layer", "op", "output", "RF size", "RF stride", "deconvnet"], rows, raw=True))
+        stage.write_bytes("index.html", page(f"zfprobe report: {os.path.basename(probe.source or 'model')}", body).encode())
+
+    def _manifest(self, result, data, layer_rows, links) -> dict:
+        from zfprobe import __version__
+        from zfprobe.render import describe_mapping, DEFAULT_PERCENTILE
+
+        probe = self.probe
+        return {"zfprobe_version": __version__, "command": "report",
+                "model": {"path": probe.source, "sha256": self.sha, "input": probe.input_name,
+                          "input_shape": list(probe.input_shape)},
+                "dataset": data, "mining": result.summary(), "preprocessing": self.prep.to_dict(),
+                "display": describe_mapping(DEFAULT_PERCENTILE),
+                "layers": {layer: {"page": f"layers/{d}.html", "channels": len(p.channels),
+                                   "dead_channels": [c for c, s in p.status.items() if s == "dead"],
+                                   "weak_channels": [c for c, s in p.status.items() if s == "weak"],
+                                   "unit_pages": sorted(u)} for layer, (d, p, u) in layer_rows.items()},
+                "analyses": [n for n, _ in links], "timings_s": self.timings, "files": ["index.html"]}
+
+
+def build_report(probe, out_dir: str, options: ReportOptions | None = None, log=None) -> dict:
+    """Write the report for ``probe`` into ``out_dir``; returns its manifest (with size and timings)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OptionError(f"the output folder '{out_dir}' is a file")
+    return ReportBuilder(probe, out_dir, options or ReportOptions(), log).build()
+
+
+__all__ = ["build_report", "ReportOptions", "cache_root"]
+
