@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from zfprobe.errors import ImageError, OptionError
-from zfprobe.image_transforms import Transform, apply, default_amounts, expand_kinds, fill_pixel, parse_range
+from zfprobe.image_transforms import IDENTITY, Transform, apply, default_amounts, expand_kinds, fill_pixel, parse_range
 from zfprobe.occlusion import ClassOutput, NoClassOutputError, class_output
 
 DEFAULT_BATCH_BUDGET = 256 * 1024**2
@@ -182,9 +183,8 @@ def invariance(probe, images: Sequence, layers: Sequence[str] | str, transforms:
     label_list = _labels(labels, len(images), cls)
     wanted = list(dict.fromkeys(tensors + ([cls.tensor] if cls else [])))
     bs = int(batch_size or batch_size_for(probe, wanted))
-    if bs < 1:
+    if batch_size is not None and int(batch_size) < 1:
         raise OptionError("the batch size must be at least 1")
-    jobs = [(t.kind, a) for t in plan for a in t.amounts]
     n_img, n_l = len(images), len(layers)
     dist = {t.kind: np.zeros((n_img, len(t.amounts), n_l)) for t in plan}
     norm_d = {t.kind: np.zeros((n_img, len(t.amounts), n_l)) for t in plan}
@@ -194,53 +194,99 @@ def invariance(probe, images: Sequence, layers: Sequence[str] | str, transforms:
     base_p = np.zeros(n_img) if cls else None
     base_pred = np.zeros(n_img, np.int64) if cls else None
     names, examples = [], {}
-    slot = {}
-    for t in plan:
-        for a, amount in enumerate(t.amounts):
-            slot[(t.kind, amount)] = a
-    bar = _progress(n_img * len(jobs), progress)
-    t1 = time.perf_counter()
-    try:
+    # identity amounts (shift 0, scale 1, rotation 0) give the original's pixels exactly: not run
+    jobs = [(t.kind, a, amount) for t in plan for a, amount in enumerate(t.amounts) if not _is_identity(t.kind, amount)]
+    refs: dict[int, list[np.ndarray]] = {}   # the originals' features, for images in flight only
+    left = {}                                 # rows still to come per image in flight
+
+    def consume(meta, outs) -> None:
+        """Distances and probabilities of one finished batch (runs while the next one computes)."""
+        by_tensor = dict(zip(wanted, outs))
+        flat = [by_tensor[t].reshape(len(meta), -1) for t in tensors]
+        p = _softmax(by_tensor[cls.tensor], cls) if cls else None
+        for r, (i, job) in enumerate(meta):
+            if job is None:
+                refs[i] = [f[r].copy() for f in flat]
+                norms[i] = [float(np.linalg.norm(f.astype(np.float64))) for f in refs[i]]
+                if cls:
+                    base_pred[i] = int(np.argmax(p[r]))
+                    if label_list[i] is None:
+                        label_list[i] = int(base_pred[i])
+                    base_p[i] = p[r][label_list[i]]
+        for i in dict.fromkeys(i for i, job in meta if job is not None):
+            rows = [r for r, (k, job) in enumerate(meta) if k == i and job is not None]
+            for l in range(n_l):
+                d = np.linalg.norm(flat[l][rows] - refs[i][l][None], axis=1).astype(np.float64)
+                for r, v in zip(rows, d):
+                    kind, a, _ = meta[r][1]
+                    dist[kind][i, a, l] = v
+                    norm_d[kind][i, a, l] = v / norms[i, l] if norms[i, l] > 0 else np.nan
+            if cls:
+                for r in rows:
+                    kind, a, _ = meta[r][1]
+                    probs[kind][i, a] = p[r][label_list[i]]
+                    preds[kind][i, a] = int(np.argmax(p[r]))
+            left[i] -= len(rows)
+            if not left[i]:
+                del refs[i], left[i]
+        bar.update(len(meta))
+
+    def batches():
+        """(rows, model inputs): each image's original, then its transformed versions, across images."""
+        meta, xs = [], []
         for i, image in enumerate(images):
             name, pixels = _read(image, prep)
             names.append(name)
-            x0 = prep.to_tensor(pixels)
-            ref = None
-            for start in range(0, len(jobs), bs - 1 if bs > 1 else 1):
-                chunk = jobs[start:start + max(1, bs - 1)]
-                moved = [apply(pixels, kind, amount, fill_rgb) for kind, amount in chunk]
-                if i == 0:
-                    for (kind, _), m in zip(chunk, moved):
-                        examples.setdefault(kind, []).append(np.repeat(m, 3, 2) if m.shape[2] == 1 else m)
-                batch = np.concatenate(([x0] if ref is None else []) + [prep.to_tensor(m) for m in moved])
-                outs = probe.activations(batch, wanted)
-                by_tensor = dict(zip(wanted, outs))
-                if ref is None:  # row 0 of the first batch is the original
-                    ref = [by_tensor[t][:1].reshape(1, -1).astype(np.float64) for t in tensors]
-                    norms[i] = [float(np.linalg.norm(r)) for r in ref]
-                    if cls:
-                        p0 = _softmax(by_tensor[cls.tensor][:1], cls)[0]
-                        base_pred[i] = int(np.argmax(p0))
-                        if label_list[i] is None:
-                            label_list[i] = int(base_pred[i])
-                        base_p[i] = p0[label_list[i]]
-                    by_tensor = {k: v[1:] for k, v in by_tensor.items()}
-                for l, t in enumerate(tensors):
-                    feats = by_tensor[t].reshape(len(chunk), -1).astype(np.float64)
-                    d = np.linalg.norm(feats - ref[l], axis=1)
-                    for (kind, amount), v in zip(chunk, d):
-                        a = slot[(kind, amount)]
-                        dist[kind][i, a, l] = v
-                        norm_d[kind][i, a, l] = v / norms[i, l] if norms[i, l] > 0 else np.nan
+            left[i] = len(jobs)
+            for job in [None] + jobs:
+                if job is None:
+                    moved = pixels
+                else:
+                    moved = apply(pixels, job[0], job[2], fill_rgb)
+                    if i == 0:
+                        examples.setdefault(job[0], {})[job[1]] = moved
+                meta.append((i, job))
+                xs.append(prep.to_tensor(moved))
+                if len(meta) == bs:
+                    yield meta, np.concatenate(xs)
+                    meta, xs = [], []
+            if i == 0:
+                for t in plan:
+                    for a, amount in enumerate(t.amounts):
+                        examples.setdefault(t.kind, {}).setdefault(a, pixels)
+        if meta:
+            yield meta, np.concatenate(xs)
+
+    bar = _progress(n_img * (len(jobs) + 1), progress)
+    t1 = time.perf_counter()
+    with ThreadPoolExecutor(1, thread_name_prefix="zfprobe-data") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="zfprobe-forward") as runner:
+        stream = batches()
+        upcoming = reader.submit(next, stream, None)
+        pending = None
+        try:
+            while True:
+                item = upcoming.result()
+                if item is None:
+                    break
+                upcoming = reader.submit(next, stream, None)   # read and transform the next batch meanwhile
+                future = runner.submit(probe.activations, item[1], wanted)
+                if pending is not None:
+                    consume(pending[0], pending[1].result())
+                pending = (item[0], future)
+            if pending is not None:
+                consume(pending[0], pending[1].result())
+        finally:
+            upcoming.cancel()
+            bar.close()
+    for t in plan:  # the identity amounts: the original itself
+        for a, amount in enumerate(t.amounts):
+            if _is_identity(t.kind, amount):
+                dist[t.kind][:, a] = norm_d[t.kind][:, a] = 0.0
                 if cls:
-                    p = _softmax(by_tensor[cls.tensor], cls)
-                    for (kind, amount), row in zip(chunk, p):
-                        a = slot[(kind, amount)]
-                        probs[kind][i, a] = row[label_list[i]]
-                        preds[kind][i, a] = int(np.argmax(row))
-                bar.update(len(chunk))
-    finally:
-        bar.close()
+                    probs[t.kind][:, a] = base_p
+                    preds[t.kind][:, a] = base_pred
+    examples = {k: [np.repeat(m, 3, 2) if m.shape[2] == 1 else m for _, m in sorted(v.items())] for k, v in examples.items()}
     t2 = time.perf_counter()
     names_out = class_names if class_names is not None else (prep.labels if prep is not None else None)
     return InvarianceResult(
@@ -252,6 +298,10 @@ def invariance(probe, images: Sequence, layers: Sequence[str] | str, transforms:
         class_names=list(names_out) if names_out else None,
         examples={k: np.stack(v) for k, v in examples.items()}, preprocessing=prep, batch_size=bs,
         timings={"setup": round(t1 - t0, 4), "curves": round(t2 - t1, 4)})
+
+
+def _is_identity(kind: str, amount: float) -> bool:
+    return amount == IDENTITY[kind] if kind != "rotate" else float(amount) % 360.0 == 0.0
 
 
 def _labels(labels, n: int, cls: ClassOutput | None) -> list:
