@@ -5,7 +5,11 @@ The work (the paper's Fig. 5 defaults): N photos (foolbox's labelled ImageNet sa
 = 58 transformed images per photo, at 224x224. Two measurements:
 
 (a) distances only, at an early and a middle layer (the network is cut after the deepest);
+(a1) distances at the first of them alone (the paper's layer 1: the network is cut right there);
 (b) the full Fig. 5: the same distances plus the true-class probability (the whole network).
+
+The loop's session always holds the whole network (the user exposes the layers as outputs);
+that is what a per-image loop on a model file does.
 
 The alternative is the loop a user writes with onnxruntime: one session on the model with the
 layer outputs added as graph outputs, then for every photo and amount: the same Pillow
@@ -104,7 +108,8 @@ def main() -> None:
 
     model = onnx.load(path)
     have = {o.name for o in model.graph.output}
-    for t in layers:
+    tensors = [probe.resolve(l) for l in layers]   # node names -> the tensors the session exposes
+    for t in tensors:
         if t not in have:
             model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
     opts = ort.SessionOptions()
@@ -112,10 +117,13 @@ def main() -> None:
     opts.inter_op_num_threads = 1
     logits = probe.graph.outputs[0]
 
-    for title, with_probs in (("(a) distances only", False), ("(b) distances + p(true class)", True)):
+    cases = [("(a) distances only, all layers", False, layers, tensors),
+             (f"(a1) distances only, {layers[0]} alone", False, layers[:1], tensors[:1]),
+             ("(b) distances + p(true class), all layers", True, layers, tensors)]
+    for title, with_probs, case_layers, case_tensors in cases:
         def ours():
             t = time.perf_counter()
-            res = invariance(probe, photos, layers, transforms=["translate-y", "scale", "rotate"], preprocessing=prep,
+            res = invariance(probe, photos, case_layers, transforms=["translate-y", "scale", "rotate"], preprocessing=prep,
                              probability=with_probs)
             return res, time.perf_counter() - t
 
@@ -123,7 +131,7 @@ def main() -> None:
         res, warm = ours()
         t = time.perf_counter()
         session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        d_ref, p_ref = user_loop(session, probe.input_name, layers, logits if with_probs else None, photos, prep, plan, fill)
+        d_ref, p_ref = user_loop(session, probe.input_name, case_tensors, logits if with_probs else None, photos, prep, plan, fill)
         t_loop = time.perf_counter() - t
         d_ours = np.concatenate([np.concatenate([res.distance[t.kind][i] for t in plan]) for i in range(len(photos))])
         err = float(np.max(np.abs(d_ours - d_ref) / np.maximum(1e-6, np.abs(d_ref))))

@@ -140,11 +140,16 @@ def _softmax(values: np.ndarray, cls: ClassOutput) -> np.ndarray:
 
 
 def batch_size_for(probe, tensors: Sequence[str], budget: int = DEFAULT_BATCH_BUDGET) -> int:
-    """Images per forward batch such that the tensors of the (truncated) network fit ``budget``."""
+    """Images per forward batch such that the (truncated) network fits ``budget``.
+
+    A backend frees each intermediate tensor once its consumers have run, so the peak is a few
+    of the largest tensors at a time (counted: the 4 largest), plus the input and the tensors
+    read back."""
     sub = probe.forward_program(list(tensors))
     shapes = probe.graph.shapes
-    per_image = sum(4 * int(np.prod(shapes[o][1:])) for n in sub.nodes for o in n.outputs if o in shapes)
-    per_image += 4 * int(np.prod(probe.input_shape[1:]))
+    sizes = sorted((int(np.prod(shapes[o][1:])) for n in sub.nodes for o in n.outputs if o in shapes), reverse=True)
+    per_image = 4 * (sum(sizes[:4]) + int(np.prod(probe.input_shape[1:])))
+    per_image += 4 * sum(int(np.prod(shapes[t][1:])) for t in tensors if t in shapes)
     return int(max(1, min(128, budget // max(1, 2 * per_image))))
 
 
