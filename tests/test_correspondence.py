@@ -145,11 +145,14 @@ def test_fer_keras_delta_equals_a_per_image_keras_loop(faces):
             y[r:r + res.size, c:c + res.size] = (128 / 255.0 - 0.5) * 2.0   # grey, normalized like the image
             for l, f in enumerate(feats(y)):
                 eps[name][l].append(base[l] - f)
+    worst = 0.0
     for l, layer in enumerate(layers):
         for part in res.parts:
-            assert res.delta[part][layer] == pytest.approx(direct_delta(np.array(eps[part][l])), abs=2e-3), (part, layer)
+            worst = max(worst, abs(res.delta[part][layer] - direct_delta(np.array(eps[part][l]))))
         for k in range(3):
-            assert res.random_delta[k, l] == pytest.approx(direct_delta(np.array(eps[f"random{k}"][l])), abs=2e-3)
+            worst = max(worst, abs(res.random_delta[k, l] - direct_delta(np.array(eps[f"random{k}"][l]))))
+    print(f"fer correspondence: largest |Delta - oracle| {worst:.2e}")
+    assert worst <= 1e-3
     assert res.size == 15 and set(res.parts) == {"left_eye", "right_eye", "nose"}
 
 
