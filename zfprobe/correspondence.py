@@ -168,7 +168,7 @@ def fit_box(box, image_size: tuple[int, int], prep) -> tuple[float, float, float
     return x0 * sx - left, y0 * sy - top, x1 * sx - left, y1 * sy - top
 
 
-def square_at(box, size: int, height: int, width: int) -> tuple[int, int]:
+def square_at(box, size: int) -> tuple[int, int]:
     """Top-left corner (row, col) of the ``size`` square centred on ``box``."""
     x0, y0, x1, y1 = box
     return int(round((y0 + y1) / 2 - size / 2)), int(round((x0 + x1) / 2 - size / 2))
@@ -275,7 +275,7 @@ def correspondence(probe, images: Sequence[str], parts: dict | str, layers: Sequ
     squares = {p: [] for p in names}
     for image, f in zip(images, fitted):
         for p in names:
-            r, c = square_at(f[p], size, h, w)
+            r, c = square_at(f[p], size)
             if r < 0 or c < 0 or r + size > h or c + size > w:
                 raise PartsError(f"part '{p}' of '{image}': its {size}px square at row {r}, col {c} falls outside "
                                  f"the model input ({h}x{w} px after resizing); use a smaller --size")

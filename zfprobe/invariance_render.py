@@ -79,7 +79,7 @@ def examples_png(result) -> bytes:
     kinds = [t.kind for t in result.transforms]
     per_row = max(len(t.amounts) for t in result.transforms)
     show = min(per_row, 13)
-    fig, axes = plt.subplots(len(kinds), show, figsize=(1.1 * show, 1.35 * len(kinds)), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(len(kinds), show, figsize=(1.1 * show, 1.35 * len(kinds)), dpi=72, squeeze=False)
     for r, t in enumerate(result.transforms):
         idx = np.unique(np.round(np.linspace(0, len(t.amounts) - 1, min(show, len(t.amounts)))).astype(int))
         for c in range(show):
