@@ -87,10 +87,10 @@ def examples_png(result) -> bytes:
             ax.axis("off")
             if c < len(idx):
                 ax.imshow(result.examples[t.kind][idx[c]], interpolation="nearest")
-                ax.set_title(f"{t.amounts[idx[c]]:g}{'' if t.unit == 'x' else ' '}{t.unit}", fontsize=7)
-        axes[r, 0].text(-0.1, 0.5, t.kind, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+                ax.set_title(f"{t.amounts[idx[c]]:g}{'' if t.unit == 'x' else ' '}{t.unit}", fontsize=9)
+        axes[r, 0].text(-0.1, 0.5, t.kind, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=10)
     fig.suptitle(f"{_short(result.images[0])} as the model sees it (fill {result.fill_name}: "
-                 f"pixel {', '.join(map(str, result.fill))})", fontsize=8)
+                 f"pixel {', '.join(map(str, result.fill))})", fontsize=10)
     fig.tight_layout()
     return _save(fig, plt)
 
