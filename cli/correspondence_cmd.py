@@ -4,7 +4,6 @@ from __future__ import annotations
 import click
 
 from zfprobe.cli.common import open_probe, preprocessing_from_options, preprocessing_options
-from zfprobe.cli.invariance_cmd import expand_images
 
 
 @click.command("correspondence")
@@ -30,6 +29,7 @@ def command(model, images, parts_file, layers, n_random, size, fill, seed, progr
     writes table.csv, table.md, parts.png, delta.png, summary.md and manifest.json."""
     from zfprobe.correspondence import correspondence
     from zfprobe.correspondence_render import table_md
+    from zfprobe.image_files import expand_images
 
     probe = open_probe(model, input_size, device)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)

@@ -1,31 +1,12 @@
 """``zfprobe invariance``: invariance curves under translation, scale and rotation (Fig. 5)."""
 from __future__ import annotations
 
-import os
-
 import click
 
 from zfprobe.cli.common import open_probe, preprocessing_from_options, preprocessing_options
 from zfprobe.errors import OptionError
 
 TRANSFORMS = ["translate", "translate-x", "translate-y", "scale", "rotate"]
-
-
-def expand_images(paths) -> list[str]:
-    """Image arguments: files as given, folders as their image files (sorted)."""
-    from zfprobe.datasets import image_extensions
-
-    out = []
-    exts = image_extensions()
-    for p in paths:
-        if os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p) if os.path.splitext(f)[1].lower() in exts)
-            if not found:
-                raise OptionError(f"the folder '{p}' has no image files")
-            out += found
-        else:
-            out.append(p)
-    return out
 
 
 @click.command("invariance")
@@ -49,6 +30,7 @@ def command(model, images, layers, transforms, range_, labels, fill, batch_size,
     """Transform each of IMAGES (files or folders) and plot, against the amount, the distance of
     each LAYER's features to the original's and the probability of the true class; writes
     curves.csv, invariance.png, invariance_raw.png, examples.png, summary.md and manifest.json."""
+    from zfprobe.image_files import expand_images
     from zfprobe.invariance import NO_CLASS_NOTE, invariance
     from zfprobe.occlusion import class_output
 

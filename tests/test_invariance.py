@@ -308,3 +308,12 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needle):
     r = run_cli("invariance", MODEL, SAMPLES[0], *args, "-o", out)
     assert_clean_error(r, needle)
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".zfprobe")]
+
+
+def test_cli_unreadable_image_fails_before_any_work(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    out = tmp_path / "out"
+    r = run_cli("invariance", MODEL, SAMPLES[0], bad, "-l", "conv1", "-o", out)   # progress bar on (the default)
+    assert_clean_error(r, "cannot read image")
+    assert not out.exists()

@@ -34,7 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
-from zfprobe.errors import ImageError, OptionError, ZfprobeError
+from zfprobe.errors import OptionError, ZfprobeError
+from zfprobe.image_files import image_size
 from zfprobe.occlusion import fill_values
 
 
@@ -153,10 +154,10 @@ def match_parts(images: Sequence[str], parts: dict, source: str = "the parts fil
     return out
 
 
-def fit_box(box, image_size: tuple[int, int], prep) -> tuple[float, float, float, float]:
+def fit_box(box, file_size: tuple[int, int], prep) -> tuple[float, float, float, float]:
     """A box in the file's pixels -> the model input's pixels, through the resize (and centre crop)
     that :func:`zfprobe.preprocess.read_pixels` applies (shorter side to size, then the centre)."""
-    w0, h0 = image_size
+    w0, h0 = file_size
     h, w = prep.size
     if prep.resize == "stretch" or (w0, h0) == (w, h):
         sx, sy, left, top = w / w0, h / h0, 0, 0
@@ -261,7 +262,7 @@ def correspondence(probe, images: Sequence[str], parts: dict | str, layers: Sequ
 
     fitted = []
     for image, bx in zip(images, boxes):
-        size0 = _image_size(image)
+        size0 = image_size(image)
         for p, b in bx.items():
             x0, y0, x1, y1 = b
             if x0 < 0 or y0 < 0 or x1 > size0[0] or y1 > size0[1]:
@@ -314,19 +315,6 @@ def correspondence(probe, images: Sequence[str], parts: dict | str, layers: Sequ
                                 squares=squares, random_squares=random_squares, delta=table, random_delta=rdelta,
                                 display=displays, seed=seed, preprocessing=prep,
                                 timings={"setup": round(t1 - t0, 4), "delta": round(t2 - t1, 4)})
-
-
-def _image_size(path: str) -> tuple[int, int]:
-    """(width, height) of an image file as read (after its EXIF orientation)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if not os.path.isfile(path):
-        raise ImageError(f"image '{path}' does not exist")
-    try:
-        with Image.open(path) as im:
-            return ImageOps.exif_transpose(im).size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"cannot read image '{path}': {exc}") from None
 
 
 class _NoBar:

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from zfprobe.errors import ImageError, OptionError
+from zfprobe.image_files import image_size
 from zfprobe.image_transforms import IDENTITY, Transform, apply, default_amounts, expand_kinds, fill_pixel, parse_range
 from zfprobe.occlusion import ClassOutput, NoClassOutputError, class_output
 
@@ -175,6 +176,9 @@ def invariance(probe, images: Sequence, layers: Sequence[str] | str, transforms:
     if prep is None:
         raise OptionError("this model's input is not an image batch; invariance needs image preprocessing")
     tensors = [probe.resolve(l) for l in layers]
+    for image in images:  # a missing or unreadable file fails now, not after minutes of work
+        if isinstance(image, (str, os.PathLike)):
+            image_size(os.fspath(image))
     plan = resolve_transforms(transforms, tuple(prep.size), ranges)
     fill_rgb = fill_pixel(fill, prep)
 
