@@ -192,6 +192,18 @@ class Probe:
 
         return occlude(self, image, layer, **options)
 
+    def invariance(self, images, layers, **options):
+        """Invariance curves (paper, Fig. 5); see :func:`zfprobe.invariance.invariance`."""
+        from zfprobe.invariance import invariance
+
+        return invariance(self, images, layers, **options)
+
+    def correspondence(self, images, parts, layers, **options):
+        """Correspondence analysis (paper, Table 1); see :func:`zfprobe.correspondence.correspondence`."""
+        from zfprobe.correspondence import correspondence
+
+        return correspondence(self, images, parts, layers, **options)
+
     def export_deconv(self, layer: str, path: str, rule: str = "deconvnet", lrn: str = "identity") -> None:
         """Save the deconvnet of ``layer`` as a standalone ONNX model (inputs: image, zf_seed, zf_seed_image)."""
         from zfprobe.adapters.onnx_export import to_onnx
