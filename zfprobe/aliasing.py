@@ -6,10 +6,10 @@ above it. In the frequency domain a period-``P`` grid puts energy on the lines `
 ``fy = k/P`` (k = 1..P-1). The check projects the strongest unit of each feature map over a
 dataset, averages the projections' normalized power spectra (each projection's spectrum divided
 by its total energy, so no unit dominates), and compares the mean power on those lines with the
-mean power on the lines one DFT bin beside them:
+mean power on the lines half-way between them (``(k +- 1/2) / P``):
 
-- ``grid_contrast`` = mean power on the stride lines / mean power on their neighbours. 1 means
-  no grid; a visible grid gives several times more.
+- ``grid_contrast`` = mean power on the stride lines / mean power half-way between. About 1 (or
+  less: spectra fall with frequency) means no grid; a visible grid gives several times more.
 - ``grid_energy_fraction`` = the share of the averaged energy on the stride lines.
 """
 from __future__ import annotations
@@ -49,26 +49,27 @@ def default_period(probe) -> int:
 
 
 def stride_lines(shape: tuple[int, int], period: int) -> tuple[np.ndarray, np.ndarray]:
-    """(on, beside): masks over an fftshifted [H, W] spectrum of the stride-frequency lines and of
-    the lines one bin to either side of them."""
+    """(on, between): masks over an fftshifted [H, W] spectrum of the stride-frequency lines
+    (``k / period``, k = 1..period-1) and of the lines half-way between them (``(k +- 1/2) /
+    period``): the baseline. A grid's replicas are as wide as the projection's envelope
+    spectrum, so the baseline sits as far from them as the grid allows; its two sides average
+    out the spectrum's decay with frequency."""
     on = np.zeros(shape, bool)
-    beside = np.zeros(shape, bool)
+    between = np.zeros(shape, bool)
     for axis, n in enumerate(shape):
         centre = n // 2
+        half = max(1, int(round(n / (2 * period))))
         for k in range(1, period):
             for sign in (1, -1):
-                b = centre + sign * int(round(k * n / period))
-                if not 0 <= b < n or b == centre:
-                    continue
+                b = int(round(k * n / period))
                 index = [slice(None), slice(None)]
-                index[axis] = b
+                index[axis] = (centre + sign * b) % n
                 on[tuple(index)] = True
-                for d in (-1, 1):
-                    if 0 <= b + d < n:
-                        index[axis] = b + d
-                        beside[tuple(index)] = True
-    beside &= ~on
-    return on, beside
+                for d in (-half, half):
+                    index[axis] = (centre + sign * (b + d)) % n
+                    between[tuple(index)] = True
+    between &= ~on
+    return on, between
 
 
 def grid_measures(spectrum: np.ndarray, period: int) -> tuple[float, float]:
