@@ -6,11 +6,11 @@ Tiles use zfprobe's signed mapping (``128 + 127 * p / max|p|`` per tile, grey = 
 square around the projection's non-zero support (the unit's receptive field) so that units of
 upper layers are not lost in a large image.
 
-"Settling" is measured, per layer and epoch, as the median over its maps of the cosine
-similarity between that epoch's projection and the last epoch's (1 = the same picture). A layer
-has settled at the first recorded epoch from which the median stays at or above 0.8. The strongest
-unit can move to another image or position between epochs; that counts as a change, as it does
-to the eye in Fig. 4.
+"Settling" is measured, per layer and epoch, as the median over its maps of the similarity
+between that epoch's projection and the last epoch's: the largest normalized cross-correlation
+over shifts (1 = the same picture, wherever the strongest unit sits). A layer has settled at the
+first recorded epoch from which the median stays at or above 0.8. When the strongest unit moves
+to another image its picture changes, and that counts as a change, as it does to the eye in Fig. 4.
 """
 from __future__ import annotations
 
@@ -40,21 +40,34 @@ def crop_support(tile: np.ndarray, minimum: int = 8, margin: int = 2) -> np.ndar
     return tile[y0:y0 + side, x0:x0 + side]
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+def similarity(a: np.ndarray, b: np.ndarray, layout: str = "NCHW") -> float:
+    """Shift-invariant similarity of two projections: the largest normalized cross-correlation
+    over all relative shifts (scipy.signal.fftconvolve), summed over colour channels. 1 = the same
+    picture anywhere in the image; the strongest unit may move between epochs, its picture is what
+    Fig. 4 compares."""
+    from scipy.signal import fftconvolve
+
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if layout != "NCHW":
+        a, b = np.moveaxis(a, -1, 0), np.moveaxis(b, -1, 0)
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     if na == 0 and nb == 0:
         return 1.0  # a map silent at both epochs has not changed
-    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
+    if na == 0 or nb == 0:
+        return 0.0
+    corr = sum(fftconvolve(a[c], b[c][::-1, ::-1], mode="full") for c in range(a.shape[0]))
+    return float(corr.max() / (na * nb))
 
 
 def similarity_to_last(store: EvolutionStore, records: list) -> np.ndarray:
     """[layers, epochs] median cosine similarity of each epoch's projections to the last epoch's."""
     last = records[-1]
+    layout = store.meta.get("layout", "NCHW")
     out = np.zeros((len(store.layers), len(records)))
     for i in range(len(store.layers)):
         for j, r in enumerate(records):
-            out[i, j] = np.median([cosine(p, q) for p, q in zip(r.projections[i], last.projections[i])])
+            out[i, j] = np.median([similarity(p, q, layout) for p, q in zip(r.projections[i], last.projections[i])])
     return out
 
 
@@ -73,7 +86,7 @@ def layer_sheet(store: EvolutionStore, records: list, i: int, tile_size: int = 7
         for r in records:
             t = signed_to_uint8(crop_support(projection_to_hwc(r.projections[i][k], layout, order)))
             tiles.append(t)
-            captions.append(f"c{c} ep{r.epoch} {r.values[i][k]:.2g}")
+            captions.append(f"c{c} ep{r.epoch} v={r.values[i][k]:.2g}")
     return contact_sheet(tiles, captions, columns=len(records), tile_size=tile_size,
                          title=f"{layer['name']}: strongest unit per map (rows) by epoch (columns)")
 
