@@ -110,6 +110,8 @@ def activation_png(store: EvolutionStore, records: list) -> bytes:
         ax.set_ylabel("strongest activation over the probe set")
         if max(epochs) > 8 * max(1, min(epochs)):
             ax.set_xscale("log")
+            ax.set_xticks(epochs, [str(e) for e in epochs])
+            ax.minorticks_off()
         ax.grid(alpha=0.3)
         if len(layer["channels"]) <= 12:
             ax.legend(fontsize=6, ncol=2)
