@@ -34,7 +34,7 @@ def split_arguments(paths: tuple[str, ...]) -> tuple[list[str], str | None]:
 @click.option("--saturated-rate", type=float, default=1.0, show_default=True,
               help="With DATA: dead if at its ceiling (no ceiling: active) on at least this fraction of positions.")
 @click.option("--aliasing-layer", help="With DATA: also measure the stride grid in projections of this deeper layer.")
-@click.option("--period", type=int, help="Grid period in pixels for the aliasing check (default: the first conv's stride).")
+@click.option("--period", type=int, help="Grid period in pixels for the aliasing check (default: the stride of that layer's receptive field).")
 @click.option("--fft-size", type=int, help="DFT size of the filter spectra (default: 4 bins per kernel pixel, at least 32).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
 @click.option("--limit", type=int, help="Use only the first N images of DATA.")

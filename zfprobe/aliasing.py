@@ -1,8 +1,9 @@
 """The aliasing check of a deeper layer (paper, Sec. 4.1: "aliasing artifacts caused by the large
 stride 4 used in the 1st layer convolutions", seen in layer-2 projections, Fig. 6 (d) vs (e)).
 
-A stride-``P`` layer below leaves a grid of period ``P`` pixels in the projections of the units
-above it. In the frequency domain a period-``P`` grid puts energy on the lines ``fx = k/P`` and
+The units of a layer sit on a grid of period ``P`` input pixels, the product of the strides
+below it (AlexNet's layer 2: conv1 stride 4 x pool stride 2 = 8), and a unit's projection is a
+sum of lower-layer filters placed on that grid: when the filters do not blend, the grid shows. In the frequency domain a period-``P`` grid puts energy on the lines ``fx = k/P`` and
 ``fy = k/P`` (k = 1..P-1). The check projects the strongest unit of each feature map over a
 dataset, averages the projections' normalized power spectra (each projection's spectrum divided
 by its total energy, so no unit dominates), and compares the mean power on those lines with the
@@ -39,13 +40,16 @@ class AliasingCheck:
                 "grid_energy_fraction": self.grid_energy_fraction, "units": len(self.channels)}
 
 
-def default_period(probe) -> int:
-    """The stride of the first convolution: the grid the paper saw (AlexNet: 4)."""
-    convs = conv_nodes(probe.graph)
-    if not convs:
+def default_period(probe, layer: str) -> int:
+    """The stride of ``layer``'s receptive field (the product of the strides below it): the grid
+    its projections are tiled on. AlexNet's and this check's layer 2: conv1 stride 4 x pool 2 = 8."""
+    from zfprobe.receptive_field import receptive_field
+
+    if not conv_nodes(probe.graph):
         raise FilterError("this model has no convolution layer; the aliasing check needs one")
-    strides = convs[0].attrs.get("strides") or (1, 1)
-    return int(max(strides))
+    layout = probe.preprocessing.layout if probe.preprocessing else None
+    stride = receptive_field(probe.graph, probe.resolve(layer), layout).stride
+    return int(max(stride)) if stride else 1
 
 
 def stride_lines(shape: tuple[int, int], period: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,12 +104,13 @@ def aliasing_check(probe, dataset, layer: str, period: int | None = None, channe
                    batch_size: int = 32, limit: int | None = None, progress: bool = True,
                    rule: str = "deconvnet") -> AliasingCheck:
     """Project the strongest unit of each channel of ``layer`` over ``dataset`` and measure the
-    grid of period ``period`` (default: the first conv's stride) in their averaged spectrum."""
+    grid of period ``period`` (default: the stride of the layer's receptive field) in their
+    averaged spectrum."""
     from tqdm import tqdm
 
     from zfprobe.datasets import DatasetError
 
-    period = period or default_period(probe)
+    period = period or default_period(probe, layer)
     tensor = probe.resolve(layer)
     shape = probe.graph.shape(tensor)
     if len(shape) != 4:

@@ -92,7 +92,7 @@ def coverage_png(diagnoses: list[tuple[str, Diagnosis]]) -> bytes:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(5.2 * len(diagnoses), 3.9), dpi=110)
+    fig = plt.figure(figsize=(5.4 * len(diagnoses), 3.6), dpi=110)
     for k, (label, d) in enumerate(diagnoses):
         m = d.measures
         ax = fig.add_subplot(1, len(diagnoses), k + 1, projection="polar")
@@ -107,14 +107,16 @@ def coverage_png(diagnoses: list[tuple[str, Diagnosis]]) -> bytes:
         if (~live).any():
             ax.scatter(np.radians(m.orientation_deg[~live]), m.dominant_frequency[~live], marker="x", c="red",
                        s=40, label=f"dead ({int((~live).sum())})")
-            ax.legend(loc="lower left", fontsize=7, bbox_to_anchor=(-0.1, -0.12))
+            ax.legend(loc="upper left", fontsize=7, bbox_to_anchor=(-0.12, 1.02))
         ny = min(m.nyquist)
         theta = np.linspace(0, np.pi, 100)
         ax.plot(theta, np.full_like(theta, ny), "--", color="crimson", lw=1)
-        ax.text(np.radians(100), ny, f"Nyquist s={max(d.bank.stride)}", fontsize=7, color="crimson")
+        ax.text(np.radians(175), ny, f"Nyquist\nstride {max(d.bank.stride)}", fontsize=7, color="crimson",
+                ha="center", va="bottom")
         ax.set_title(f"{label}\n{d.bank.layer}: {d.bank.count} filters {d.bank.kernel[0]}x{d.bank.kernel[1]}, "
                      f"stride {d.bank.stride[0]}", fontsize=9)
-        ax.set_xlabel("dominant frequency (cycles/px, radius) by orientation (deg)", fontsize=7)
+        ax.text(0.5, -0.02, "radius: dominant frequency (cycles/px); angle: orientation (deg)", fontsize=7,
+                transform=ax.transAxes, ha="center", va="top")
         ax.tick_params(labelsize=7)
         fig.colorbar(sc, ax=ax, shrink=0.6, pad=0.08, label="energy above Nyquist")
     fig.tight_layout()
@@ -177,9 +179,10 @@ def findings(label: str, d: Diagnosis) -> list[str]:
     f = m.dominant_frequency[live]
     low, high = int((f < LOW).sum()), int((f > HIGH).sum())
     mid = int(live.sum()) - low - high
+    extremes = live.sum() >= 8 and low > 0 and high > 0 and mid < 0.2 * live.sum()
     lines.append(f"- Dominant frequencies of the live filters: {low} low (< {LOW} cycles/px), {mid} mid, {high} high "
-                 f"(> {HIGH})" + (" - mostly extremes, little mid-frequency coverage (the paper's AlexNet symptom)."
-                                  if live.sum() >= 8 and mid < 0.2 * live.sum() else "."))
+                 f"(> {HIGH})" + (" - a mix of extremes with little in between (the paper's AlexNet symptom)."
+                                  if extremes else "."))
     return lines
 
 
