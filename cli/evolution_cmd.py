@@ -14,9 +14,11 @@ from zfprobe.errors import OptionError
               help="Output folder (default: STORE/figures).")
 @click.option("--tile", type=int, default=72, show_default=True, help="Tile size in pixels.")
 def command(store, out_dir, tile):
-    """Render the evolution STORE (written by zfprobe.torch.EvolutionRecorder or
-    zfprobe.keras.EvolutionCallback): one figure per layer with feature maps as rows and epochs
-    as columns, the strongest activation against the epoch, strongest.csv, summary.md.
+    """Render Fig. 4 (feature evolution) from a STORE recorded during training.
+
+    STORE is written by zfprobe.torch.EvolutionRecorder or zfprobe.keras.EvolutionCallback.
+    Writes one figure per layer (feature maps as rows, epochs as columns), the strongest
+    activation against the epoch, strongest.csv, summary.md and manifest.json.
     """
     from zfprobe.evolution_render import render
 
