@@ -51,6 +51,10 @@ class EvolutionRecorder:
         """Record ``epoch`` if chosen and not yet stored (a resumed run skips what it has)."""
         return self._recorder.step(epoch)
 
+    def record(self, epoch: int):
+        """The record of the current weights, computed but not stored (an EpochRecord)."""
+        return self._recorder.record(epoch)
+
 
 def renormalize_filters(model, radius: float = 0.1, modules=None) -> int:
     """The paper's renormalization, for after ``optimizer.step()``: every filter (output channel)

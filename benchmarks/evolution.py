@@ -110,7 +110,7 @@ def main():
         for e in range(1, n_epochs + 1):
             train.append(timed(epoch)[1:])
             record.append(timed(lambda: rec.step(e))[1:])
-        ours = rec._recorder.record(99).projections  # for the cross-check below
+        ours = rec.record(99).projections  # for the cross-check below
     epoch_s = statistics.median(t[0] for t in train)
     epoch_cpu = statistics.median(t[1] for t in train)
     cold, warm = record[0], (statistics.median(r[0] for r in record[1:]), statistics.median(r[1] for r in record[1:]))
