@@ -36,8 +36,12 @@ def _fan_in(op: str, shape: tuple[int, ...], node) -> int:
     return max(1, int(np.prod(shape)))
 
 
-def build_module(graph: Graph, n_classes: int, seed: int = 0):
-    """A freshly initialized trainable ``nn.Module`` of ``graph``'s architecture, ``n_classes`` logits."""
+def build_module(graph: Graph, n_classes: int, seed: int = 0, copy_weights: bool = False):
+    """A freshly initialized trainable ``nn.Module`` of ``graph``'s architecture, ``n_classes`` logits.
+
+    ``copy_weights``: start from the graph's own weights and BatchNorm statistics instead (the
+    head keeps its size); then, in eval mode, the module computes exactly what the model does,
+    which is how the tests check the translation."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -45,6 +49,8 @@ def build_module(graph: Graph, n_classes: int, seed: int = 0):
     from zfprobe.adapters.torch_backend import OPS
 
     head = find_head(graph)
+    if copy_weights:
+        n_classes = graph.shape(head.logits)[-1]
     nodes = graph.ancestors([head.logits])
     gen = torch.Generator().manual_seed(int(seed))
 
@@ -73,7 +79,9 @@ def build_module(graph: Graph, n_classes: int, seed: int = 0):
                         w_shape = shape
                     key = f"p{len(names)}"
                     names[name] = key
-                    if node.op_type == "BatchNormalization":
+                    if copy_weights:
+                        value = torch.from_numpy(np.array(graph.constants[name], np.float32))
+                    elif node.op_type == "BatchNormalization":
                         value = torch.ones(shape) if pos == 1 else torch.zeros(shape)
                     else:
                         bound = 1.0 / math.sqrt(_fan_in(node.op_type, w_shape or shape, node))
@@ -83,13 +91,18 @@ def build_module(graph: Graph, n_classes: int, seed: int = 0):
                     key = f"p{len(names)}"
                     names[head.bias] = key
                     bound = 1.0 / math.sqrt(graph.constants[head.weight].shape[0 if not head.weight_out_first else 1])
-                    self.params[key] = nn.Parameter(((torch.rand(n_classes, generator=gen) * 2 - 1) * bound).float())
+                    value = ((torch.rand(n_classes, generator=gen) * 2 - 1) * bound).float()
+                    if copy_weights:
+                        value = torch.from_numpy(np.array(graph.constants[head.bias], np.float32).reshape(-1))
+                    self.params[key] = nn.Parameter(value)
             self.names = names
             for node in nodes:
                 if node.op_type == "BatchNormalization":
-                    c = graph.constants[node.inputs[3]].shape
-                    self.register_buffer(f"mean_{len(self.stats)}", torch.zeros(c))
-                    self.register_buffer(f"var_{len(self.stats)}", torch.ones(c))
+                    mean, var = (np.array(graph.constants[t], np.float32) for t in node.inputs[3:5])
+                    if not copy_weights:
+                        mean, var = np.zeros_like(mean), np.ones_like(var)
+                    self.register_buffer(f"mean_{len(self.stats)}", torch.from_numpy(mean))
+                    self.register_buffer(f"var_{len(self.stats)}", torch.from_numpy(var))
                     self.stats[node.name] = len(self.stats)
                     fn = self._bn(node, self.stats[node.name], F)
                 else:
