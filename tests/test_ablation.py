@@ -186,7 +186,7 @@ def test_metrics_and_importance_equal_independent_computation(digit_net):
         brute_loss.append(ls - loss)
     np.testing.assert_allclose(imp.drop_top1[chosen], brute_top1, atol=1e-12)
     np.testing.assert_allclose(imp.drop_loss[chosen], brute_loss, rtol=1e-3, atol=1e-5)
-    assert imp.drop_top1[imp.ranking()[0]] > 0  # some channel matters
+    assert imp.drop_loss.max() > 0  # removing some channel costs loss
     assert conv.weight.shape[0] == 128
 
 
