@@ -19,6 +19,7 @@ import io
 import json
 import os
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -55,6 +56,38 @@ def pool(acts: np.ndarray, how: str) -> np.ndarray:
         return acts.reshape(b, -1)
     flat = acts.reshape(b, acts.shape[1], -1)
     return flat.mean(axis=2) if how == "avg" else flat.max(axis=2)
+
+
+_PROGRAMS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def pooled_program(probe, tensors: Sequence[str], how: str):
+    """The truncated network with the pooling inside it (GlobalAveragePool / GlobalMaxPool on
+    every feature map), so the backend hands back [B, C, 1, 1] instead of whole maps: less
+    copying out and no numpy reduction. Cached per probe, so sessions are made once."""
+    from zfprobe.graph import Graph, Node
+
+    key = (tuple(tensors), how)
+    cache = _PROGRAMS.setdefault(probe, {})
+    if key in cache:
+        return cache[key]
+    base = probe.forward_program(list(tensors))
+    nodes, outputs, shapes, dtypes = list(base.nodes), [], dict(base.shapes), dict(base.dtypes)
+    op = {"avg": "GlobalAveragePool", "max": "GlobalMaxPool"}.get(how)
+    for i, t in enumerate(tensors):
+        shape = tuple(probe.graph.shape(t))
+        if op is None or len(shape) <= 2:
+            outputs.append(t)
+            continue
+        name = f"{t}/zf_{how}pool"
+        nodes.append(Node(f"zf_features/{i}", op, [t], [name]))
+        shapes[name] = shape[:2] + (1,) * (len(shape) - 2)
+        dtypes[name] = probe.graph.dtypes.get(t, np.dtype(np.float32))
+        outputs.append(name)
+    program = Graph(nodes, list(base.inputs), outputs, base.constants, shapes, dtypes, base.parameter_refs,
+                    f"features({base.name},{how})", base.metadata)
+    cache[key] = (program, outputs)
+    return cache[key]
 
 
 def feature_dims(probe, layers: Sequence[str], how: str) -> dict[str, int]:
@@ -106,7 +139,7 @@ def extract(probe, dataset: Dataset, layers: Sequence[str], how: str = "avg", ba
         if loaded is not None:
             return loaded
     batch_size = int(batch_size or auto_batch_size(probe, layers))
-    program = probe.forward_program(tensors)
+    program, outputs = pooled_program(probe, tensors, how)
     out = {l: np.empty((n_total, dims[l]), np.float32) for l in layers}
     kept, skipped = [], []
     bar = _bar(n_total, progress, "features")
@@ -116,7 +149,7 @@ def extract(probe, dataset: Dataset, layers: Sequence[str], how: str = "avg", ba
         for batch in _ahead(runner, _limited(dataset.batches(batch_size), n_total)):
             skipped.extend((int(i), r) for i, r in batch.skipped)
             if len(batch.indices):
-                acts = probe.backend.run(program, {probe.input_name: np.ascontiguousarray(batch.tensors, np.float32)}, tensors)
+                acts = probe.backend.run(program, {probe.input_name: np.ascontiguousarray(batch.tensors, np.float32)}, outputs)
                 rows = np.arange(len(kept), len(kept) + len(batch.indices))
                 for layer, a in zip(layers, acts):
                     out[layer][rows] = pool(a, how)

@@ -77,8 +77,9 @@ def depth_plot(result: TransferResult, title: str) -> bytes:
         mean = np.array([100 * r[f"mean_{n}"] for r in soft])
         std = np.array([100 * r[f"std_{n}"] for r in soft])
         ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, color=color, label=f"softmax, {n}/class")
-        for xi, m in zip(x, mean):
-            ax.annotate(f"{m:.1f}", (xi, m), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7, color=color)
+        for xi, m in zip(x, mean):  # beside the point (right of the error bar), on white, one colour per N
+            ax.annotate(f"{m:.1f}", (xi, m), textcoords="offset points", xytext=(6, 0), ha="left", va="center",
+                        fontsize=7, color=color, bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.8))
         if scratch:
             ax.axhline(100 * scratch[0][f"mean_{n}"], color=color, linestyle="--", linewidth=1,
                        label=f"trained from scratch, {n}/class")
