@@ -62,8 +62,8 @@ def command(model, data, labels_file, layers, channel_specs, branches, mode, imp
     from zfprobe import __version__
     from zfprobe.ablation import (AblationResult, Edit, ablate, apply_edits, channel_importance, check_ablatable,
                                   check_labels, dataset_means, retrain_head as retrain)
-    from zfprobe.ablation_render import (comparison_plot, importance_csv, importance_plot, markdown_table,
-                                         metrics_csv, mine_links)
+    from zfprobe.ablation_render import (comparison_plot, importance_csv, importance_pictures, importance_plot,
+                                         markdown_table, metrics_csv, mine_links)
     from zfprobe.labelled import open_labelled
     from zfprobe.outputs import OutputStage
     from zfprobe.visualize import file_sha256
@@ -132,12 +132,19 @@ def command(model, data, labels_file, layers, channel_specs, branches, mode, imp
             links = mine_links(mine_dir, importance_layer, order[:16], out_dir)
             stage.write_bytes("importance.csv", importance_csv(imp, links).encode())
             stage.write_bytes("importance.png", importance_plot(imp, f"{model_name} {importance_layer}: accuracy lost per channel ({imp.mode})"))
+            if links:
+                pics = importance_pictures(imp, {c: os.path.normpath(os.path.join(out_dir, p)) for c, p in links.items()})
+                if pics:
+                    stage.write_bytes("importance_top9.png", pics)
             harmless = int(np.sum(imp.drop_top1 <= 0))
             summary += [f"## Channel importance in {importance_layer}", "",
                         f"Each of the {len(order)} channels was ablated alone ({imp.mode}). The most important, "
                         f"channel {int(order[0])}, costs {100 * imp.drop_top1[order[0]]:.1f} points of top-1 accuracy "
                         f"(intact {100 * imp.intact.top1:.1f}%); {harmless} channel(s) cost nothing or help when removed.",
-                        "", "| rank | channel | top-1 lost (points) | loss increase | top-9 (`zfprobe mine`) |", "|---|---|---|---|---|"]
+                        "", "![channels ranked](importance.png)", ""]
+            if links:
+                summary += ["![the most important channels and their top-9](importance_top9.png)", ""]
+            summary += ["| rank | channel | top-1 lost (points) | loss increase | top-9 (`zfprobe mine`) |", "|---|---|---|---|---|"]
             for rank, c in enumerate(order[:16]):
                 pic = f"![c{int(c)}]({links[int(c)]})" if int(c) in links else "-"
                 summary.append(f"| {rank + 1} | {int(c)} | {100 * imp.drop_top1[c]:.2f} | {imp.drop_loss[c]:.4f} | {pic} |")

@@ -123,3 +123,25 @@ def mine_links(mine_dir: str | None, layer: str, channels, out_dir: str) -> dict
         if os.path.isfile(path):
             links[int(c)] = os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))
     return links
+
+
+def importance_pictures(imp: Importance, pictures: dict[int, str], show: int = 6) -> bytes | None:
+    """The most important channels' ``mine`` top-9 pictures (projections | image patches), each
+    titled with its rank and the accuracy its removal costs; None when none exist."""
+    from PIL import Image
+
+    chans = [int(c) for c in imp.ranking()[:show] if int(c) in pictures]
+    if not chans:
+        return None
+    cols = 2 if len(chans) > 1 else 1
+    rows = (len(chans) + cols - 1) // cols
+    fig = _fig(4.2 * cols, 2.5 * rows)
+    for i, c in enumerate(chans):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(np.asarray(Image.open(pictures[c]).convert("RGB")), interpolation="nearest")
+        rank = int(np.flatnonzero(imp.ranking() == c)[0]) + 1
+        ax.set_title(f"#{rank}: channel {c}, removing it costs {100 * imp.drop_top1[c]:.1f} points top-1", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"{imp.layer}: most important channels and their top-9 (zfprobe mine: deconvnet projections | patches)",
+                 fontsize=9)
+    return _png(fig)
