@@ -229,3 +229,41 @@ def test_ablate_cli_bad_inputs_write_nothing(tmp_path):
 
     man = json.loads((out / "manifest.json").read_text())
     assert man["command"] == "ablate" and man["model"]["sha256"] and len(man["importance"]["ranking"]) == 32
+
+
+def test_efficientnet_branch_and_channel_edits_equal_torch():
+    """The real ImageNet EfficientNet-Lite0: skip a residual branch (block 14) and set channels of
+    block 10's output to their mean, on onnxruntime and on the live torch backend."""
+    import efficientnet_lite0 as eff
+    from conftest import natural_images
+
+    module = eff.efficientnet_lite0()
+
+    x = natural_images(3, 224, 224)
+    probe = zfprobe.attach(module, torch.zeros(1, 3, 224, 224))
+    ort_probe = Probe(probe.graph, OnnxRuntimeBackend("cpu"))
+    with torch.no_grad():
+        acts = []
+        h = module._blocks[10].register_forward_hook(lambda m, i, o: acts.append(o))
+        module(torch.from_numpy(x))
+        h.remove()
+    mean = acts[0].mean(0).numpy()
+
+    def to_mean(o):
+        o[:, 5:40] = torch.from_numpy(mean[5:40])
+        return o
+
+    block = module._blocks[14]
+    skip_forward = block.forward
+    block.forward = lambda inp: inp  # branch skipped: the block passes its input on
+    try:
+        expect = _hooked(module, "_blocks.10", to_mean, x)
+    finally:
+        block.forward = skip_forward
+    edits = [Edit("branch", "_blocks.14._bn2"), Edit("channels", "_blocks.10", tuple(range(5, 40)), "mean")]
+    for p in (ort_probe, probe):
+        edited, applied = apply_edits(p.graph, edits, p.resolve, {p.resolve("_blocks.10"): mean})
+        np.testing.assert_allclose(_run(p, edited, x), expect, rtol=1e-3, atol=2e-3, err_msg=p.backend.name)
+    with torch.no_grad():
+        intact = module(torch.from_numpy(x)).numpy()
+    assert np.abs(intact - expect).max() > 0.1  # the edit is large against the tolerance

@@ -209,3 +209,44 @@ def test_bad_inputs_clear_error_nothing_written(tmp_path):
     r = run_cli("transfer", CLI_MODEL, tmp_path / "nolabels.npz", "-l", "relu3", "-q", "-o", out)
     assert_clean_error(r, "no label array")
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_efficientnet_probe_layers_on_lfw_faces(tmp_path):
+    """Per-layer probes on the real ImageNet EfficientNet-Lite0 with scikit-image's LFW subset
+    (100 faces, 100 non-faces, 25x25 upscaled); the first block's features against the torch
+    module's own activations, and accuracy rising from the stem to the deep blocks."""
+    torch = pytest.importorskip("torch")
+    import efficientnet_lite0 as eff
+    from PIL import Image
+    from skimage.data import lfw_subset
+
+    faces = lfw_subset()
+    pixels = np.stack([np.asarray(Image.fromarray((f * 255).round().astype(np.uint8)).resize((224, 224), Image.BICUBIC)
+                                  .convert("RGB")) for f in faces])
+    labels = np.array([0] * 100 + [1] * 100)
+    keep = np.r_[0:40, 100:140]  # 40 per class keeps the test short
+    np.savez(tmp_path / "lfw.npz", images=pixels[keep], labels=labels[keep])
+    path = tmp_path / "eff.onnx"
+    eff.export_onnx(path)
+    out = tmp_path / "out"
+    layers = ["/Clip", "/_blocks.4/Add", "/_blocks.14/Add"]
+    r = run_cli("probe-layers", path, tmp_path / "lfw.npz", *sum((["-l", l] for l in layers), []), "--preset", "imagenet",
+                "--per-class", "15", "--splits", "3", "--no-cache", "-q", "-o", out)
+    assert r.returncode == 0, r.stderr
+    table = list(csv.DictReader(open(out / "table.csv")))
+    acc = {row["layer"]: float(row["mean_15"]) for row in table}
+    assert acc["/_blocks.14/Add"] > acc["/Clip"] + 0.03, acc
+    assert acc["/_blocks.14/Add"] > 0.9, acc
+    # features of the first images against torch's own activations (avg pooled)
+    probe = zfprobe.load(path)
+    data = open_labelled(str(tmp_path / "lfw.npz"), probe.preprocessing.with_preset("imagenet"), probe.input_shape)
+    got = extract(probe, data.dataset, ["/_blocks.4/Add"], "avg", limit=4).matrices["/_blocks.4/Add"]
+    module = eff.efficientnet_lite0()
+    x = (pixels[keep[:4]].astype(np.float32) / 255 - np.array(eff.MEAN, np.float32)) / np.array(eff.STD, np.float32)
+    acts = []
+    h = module._blocks[4].register_forward_hook(lambda m, i, o: acts.append(o.mean(dim=(2, 3))))
+    with torch.no_grad():
+        module(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+    h.remove()
+    np.testing.assert_allclose(got, acts[0].numpy(), rtol=1e-3, atol=1e-4)
