@@ -116,7 +116,7 @@ def command(model, data, labels_file, layers, channel_specs, branches, mode, imp
         if result is not None:
             stage.write_bytes("metrics.csv", metrics_csv(result).encode())
             stage.write_bytes("table.md", markdown_table(result).encode())
-            stage.write_bytes("ablation.png", comparison_plot(result, f"{model_name}: {'; '.join(result.applied)}"))
+            stage.write_bytes("ablation.png", comparison_plot(result, f"{model_name} on {data_name}: {'; '.join(result.applied)}"))
             i, a = result.intact, result.ablated
             summary += [f"Removing {'; '.join(result.applied)} changes top-1 accuracy on {i.n} labelled images from "
                         f"{100 * i.top1:.1f}% to {100 * a.top1:.1f}% ({100 * (a.top1 - i.top1):+.1f} points), top-{i.k} "

@@ -164,7 +164,7 @@ def apply_edits(graph: Graph, edits: Sequence[Edit], resolve, means: dict[str, n
                     raise OptionError(f"the Add '{add.name}' that '{edit.layer}' feeds has no skip input of the same shape")
                 add.op_type, add.inputs, add.attrs = "Identity", [others[0]], {}
             edited = _indexed(edited)
-            applied.append(f"branch {edit.layer} skipped ({', '.join(a.name for a in adds)} keeps its other input)")
+            applied.append(f"branch {edit.layer} skipped")
             continue
         if edit.kind == "layer":
             inputs = edited.variable_inputs(node)

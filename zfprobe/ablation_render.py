@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import textwrap
 
 import numpy as np
 
@@ -76,7 +77,7 @@ def comparison_plot(result: AblationResult, title: str) -> bytes:
     ax.set_ylim(0, 108)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 90), fontsize=9)
     return _png(fig)
 
 
