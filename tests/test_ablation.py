@@ -267,3 +267,57 @@ def test_efficientnet_branch_and_channel_edits_equal_torch():
     with torch.no_grad():
         intact = module(torch.from_numpy(x)).numpy()
     assert np.abs(intact - expect).max() > 0.1  # the edit is large against the tolerance
+
+
+def test_keras_channel_edit_on_tensorflow_backend_equals_keras():
+    """A live Keras model (TensorFlow backend, NHWC): channels of pool1 zeroed in the graph equal
+    the same Keras layers re-applied with a mask multiplied in."""
+    pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    c1, p1 = L.Conv2D(8, 3, activation="relu", name="conv1"), L.MaxPooling2D(2, name="pool1")
+    c2, gap, fc = L.Conv2D(16, 3, activation="relu", name="conv2"), L.GlobalAveragePooling2D(name="gap"), L.Dense(5, name="fc")
+    inp = keras.Input((32, 32, 3))
+    model = keras.Model(inp, fc(gap(c2(p1(c1(inp))))))
+    mask = np.ones((1, 1, 1, 8), np.float32)
+    mask[..., [0, 1, 2, 5]] = 0
+    inp2 = keras.Input((32, 32, 3))
+    masked = keras.Model(inp2, fc(gap(c2(L.Multiply()([p1(c1(inp2)), keras.ops.convert_to_tensor(mask)])))))
+    x = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype(np.float32)
+    probe = zfprobe.attach(model)
+    assert probe.backend.name == "tensorflow"
+    edited, _ = apply_edits(probe.graph, [Edit("channels", "pool1", (0, 1, 2, 5), "zero")], probe.resolve)
+    want = np.asarray(masked(x))
+    np.testing.assert_allclose(_run(probe, edited, x), want, rtol=1e-4, atol=1e-5)
+    assert np.abs(np.asarray(model(x)) - want).max() > 1e-3
+
+
+def test_retrained_head_equals_sklearn_on_plain_onnxruntime():
+    from zfprobe.ablation import retrain_head
+
+    from test_transfer import sklearn_accuracy
+
+    images, labels = digits_arrays(200)
+    probe = zfprobe.load(CLI_MODEL)
+    data = Labelled(ArrayDataset(None, probe.preprocessing, probe.input_shape, array=images), labels,
+                    {i: str(i) for i in range(10)}, True)
+    edited, _ = apply_edits(probe.graph, [Edit("channels", "relu3", tuple(range(0, 64, 2)), "zero")], probe.resolve)
+    got = retrain_head(probe, data, edited, seed=2)
+    # oracle: flatten features from onnxruntime on the model file (odd channels kept for the
+    # ablated net), the documented stratified half split, scikit-learn
+    model = onnx.load(str(CLI_MODEL))
+    model.graph.output.append(onnx.helper.make_empty_tensor_value_info("relu3"))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = (images.astype(np.float32) * np.float32(1 / 255.0))[:, None]
+    acts = np.concatenate([sess.run(["relu3"], {"image": x[i:i + 1]})[0] for i in range(len(x))])
+    ablated = acts.copy()
+    ablated[:, 0::2] = 0
+    rng = np.random.default_rng(2)
+    train = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: int(round(0.5 * np.sum(labels == c)))]
+                                    for c in np.unique(labels)]))
+    test = np.setdiff1d(np.arange(len(labels)), train)
+    assert got["train"] == len(train) and got["test"] == len(test)
+    for name, feats in (("intact", acts), ("ablated", ablated)):
+        want = sklearn_accuracy(feats.reshape(len(feats), -1), labels, train, test, 2)
+        assert abs(got[name] - want) <= 1.0 / len(test) + 1e-12, (name, got[name], want)  # at most one image apart
