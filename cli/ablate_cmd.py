@@ -60,7 +60,7 @@ def command(model, data, labels_file, layers, channel_specs, branches, mode, imp
     the edits are made on a copy of its graph.
     """
     from zfprobe import __version__
-    from zfprobe.ablation import (AblationResult, Edit, ablate, apply_edits, channel_importance, check_ablatable,
+    from zfprobe.ablation import (Edit, ablate, apply_edits, channel_importance, check_ablatable,
                                   check_labels, dataset_means, retrain_head as retrain)
     from zfprobe.ablation_render import (comparison_plot, importance_csv, importance_pictures, importance_plot,
                                          markdown_table, metrics_csv, mine_links)

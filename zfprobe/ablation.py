@@ -20,7 +20,7 @@ only the rest of the network is rerun for each channel.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
