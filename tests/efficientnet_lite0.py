@@ -133,6 +133,25 @@ def imagenet_photos() -> list[tuple[Path, int]]:
     return foolbox_samples("imagenet")
 
 
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def efficientnet_lite0():
+    """The eval-mode module with the real ImageNet weights (the name the transfer and ablation
+    tests use)."""
+    return build_module()
+
+
+def export_onnx(path) -> dict[str, str]:
+    """Export a fresh module to ``path`` (input [N, 3, 224, 224]); friendly name -> tensor."""
+    import torch
+
+    import nets
+
+    return nets.export_onnx(build_module(), torch.zeros(1, 3, 224, 224), path)
+
+
 if __name__ == "__main__":
     import numpy as np
 
