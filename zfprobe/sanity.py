@@ -55,6 +55,17 @@ class Step:
     index: int
     label: str
     randomized: tuple[str, ...]  # node names
+    short: str = ""              # a compact label for plots
+
+
+def short_name(node: str, width: int = 16) -> str:
+    """A node name fit for an axis label: exporter prefixes and op suffixes dropped
+    ('/_blocks.13/_expand_conv/Conv' -> '_blocks.13/_expand_conv'), then cut to ``width``."""
+    parts = [p for p in node.strip("/").split("/") if p]
+    if len(parts) > 1 and parts[-1].split("_")[0] in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        parts = parts[:-1]
+    text = "/".join(parts) or node
+    return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
 @dataclass
@@ -199,15 +210,16 @@ def plan_steps(layers: list[WeightLayer], mode: str, max_steps: int | None = Non
         raise OptionError(f"unknown mode '{mode}'; choose from {', '.join(MODES)}")
     n_groups = len(layers) if not max_steps else min(len(layers), int(max_steps))
     groups = [list(g) for g in np.array_split(np.arange(len(layers)), n_groups)] if layers else []
-    steps = [Step(0, "none (trained)", ())]
+    steps = [Step(0, "none (trained)", (), "trained")]
     for k, group in enumerate(groups, start=1):
         names = [layers[i].node for i in group]
         label = names[0] if len(names) == 1 else f"{names[0]}..{names[-1]} ({len(names)})"
+        short = short_name(names[0]) if len(names) == 1 else f"{short_name(names[0])} +{len(names) - 1}"
         if mode == "cascade":
             randomized = tuple(layers[i].node for g in groups[:k] for i in g)
         else:
             randomized = tuple(names)
-        steps.append(Step(k, label, randomized))
+        steps.append(Step(k, label, randomized, short))
     return steps
 
 

@@ -38,10 +38,10 @@ def curves_figure(result: SanityResult) -> np.ndarray:
     import matplotlib.pyplot as plt
 
     summary = result.summary()
-    fig, axes = plt.subplots(len(result.modes), len(METRICS), figsize=(4.2 * len(METRICS), 3.6 * len(result.modes)),
+    fig, axes = plt.subplots(len(result.modes), len(METRICS), figsize=(4.2 * len(METRICS), 4.2 * len(result.modes)),
                              squeeze=False, constrained_layout=True)
     for r, mode in enumerate(result.modes):
-        labels = [s.label for s in result.steps[mode]]
+        labels = [s.short or s.label for s in result.steps[mode]]
         for c, metric in enumerate(METRICS):
             ax = axes[r][c]
             for rule in result.rules:
@@ -55,7 +55,8 @@ def curves_figure(result: SanityResult) -> np.ndarray:
             ax.axhline(0, color="0.6", lw=0.8)
             ax.set_ylim(-0.5 if metric == "spearman_signed" else -0.1, 1.05)
             ax.set_xticks(np.arange(len(labels)))
-            ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+            ax.set_xticklabels(labels, rotation=55, ha="right", fontsize=7)
+            ax.set_xlabel("layers randomized, top down" if mode == "cascade" else "the one layer randomized", fontsize=8)
             ax.set_title(f"{METRIC_TITLES[metric]}\n{mode} randomization", fontsize=9)
             if c == 0:
                 ax.set_ylabel("similarity to trained")
@@ -94,7 +95,7 @@ def strip_figure(result: SanityResult, mode: str) -> np.ndarray:
             ax = axes[r][k + 1]
             ax.imshow(signed_to_uint8(hwc, STRIP_PERCENTILE), interpolation="nearest")
             if r == 0:
-                ax.set_title(step.label if k else "trained", fontsize=7, rotation=30 if len(step.label) > 10 else 0)
+                ax.set_title(step.short or step.label, fontsize=7, rotation=30 if len(step.short or step.label) > 10 else 0)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
