@@ -133,13 +133,49 @@ class Probe:
             self._programs[key] = build_forward(self.graph, list(tensors))
         return self._programs[key]
 
-    def activations(self, images: np.ndarray, layer: str | Sequence[str]):
-        """Layer output(s) for a batch of preprocessed images (one array, or a list for a list)."""
+    def activations(self, images: np.ndarray, layer: str | Sequence[str],
+                    constants: dict[str, np.ndarray] | None = None):
+        """Layer output(s) for a batch of preprocessed images (one array, or a list for a list).
+
+        ``constants`` replaces some of the model's weights for this call only (see
+        :meth:`with_parameters`); the model and its programs are not changed."""
         many = not isinstance(layer, str)
         tensors = [self.resolve(l) for l in ([layer] if not many else layer)]
         images = self._check_images(images)
-        outs = self.backend.run(self.forward_program(tensors), {self.input_name: images}, tensors)
+        program, feeds = self.with_parameters(self.forward_program(tensors), constants)
+        outs = self.backend.run(program, dict(feeds, **{self.input_name: images}), tensors)
         return outs if many else outs[0]
+
+    def with_parameters(self, program: Graph, constants: dict[str, np.ndarray] | None) -> tuple[Graph, dict]:
+        """``program`` with the named constants turned into inputs (fed with the given values),
+        and those feeds. The parametrized program is cached, so a sweep over other weights (the
+        sanity checks' randomized models) reuses one built program and one backend session."""
+        if not constants:
+            return program, {}
+        names = tuple(sorted(n for n in constants if n in program.constants))
+        if not names:
+            return program, {}
+        key = ("parametrized", id(program), names)
+        cached = self._programs.get(key)
+        if cached is None or cached[0] is not program:
+            shapes, dtypes = dict(program.shapes), dict(program.dtypes)
+            for n in names:
+                shapes[n] = tuple(program.constants[n].shape)
+                dtypes[n] = np.dtype(program.constants[n].dtype)
+            parametrized = Graph(nodes=program.nodes, inputs=list(program.inputs) + list(names),
+                                 outputs=list(program.outputs), constants=program.constants, shapes=shapes,
+                                 dtypes=dtypes, parameter_refs=program.parameter_refs,
+                                 name=program.name + "+params", metadata=dict(program.metadata))
+            cached = (program, parametrized)
+            self._programs[key] = cached
+        feeds = {}
+        for n in names:
+            value = np.asarray(constants[n])
+            want = program.constants[n]
+            if value.shape != want.shape:
+                raise ValueError(f"constant '{n}' has shape {want.shape}, not {value.shape}")
+            feeds[n] = np.ascontiguousarray(value, dtype=want.dtype)
+        return cached[1], feeds
 
     def deconv_program(self, layer: str, rule: str = "deconvnet", lrn: str = "identity",
                        single_image: bool = False) -> Graph:
@@ -152,11 +188,12 @@ class Probe:
 
     def project(self, images: np.ndarray, layer: str, seeds: np.ndarray, seed_image: np.ndarray | None = None,
                 rule: str = "deconvnet", lrn: str = "identity", batch_size: int | None = None,
-                windowed: bool = True) -> np.ndarray:
+                windowed: bool = True, constants: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Project each seed row to pixel space ([K, *input]); see zfprobe.deconv for the contract.
 
         Rows that keep a single unit take the receptive-field-windowed path (zfprobe.windowed)
         where the network allows it: the same result, computed only where it can be non-zero.
+        ``constants`` replaces some weights for this call only (see :meth:`with_parameters`).
         """
         images = self._check_images(images)
         seeds = np.ascontiguousarray(seeds, dtype=np.float32)
@@ -172,11 +209,14 @@ class Probe:
         if units is not None and windowed:
             windowed_program = self.windowed_program(layer, rule, lrn, single_image=images.shape[0] == 1)
             if windowed_program is not None:
-                return self._project_windowed(windowed_program, images, seeds, units, seed_image, chunk)
-        program = self.deconv_program(layer, rule, lrn, single_image=images.shape[0] == 1)
+                windowed_program, weights = self.with_parameters(windowed_program, constants)
+                return self._project_windowed(windowed_program, images, seeds, units, seed_image, chunk, weights)
+        program, weights = self.with_parameters(self.deconv_program(layer, rule, lrn, single_image=images.shape[0] == 1),
+                                                constants)
         results = []
         for start in range(0, k, chunk):
-            feeds = {self.input_name: images, SEED: seeds[start:start + chunk], SEED_IMAGE: seed_image[start:start + chunk]}
+            feeds = {self.input_name: images, SEED: seeds[start:start + chunk], SEED_IMAGE: seed_image[start:start + chunk],
+                     **weights}
             results.append(self.backend.run(program, feeds, [PROJECTION])[0])
         return results[0] if len(results) == 1 else np.concatenate(results)
 
@@ -226,7 +266,7 @@ class Probe:
         return self._programs[key]
 
     def _project_windowed(self, program: Graph, images: np.ndarray, seeds: np.ndarray, units: np.ndarray,
-                          seed_image: np.ndarray, chunk: int) -> np.ndarray:
+                          seed_image: np.ndarray, chunk: int, weights: dict | None = None) -> np.ndarray:
         from zfprobe.windowed import OUTPUT_WINDOW, SEED_WINDOW, WindowPlan
 
         plan = WindowPlan(program)
@@ -237,7 +277,7 @@ class Probe:
         for start in range(0, len(seeds), chunk):
             sl = slice(start, start + chunk)
             feeds = {self.input_name: images, SEED_WINDOW: np.ascontiguousarray(window_seeds[sl]),
-                     SEED_IMAGE: seed_image[sl]}
+                     SEED_IMAGE: seed_image[sl], **(weights or {})}
             feeds.update(plan.feeds(units[sl], seed_image[sl], seed_hw))
             windows = self.backend.run(program, feeds, [OUTPUT_WINDOW])[0]
             out.append(plan.paste(windows, units[sl], tuple(images.shape[1:])))
