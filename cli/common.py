@@ -65,9 +65,6 @@ def open_probe(model: str, input_size: str | None, device: str = "auto", channel
     import zfprobe
     from zfprobe.errors import DynamicInputSizeError
 
-    if input_size is None and image is not None and has_dynamic_size(model):
-        input_size = image_size_of(image)
-        click.echo(f"zfprobe: note: the model's input size is dynamic; using the image's size {input_size}", err=True)
     size = parse_size(input_size)
     shape = None
     if size is not None:
@@ -78,6 +75,8 @@ def open_probe(model: str, input_size: str | None, device: str = "auto", channel
         image_size = _image_size(image) if shape is None and image else None
         if image_size is None:
             raise
+        click.echo(f"zfprobe: note: the model's input size is dynamic; using the image's size "
+                   f"{image_size[0]}x{image_size[1]}", err=True)
         return zfprobe.load(model, input_shape=image_size, device=device)
 
 
