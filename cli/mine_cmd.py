@@ -54,7 +54,7 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
 
     # every option is checked here, before the mining pass, never after it
     check_output_path(out_dir)
-    if os.path.exists(data) and os.path.realpath(data) == os.path.realpath(out_dir):
+    if data is not None and os.path.exists(data) and os.path.realpath(data) == os.path.realpath(out_dir):
         raise OptionError("the output folder is the dataset folder; give -o another folder (a subfolder is fine)")
     if not 1 <= k <= MAX_TOP:
         raise OptionError(f"--top must be between 1 and {MAX_TOP}")
