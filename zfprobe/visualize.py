@@ -106,7 +106,7 @@ class Visualization:
         tiles, views = self.tiles(), self.image_tiles()
         pictures, captions = [], []
         for s, t, v in zip(self.seeds, tiles, views):
-            where = f" @{','.join(map(str, s.position))}" if s.position else " map"
+            where = " map" if s.position is None else (f" @{','.join(map(str, s.position))}" if s.position else "")
             pictures += [v, t]
             captions += [f"c{s.channel}{where} image", f"c{s.channel} {s.value:.3g}"]
         if not pictures:
