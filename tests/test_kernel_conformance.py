@@ -104,6 +104,11 @@ CASES = {
     "Shape": case([X], {"start": 1}, out_dtype=np.int64),
     "ConstantOfShape": case([np.array([2, 3], np.int64)], {"value": 0.25}),
     "Gather": case([X], {"axis": 2}, consts=[(1, np.array([[4, 0], [1, 1]], np.int64))]),
+    "Tile": _unary(repeats=[1, 2, 1, 3]),
+    "SpaceToDepth": case([_x(2, 3, 4, 6, seed=21)], {"blocksize": 2}),
+    "DepthToSpace": case([_x(2, 8, 3, 2, seed=22)], {"blocksize": 2, "mode": "CRD"}),
+    "Resize": _unary(mode="linear", coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_floor",
+                     cubic_coeff_a=-0.75, exclude_outside=0, scales=[1.0, 1.0, 2.0, 1.5], out_size=[1, 3, 10, 7]),
     "ScatterElements": case([np.zeros((2, 6), F32), np.array([[0, 5, 5], [2, 2, 1]], np.int64), _x(2, 3, seed=20)],
                             {"axis": 1, "reduction": "add"}),
 }
@@ -154,7 +159,18 @@ def _ort_reference(program: Graph, feeds: dict, outputs: list[str]):
     from zfprobe.adapters.onnx_export import to_onnx
 
     node = program.nodes[0]
-    if node.op_type in NEWER:
+    if node.op_type == "Resize":  # the real ONNX Resize (zfprobe's exporter writes it as matmuls)
+        a = node.attrs
+        scales = numpy_helper.from_array(np.asarray(a["scales"], F32), "scales")
+        ins = [helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, v.shape) for k, v in feeds.items()]
+        outs = [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs]
+        n = helper.make_node("Resize", [node.inputs[0], "", "scales"], node.outputs, mode=a["mode"],
+                             coordinate_transformation_mode=a["coordinate_transformation_mode"],
+                             nearest_mode=a["nearest_mode"])
+        model = helper.make_model(helper.make_graph([n], "g", ins, outs, [scales]),
+                                  opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+    elif node.op_type in NEWER:
         inits = [numpy_helper.from_array(v, k) for k, v in program.constants.items()]
         ins = [helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
                for k, v in feeds.items()]
