@@ -58,7 +58,7 @@ class Step:
     short: str = ""              # a compact label for plots
 
 
-def short_name(node: str, width: int = 16) -> str:
+def short_name(node: str, width: int = 24) -> str:
     """A node name fit for an axis label: exporter prefixes and op suffixes dropped
     ('/_blocks.13/_expand_conv/Conv' -> '_blocks.13/_expand_conv'), then cut to ``width``."""
     parts = [p for p in node.strip("/").split("/") if p]
