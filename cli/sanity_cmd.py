@@ -1,29 +1,10 @@
 """``zfprobe sanity``: weight-randomization and unit-selectivity checks (PAPER.md section 10)."""
 from __future__ import annotations
 
-import os
-
 import click
 
 from zfprobe.cli.common import open_probe, preprocessing_from_options, preprocessing_options
 from zfprobe.errors import ImageError
-
-
-def expand_images(paths: tuple[str, ...]) -> list[str]:
-    """Image files as given, folders expanded to the images directly inside them (sorted)."""
-    from zfprobe.datasets import image_extensions
-
-    found = []
-    for path in paths:
-        if os.path.isdir(path):
-            inside = sorted(os.path.join(path, f) for f in os.listdir(path)
-                            if os.path.splitext(f)[1].lower() in image_extensions())
-            if not inside:
-                raise ImageError(f"the folder '{path}' holds no images")
-            found += inside
-        else:
-            found.append(path)
-    return found
 
 
 @click.command("sanity")
@@ -56,9 +37,13 @@ def command(model, images, layer, rules, units, modes, init, seed, max_steps, lr
     rules_list = parse_choices(rules, RULES, "rule")  # validate options before any work
     modes_list = parse_choices(modes, MODES, "mode")
     parse_units(units)
+    from zfprobe.image_files import expand_images, image_size
+
     paths = expand_images(images)
     if not paths:
         raise ImageError("no images given; pass image files or folders after the model")
+    for path in paths:  # a missing or unreadable file fails now, not after the trained projections
+        image_size(path)
     probe = open_probe(model, input_size, device)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
     result = run_sanity(probe, paths, layer, rules=rules_list, units=units, modes=modes_list, init=init, seed=seed,

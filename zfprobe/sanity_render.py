@@ -99,7 +99,8 @@ def strip_figure(result: SanityResult, mode: str) -> np.ndarray:
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{mode} randomization, {result.layer} channel {meta['channel']} at {meta['position']} "
+    where = f"channel {meta['channel']} at {meta['position']}" if meta["position"] else f"unit {meta['channel']} (class score)"
+    fig.suptitle(f"{mode} randomization, {result.layer} {where} "
                  f"(grey = 0; scale: {STRIP_PERCENTILE:g}th percentile of |p| per tile)", fontsize=9)
     return _to_rgb(fig)
 
