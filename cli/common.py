@@ -100,6 +100,16 @@ def default_image(model: str, input_size: str | None, device: str):
     return probe, sample_images(probe.preprocessing)[0]
 
 
+def probe_and_image(model: str, image: str | None, input_size: str | None, device: str):
+    """(probe, image path): the given image, or a bundled sample that suits the model (said on
+    stderr) when the command got no --image."""
+    if image is None:
+        probe, image = default_image(model, input_size, device)
+        click.echo(f"zfprobe: no --image given; using the bundled sample {image}", err=True)
+        return probe, image
+    return open_probe(model, input_size, device, image=image), image
+
+
 def default_layer(probe, layer: str | None, command: str) -> str:
     from zfprobe.defaults import deepest_layer
     from zfprobe.errors import OptionError

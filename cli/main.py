@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from zfprobe.cli.common import (RULES, Interrupted, default_image, default_layer, open_probe, parse_unit,
+from zfprobe.cli.common import (RULES, Interrupted, default_layer, open_probe, probe_and_image, parse_unit,
                                 preprocessing_from_options, preprocessing_options, quiet_native_logs,
                                 report_failure)
 from zfprobe.errors import OptionError
@@ -135,11 +135,7 @@ def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset,
     deepest spatial layer, without -o a folder named after the model."""
     from zfprobe.defaults import output_folder
 
-    if image is None:
-        probe, image = default_image(model, input_size, device)
-        click.echo(f"zfprobe: no --image given; using the bundled sample {image}", err=True)
-    else:
-        probe = open_probe(model, input_size, device, image=image)
+    probe, image = probe_and_image(model, image, input_size, device)
     layer = default_layer(probe, layer, "visualize")
     out_dir = out_dir or output_folder("visualize", model)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)

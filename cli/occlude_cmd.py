@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from zfprobe.cli.common import (default_image, default_layer, open_probe, preprocessing_from_options,
+from zfprobe.cli.common import (default_layer, probe_and_image, preprocessing_from_options,
                                 preprocessing_options)
 from zfprobe.errors import OptionError
 
@@ -49,15 +49,10 @@ def command(model, image, layer, size, stride, label, fill, channel, labels_file
     """Slide a square over IMAGE; map LAYER's strongest feature map total, the target-class
     probability and the top class per square position; write npz, overlays and a manifest."""
     from zfprobe.occlusion import class_output, occlude
-    from zfprobe.outputs import check_output_path
 
     from zfprobe.defaults import output_folder
 
-    if image is None:
-        probe, image = default_image(model, input_size, device)
-        click.echo(f"zfprobe: no --image given; using the bundled sample {image}", err=True)
-    else:
-        probe = open_probe(model, input_size, device, image=image)
+    probe, image = probe_and_image(model, image, input_size, device)
     layer = default_layer(probe, layer, "occlude")
     out_dir = out_dir or output_folder("occlude", model)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
