@@ -66,7 +66,7 @@ def command(model, data, labels_file, layers, channel_specs, branches, mode, imp
                                          markdown_table, metrics_csv, mine_links)
     from zfprobe.labelled import open_labelled
     from zfprobe.outputs import OutputStage
-    from zfprobe.visualize import file_sha256
+    from zfprobe.provenance import model_manifest
 
     import numpy as np
 
@@ -152,9 +152,7 @@ def command(model, data, labels_file, layers, channel_specs, branches, mode, imp
         stage.write_bytes("summary.md", ("\n".join(summary) + "\n").encode())
         manifest = {
             "zfprobe_version": __version__, "command": "ablate",
-            "model": {"path": probe.source, "sha256": file_sha256(probe.source) if probe.source and os.path.isfile(probe.source) else None,
-                      "input": probe.input_name, "input_shape": list(probe.input_shape),
-                      "backend": getattr(probe.backend, "name", "?")},
+            "model": model_manifest(probe),
             "data": labelled.describe(), "preprocessing": prep.to_dict(),
             "edits": [{"kind": e.kind, "layer": e.layer, "tensor": probe.resolve(e.layer), "channels": list(e.channels),
                        "mode": e.mode} for e in edits],

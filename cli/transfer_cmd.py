@@ -61,7 +61,7 @@ def run_study(command: str, model, data, layers, test_data, per_class, splits, p
     from zfprobe.outputs import OutputStage
     from zfprobe.transfer import check_classes, evaluate_transfer, parse_per_class
     from zfprobe.transfer_render import bar_plot, depth_plot, markdown_table, scores_csv, summary_markdown, table_csv
-    from zfprobe.visualize import file_sha256
+    from zfprobe.provenance import model_manifest
 
     per_class = parse_per_class(per_class)
     if splits < 1:
@@ -126,9 +126,7 @@ def run_study(command: str, model, data, layers, test_data, per_class, splits, p
 
         manifest = {
             "zfprobe_version": __version__, "command": command,
-            "model": {"path": probe.source, "sha256": file_sha256(probe.source) if probe.source and os.path.isfile(probe.source) else None,
-                      "input": probe.input_name, "input_shape": list(probe.input_shape),
-                      "backend": getattr(probe.backend, "name", "?")},
+            "model": model_manifest(probe),
             "data": train.describe(), "test_data": test.describe() if test else None,
             "preprocessing": prep.to_dict(),
             "layers": {l: {"tensor": t, "features": int(feats.matrices[l].shape[1])} for l, t in tensors.items()},

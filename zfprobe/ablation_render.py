@@ -9,21 +9,7 @@ import textwrap
 import numpy as np
 
 from zfprobe.ablation import AblationResult, Importance
-
-
-def _fig(width, height):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=120)
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return buf.getvalue()
+from zfprobe.render import figure_png, new_figure
 
 
 def metrics_rows(result: AblationResult) -> list[dict]:
@@ -60,7 +46,7 @@ def markdown_table(result: AblationResult) -> str:
 
 
 def comparison_plot(result: AblationResult, title: str) -> bytes:
-    fig = _fig(6.0, 3.4)
+    fig = new_figure(6.0, 3.4)
     ax = fig.add_subplot(1, 1, 1)
     names = ["top-1", f"top-{result.intact.k}"] + (["top-1, retrained softmax"] if result.retrained else [])
     intact = [result.intact.top1, result.intact.top5] + ([result.retrained["intact"]] if result.retrained else [])
@@ -78,7 +64,7 @@ def comparison_plot(result: AblationResult, title: str) -> bytes:
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     ax.set_title(textwrap.fill(title, 90), fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def importance_csv(imp: Importance, links: dict[int, str]) -> str:
@@ -94,7 +80,7 @@ def importance_plot(imp: Importance, title: str, show: int = 64) -> bytes:
     """Channels ranked by the top-1 accuracy lost when each alone is ablated (bars), the loss
     increase on a second axis (dots)."""
     order = imp.ranking()[:show]
-    fig = _fig(max(6.0, 0.16 * len(order) + 2), 3.6)
+    fig = new_figure(max(6.0, 0.16 * len(order) + 2), 3.6)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(order))
     drops = 100 * imp.drop_top1[order]
@@ -109,7 +95,7 @@ def importance_plot(imp: Importance, title: str, show: int = 64) -> bytes:
     ax2.plot(x, imp.drop_loss[order], "k.", markersize=4)
     ax2.set_ylabel("loss increase (dots)")
     ax.set_title(title, fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def mine_links(mine_dir: str | None, layer: str, channels, out_dir: str) -> dict[int, str]:
@@ -136,7 +122,7 @@ def importance_pictures(imp: Importance, pictures: dict[int, str], show: int = 6
         return None
     cols = 2 if len(chans) > 1 else 1
     rows = (len(chans) + cols - 1) // cols
-    fig = _fig(4.2 * cols, 2.5 * rows)
+    fig = new_figure(4.2 * cols, 2.5 * rows)
     for i, c in enumerate(chans):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(np.asarray(Image.open(pictures[c]).convert("RGB")), interpolation="nearest")
@@ -145,4 +131,4 @@ def importance_pictures(imp: Importance, pictures: dict[int, str], show: int = 6
         ax.axis("off")
     fig.suptitle(f"{imp.layer}: most important channels and their top-9 (zfprobe mine: deconvnet projections | patches)",
                  fontsize=9)
-    return _png(fig)
+    return figure_png(fig)

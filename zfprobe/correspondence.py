@@ -317,17 +317,7 @@ def correspondence(probe, images: Sequence[str], parts: dict | str, layers: Sequ
                                 timings={"setup": round(t1 - t0, 4), "delta": round(t2 - t1, 4)})
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
 def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", desc="correspondence", dynamic_ncols=True)
+    return tqdm(total=total, unit="img", desc="correspondence", dynamic_ncols=True, disable=not enabled)

@@ -8,23 +8,11 @@ import os
 
 import numpy as np
 
+from zfprobe.render import figure_png, pyplot
+
 MAX_IMAGES = 24
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, plt) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def parts_png(result) -> bytes:
@@ -32,7 +20,7 @@ def parts_png(result) -> bytes:
     (the same in every image) dashed on the first."""
     from matplotlib.patches import Patch, Rectangle
 
-    plt = _plt()
+    plt = pyplot()
     n = min(len(result.images), MAX_IMAGES)
     cols = min(n, 8)
     rows = -(-n // cols)
@@ -62,12 +50,12 @@ def parts_png(result) -> bytes:
     more = f" (first {n} of {len(result.images)} shown)" if n < len(result.images) else ""
     fig.suptitle(f"occluded parts: {result.size}px squares, fill {result.fill}{more}", fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-    return _save(fig, plt)
+    return figure_png(fig)
 
 
 def delta_png(result) -> bytes:
     """Delta per layer: one bar per part, the random baseline as mean with its standard deviation."""
-    plt = _plt()
+    plt = pyplot()
     layers = result.layers
     groups = list(result.parts) + (["random"] if len(result.random_delta) else [])
     width = 0.8 / len(groups)
@@ -88,7 +76,7 @@ def delta_png(result) -> bytes:
     ax.set_title(f"correspondence over {len(result.images)} images (lower = more consistent)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, plt)
+    return figure_png(fig)
 
 
 def table_csv(result) -> bytes:
@@ -140,15 +128,9 @@ def summary_md(result) -> str:
 
 def manifest(result, probe=None, files=None) -> dict:
     from zfprobe import __version__
-    from zfprobe.visualize import file_sha256
+    from zfprobe.provenance import model_manifest
 
-    model = {}
-    if probe is not None:
-        model = {"path": probe.source,
-                 "sha256": file_sha256(probe.source) if probe.source and os.path.isfile(probe.source) else None,
-                 "input": probe.input_name, "input_shape": list(probe.input_shape),
-                 "backend": getattr(probe.backend, "name", type(probe.backend).__name__),
-                 "device": getattr(probe.backend, "device", "cpu")}
+    model = model_manifest(probe) if probe is not None else {}
     return {
         "zfprobe_version": __version__,
         "command": "correspondence",

@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from zfprobe.errors import ZfprobeError
+from zfprobe.outputs import fsync_dir
 
 FORMAT = "zfprobe-evolution"
 VERSION = 1
@@ -67,19 +68,6 @@ def images_sha256(images: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_durably(path: str, write) -> None:
     """``write(file)`` into a temporary file beside ``path``, fsync, rename into place."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -97,7 +85,7 @@ def _write_durably(path: str, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 class EvolutionStore:

@@ -20,7 +20,7 @@ import io
 import numpy as np
 
 from zfprobe.evolution import EvolutionStore, EvolutionStoreError
-from zfprobe.render import contact_sheet, projection_to_hwc, signed_to_uint8
+from zfprobe.render import contact_sheet, figure_png, projection_to_hwc, pyplot, signed_to_uint8
 
 SETTLED = 0.8
 
@@ -92,10 +92,7 @@ def layer_sheet(store: EvolutionStore, records: list, i: int, tile_size: int = 7
 
 
 def activation_png(store: EvolutionStore, records: list) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(store.layers)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), dpi=110, squeeze=False)
@@ -116,10 +113,7 @@ def activation_png(store: EvolutionStore, records: list) -> bytes:
         if len(layer["channels"]) <= 12:
             ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, tight=False)
 
 
 def render(store_path: str, out_dir: str, tile_size: int = 72) -> list[str]:

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from zfprobe.filters import Diagnosis
-from zfprobe.render import contact_sheet
+from zfprobe.render import contact_sheet, figure_png, pyplot
 
 FILTER_MAPPING = ("each filter w is shown as 128 + 127 * w / max|w| (that filter's own maximum), per pixel and "
                   "input channel: grey = 0, brighter = positive; 3 input channels as RGB, 1 as grey, more: the "
@@ -87,10 +87,7 @@ def grid(d: Diagnosis, tiles: list[np.ndarray], title: str, tile_size: int = 64)
 
 def coverage_png(diagnoses: list[tuple[str, Diagnosis]]) -> bytes:
     """The (orientation, frequency) plane of each bank, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig = plt.figure(figsize=(5.4 * len(diagnoses), 3.6), dpi=110)
     for k, (label, d) in enumerate(diagnoses):
@@ -120,10 +117,7 @@ def coverage_png(diagnoses: list[tuple[str, Diagnosis]]) -> bytes:
         ax.tick_params(labelsize=7)
         fig.colorbar(sc, ax=ax, shrink=0.6, pad=0.08, label="energy above Nyquist")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, tight=False)
 
 
 def table_rows(label: str, d: Diagnosis) -> list[dict]:
@@ -188,10 +182,7 @@ def findings(label: str, d: Diagnosis) -> list[str]:
 
 def aliasing_png(check) -> bytes:
     """The averaged projection spectrum (log scale) with the stride lines marked, and the projections."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 4.4), dpi=110)
     spec = check.spectrum
@@ -209,10 +200,7 @@ def aliasing_png(check) -> bytes:
     ax.set_ylabel("fy (cycles/px)")
     fig.colorbar(im, ax=ax, label="log10 normalized power")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, tight=False)
 
 
 def save_diagnosis(out_dir: str, items: list, aliasing: list | None = None, extra: dict | None = None) -> list[str]:

@@ -327,17 +327,7 @@ def _labels(labels, n: int, cls: ClassOutput | None) -> list:
     return [int(v) for v in values]
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
 def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", desc="invariance", dynamic_ncols=True)
+    return tqdm(total=total, unit="img", desc="invariance", dynamic_ncols=True, disable=not enabled)

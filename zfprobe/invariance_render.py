@@ -8,18 +8,11 @@ import os
 
 import numpy as np
 
+from zfprobe import render
+
 BAND_NOTE = "thin lines: one per image; thick line: mean over images; band: mean +- one standard deviation"
 MAX_LEGEND = 8
 AXIS = {"px": "shift (px)", "x": "scale factor", "deg": "rotation (degrees)"}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _panel(ax, amounts, values: np.ndarray, labels, colours, ylabel: str, title: str, unit: str, ylim=None) -> None:
@@ -48,7 +41,7 @@ def _short(name: str) -> str:
 
 def figure_png(result, raw: bool = False) -> bytes:
     """Rows: transforms; columns: each layer's distance (normalized, or raw), then p(true class)."""
-    plt = _plt()
+    plt = render.pyplot()
     kinds = [t.kind for t in result.transforms]
     ncols = len(result.layers) + (1 if result.has_classes else 0)
     fig, axes = plt.subplots(len(kinds), ncols, figsize=(3.4 * ncols + 1.6, 2.7 * len(kinds)), dpi=100, squeeze=False)
@@ -70,12 +63,12 @@ def figure_png(result, raw: bool = False) -> bytes:
     kind = "raw Euclidean distance" if raw else "Euclidean distance divided by the original's norm"
     fig.suptitle(f"Invariance of {len(result.images)} image(s): {kind}\n{BAND_NOTE}", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    return _save(fig, plt)
+    return render.figure_png(fig)
 
 
 def examples_png(result) -> bytes:
     """The first image under every amount of every transform (what the curves are about)."""
-    plt = _plt()
+    plt = render.pyplot()
     kinds = [t.kind for t in result.transforms]
     per_row = max(len(t.amounts) for t in result.transforms)
     show = min(per_row, 13)
@@ -92,14 +85,9 @@ def examples_png(result) -> bytes:
     fig.suptitle(f"{_short(result.images[0])} as the model sees it (fill {result.fill_name}: "
                  f"pixel {', '.join(map(str, result.fill))})", fontsize=10)
     fig.tight_layout()
-    return _save(fig, plt)
+    return render.figure_png(fig)
 
 
-def _save(fig, plt) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def curves_csv(result) -> bytes:
@@ -158,15 +146,9 @@ def summary_md(result) -> str:
 def manifest(result, probe=None, files=None) -> dict:
     from zfprobe import __version__
     from zfprobe.invariance import NO_CLASS_NOTE
-    from zfprobe.visualize import file_sha256
+    from zfprobe.provenance import model_manifest
 
-    model = {}
-    if probe is not None:
-        model = {"path": probe.source,
-                 "sha256": file_sha256(probe.source) if probe.source and os.path.isfile(probe.source) else None,
-                 "input": probe.input_name, "input_shape": list(probe.input_shape),
-                 "backend": getattr(probe.backend, "name", type(probe.backend).__name__),
-                 "device": getattr(probe.backend, "device", "cpu")}
+    model = model_manifest(probe) if probe is not None else {}
     return {
         "zfprobe_version": __version__,
         "command": "invariance",

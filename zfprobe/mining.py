@@ -323,20 +323,11 @@ def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
         pool.shutdown(wait=True)
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
 def _progress(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="img", desc="mining", dynamic_ncols=True, smoothing=0.1)
+    return tqdm(total=total, initial=initial, unit="img", desc="mining", dynamic_ncols=True, smoothing=0.1,
+                disable=not enabled)
 
 
 def _save_state(path: str, fingerprint: str, tops: dict[str, LayerTopK], consumed: int, skipped, n_total: int) -> None:

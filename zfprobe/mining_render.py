@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -195,7 +194,8 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
     from zfprobe import __version__
     from zfprobe.outputs import OutputStage
     from zfprobe.receptive_field import receptive_field
-    from zfprobe.visualize import DISPLAY_MAPPING, file_sha256
+    from zfprobe.provenance import model_manifest
+    from zfprobe.visualize import DISPLAY_MAPPING
 
     with OutputStage(out_dir) as stage:
         files: list[str] = []
@@ -236,9 +236,7 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
         manifest = {
             "zfprobe_version": __version__,
             "command": "mine",
-            "model": {"path": probe.source, "sha256": file_sha256(probe.source) if probe.source and os.path.isfile(probe.source) else None,
-                      "input": probe.input_name, "input_shape": list(probe.input_shape),
-                      "backend": getattr(probe.backend, "name", type(probe.backend).__name__)},
+            "model": model_manifest(probe),
             "dataset": result.dataset.describe(),
             "summary": result.summary(),
             "skipped": [{"index": i, "name": result.dataset.name(i), "reason": r} for i, r in result.skipped],

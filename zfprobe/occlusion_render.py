@@ -3,9 +3,10 @@ class legend; the arrays (npz); the projection; the manifest. Written all or not
 from __future__ import annotations
 
 import io
-import os
 
 import numpy as np
+
+from zfprobe.render import figure_png, pyplot
 
 MAP_FILES = {"activation": "occlusion_activation.png", "probability": "occlusion_probability.png",
              "label_map": "occlusion_label.png"}
@@ -26,10 +27,7 @@ def _class_name(result, k: int) -> str:
 
 
 def _figure_png(result, kind: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.patches import Patch, Rectangle
 
@@ -74,10 +72,7 @@ def _figure_png(result, kind: str) -> bytes:
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def projection_png(result) -> np.ndarray:
@@ -110,15 +105,9 @@ def save_result(result, out_dir: str, probe=None) -> list[str]:
 def manifest(result, probe=None, files=None) -> dict:
     from zfprobe import __version__
     from zfprobe.occlusion import POSITION_NOTE, PROBABILITY_NOTE
-    from zfprobe.visualize import file_sha256
+    from zfprobe.provenance import model_manifest
 
-    model = {}
-    if probe is not None:
-        model = {"path": probe.source,
-                 "sha256": file_sha256(probe.source) if probe.source and os.path.isfile(probe.source) else None,
-                 "input": probe.input_name, "input_shape": list(probe.input_shape),
-                 "backend": getattr(probe.backend, "name", type(probe.backend).__name__),
-                 "device": getattr(probe.backend, "device", "cpu")}
+    model = model_manifest(probe) if probe is not None else {}
     label_name = None
     if result.label is not None and result.class_names and result.label < len(result.class_names):
         label_name = result.class_names[result.label]

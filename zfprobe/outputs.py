@@ -287,7 +287,7 @@ def _apply_journal(destination: str, journal: dict) -> None:
     if MANIFEST not in files:
         for stale in journal["stale"]:
             _remove_file(destination, stale)
-    _fsync_dir(destination)
+    fsync_dir(destination)
     os.unlink(os.path.join(destination, JOURNAL))
     shutil.rmtree(staging, ignore_errors=True)
 
@@ -373,7 +373,8 @@ def _remove_leaked_staging(destination: str) -> None:
                 pass
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make a folder's renames durable (best effort: some file systems refuse it)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:

@@ -119,3 +119,31 @@ def with_legend(sheet: np.ndarray, percentile: float | None) -> np.ndarray:
         pad = np.full((sheet.shape[0], bar.shape[1] - sheet.shape[1], 3), 255, np.uint8)
         sheet = np.concatenate([sheet, pad], axis=1)
     return np.concatenate([sheet, bar], axis=0)
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: figures render without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def new_figure(width: float, height: float, dpi: int = 120):
+    """A matplotlib Figure outside pyplot's registry (nothing to close, safe in threads)."""
+    pyplot()
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=dpi)
+
+
+def figure_png(fig, tight: bool = True) -> bytes:
+    """A matplotlib figure as PNG bytes (``tight``: trimmed to its content); the figure is closed."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **({"bbox_inches": "tight"} if tight else {}))
+    pyplot().close(fig)
+    return buf.getvalue()

@@ -164,9 +164,9 @@ def weight_layers(graph: Graph, tensor: str) -> list[WeightLayer]:
 def _fans(layer: WeightLayer, graph: Graph) -> tuple[int, int]:
     w = np.asarray(graph.constants[layer.weight])
     if layer.op_type in ("Conv", "ConvTranspose") and w.ndim >= 3:
+        # [out, in/groups, *kernel] for Conv, [in, out/groups, *kernel] for ConvTranspose: torch's
+        # fan_in is axis 1 times the kernel for both (what He and Glorot init mean for them)
         field_size = int(np.prod(w.shape[2:]))
-        if layer.op_type == "Conv":
-            return w.shape[1] * field_size, w.shape[0] * field_size
         return w.shape[1] * field_size, w.shape[0] * field_size
     if layer.op_type == "Gemm" and graph.node(layer.node).attrs.get("transB", 0):
         return w.shape[1], w.shape[0]

@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 
-from zfprobe.render import projection_to_hwc, signed_to_uint8
+from zfprobe.render import figure_png, projection_to_hwc, pyplot, signed_to_uint8
 from zfprobe.sanity import SanityResult
 from zfprobe.similarity import METRICS
 
@@ -29,13 +29,10 @@ def _csv_text(rows: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
-def curves_figure(result: SanityResult) -> np.ndarray:
+def curves_figure(result: SanityResult) -> bytes:
     """One row per mode, one panel per measure: the mean similarity to the trained model against
     the randomized layers, one line per rule with a +-1 std band."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     summary = result.summary()
     fig, axes = plt.subplots(len(result.modes), len(METRICS), figsize=(4.2 * len(METRICS), 4.2 * len(result.modes)),
@@ -65,16 +62,13 @@ def curves_figure(result: SanityResult) -> np.ndarray:
                 ax.legend(fontsize=8, loc="lower left")
     fig.suptitle(f"Sanity checks at {result.layer}: similarity of projections to the trained model's "
                  f"(mean ± std over {len(result.seeds)} units), init '{result.init}'", fontsize=10)
-    return _to_rgb(fig)
+    return figure_png(fig, tight=False)
 
 
-def strip_figure(result: SanityResult, mode: str) -> np.ndarray:
+def strip_figure(result: SanityResult, mode: str) -> bytes:
     """Rows are rules, columns the steps: the first unit's projection as the weights are
     randomized (inside its receptive field, with the same crop of the input on the left)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps = result.steps[mode]
     meta = result.seeds[0]
@@ -102,16 +96,7 @@ def strip_figure(result: SanityResult, mode: str) -> np.ndarray:
     where = f"channel {meta['channel']} at {meta['position']}" if meta["position"] else f"unit {meta['channel']} (class score)"
     fig.suptitle(f"{mode} randomization, {result.layer} {where} "
                  f"(grey = 0; scale: {STRIP_PERCENTILE:g}th percentile of |p| per tile)", fontsize=9)
-    return _to_rgb(fig)
-
-
-def _to_rgb(fig) -> np.ndarray:
-    import matplotlib.pyplot as plt
-
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return image
+    return figure_png(fig, tight=False)
 
 
 def summary_markdown(result: SanityResult) -> str:
@@ -144,16 +129,12 @@ def summary_markdown(result: SanityResult) -> str:
 
 def manifest(result: SanityResult, probe, files: list[str]) -> dict:
     from zfprobe import __version__
-    from zfprobe.visualize import file_sha256
-    import os
+    from zfprobe.provenance import model_manifest
 
-    source = getattr(probe, "source", "") or ""
     return {
         "zfprobe_version": __version__,
         "command": "sanity",
-        "model": {"path": source, "sha256": file_sha256(source) if source and os.path.isfile(source) else None,
-                  "input": probe.input_name, "input_shape": list(probe.input_shape),
-                  "backend": getattr(probe.backend, "name", type(probe.backend).__name__)},
+        "model": model_manifest(probe),
         "layer": result.layer, "tensor": result.tensor, "rules": list(result.rules), "modes": list(result.modes),
         "init": result.init, "seed": result.seed, "units": result.units,
         "weight_layers": [{"node": l.node, "op_type": l.op_type, "weight": l.weight, "bias": l.bias}
@@ -180,9 +161,9 @@ def save(result: SanityResult, out_dir: str, probe) -> list[str]:
         files = [stage.write_bytes("sanity.csv", _csv_text(result.rows)),
                  stage.write_bytes("summary.csv", _csv_text(result.summary())),
                  stage.write_bytes("selectivity.csv", _csv_text(result.selectivity)),
-                 stage.write_png("curves.png", curves_figure(result))]
+                 stage.write_bytes("curves.png", curves_figure(result))]
         for mode in result.modes:
-            files.append(stage.write_png(f"strip_{mode}.png", strip_figure(result, mode)))
+            files.append(stage.write_bytes(f"strip_{mode}.png", strip_figure(result, mode)))
         files.append(stage.write_bytes("summary.md", summary_markdown(result).encode()))
         files.append("manifest.json")
         stage.write_json("manifest.json", manifest(result, probe, files))

@@ -12,6 +12,7 @@ import io
 
 import numpy as np
 
+from zfprobe.render import figure_png, new_figure
 from zfprobe.transfer import TransferResult
 
 
@@ -48,27 +49,12 @@ def table_csv(result: TransferResult) -> str:
     return buf.getvalue()
 
 
-def _figure(width: float, height: float):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=120)
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return buf.getvalue()
-
-
 def depth_plot(result: TransferResult, title: str) -> bytes:
     """Accuracy against depth (Table 7 as a picture): one line per N, error bars = std over splits."""
     rows = result.table()
     soft = [r for r in rows if r["method"] == "softmax"]
     scratch = [r for r in rows if r["method"] == "scratch"]
-    fig = _figure(max(5.5, 0.75 * len(soft) + 2.5), 3.8)
+    fig = new_figure(max(5.5, 0.75 * len(soft) + 2.5), 3.8)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(soft))
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
@@ -92,13 +78,13 @@ def depth_plot(result: TransferResult, title: str) -> bytes:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=10)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def bar_plot(result: TransferResult, title: str) -> bytes:
     """Grouped bars: per training-set size, each layer's softmax and the from-scratch net."""
     rows = result.table()
-    fig = _figure(max(5.0, 1.6 * len(result.per_class) * max(1, len(rows)) / 2 + 2), 3.8)
+    fig = new_figure(max(5.0, 1.6 * len(result.per_class) * max(1, len(rows)) / 2 + 2), 3.8)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(1, len(rows))
     palette = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
@@ -120,7 +106,7 @@ def bar_plot(result: TransferResult, title: str) -> bytes:
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=min(3, len(rows)), frameon=False)
     ax.set_title(title, fontsize=10)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def summary_markdown(result: TransferResult, command: str, model: str, data: str, pool: str) -> str:

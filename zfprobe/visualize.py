@@ -5,14 +5,13 @@ layer, send each down the deconvnet alone, and look at the result beside the inp
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from zfprobe.preprocess import Preprocessing
+from zfprobe.provenance import file_sha256, model_manifest  # noqa: F401 (file_sha256: re-exported)
 from zfprobe.render import (DEFAULT_PERCENTILE, contact_sheet, describe_mapping, projection_to_hwc,
                             signed_to_uint8, with_legend)
 from zfprobe.seeds import Seed, SeedRequest, seed_tensor
@@ -139,10 +138,7 @@ class Visualization:
 
         model = {}
         if probe is not None:
-            model = {"path": probe.source, "sha256": file_sha256(probe.source) if probe.source and os.path.isfile(probe.source) else None,
-                     "input": probe.input_name, "input_shape": list(probe.input_shape),
-                     "backend": getattr(probe.backend, "name", type(probe.backend).__name__),
-                     "device": getattr(probe.backend, "device", "cpu")}
+            model = model_manifest(probe)
             shape = probe.graph.shape(self.tensor)
             node = probe.graph.producer(self.tensor)
             model["layer_op_type"] = node.op_type if node else "input"
@@ -163,14 +159,6 @@ class Visualization:
             "files": files or [],
             "timings_s": self.timings,
         }
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def visualize(probe, image, layer: str, channels: list[int] | None = None, top: int | None = None,

@@ -107,11 +107,11 @@ class ReportBuilder:
         from zfprobe.mining_render import render_layer, safe_name
         from zfprobe.outputs import OutputStage
         from zfprobe.report.folders import analysis_page, find_analyses
-        from zfprobe.visualize import file_sha256
+        from zfprobe.provenance import model_sha256
 
         probe, opt = self.probe, self.opt
         t0 = time.perf_counter()
-        self.sha = file_sha256(probe.source) if probe.source and os.path.isfile(probe.source) else None
+        self.sha = model_sha256(probe)
         data = opt.data or sample_dataset(self.prep)
         dataset = open_dataset(data, self.prep, probe.input_shape)
         if len(dataset) == 0:
