@@ -14,7 +14,9 @@ changes the next projection without re-attaching. Other constants (folded shapes
 constants) are converted to device tensors once per program.
 
 Everything runs under ``torch.inference_mode()``: no autograd graph is ever built, and no
-parameter gradient is touched.
+parameter gradient is touched. On a GPU, TF32 is switched off while a program runs (and the
+user's setting restored after): cuDNN convolutions default to TF32, whose 10-bit mantissa would
+put projections ~1e-3 off their float32 values.
 
 Max-pooling switches follow ONNX's layout, not torch's: the index is flattened over the whole
 ``N x C x H x W`` tensor (torch's per-plane index + ``(n * C + c) * H * W``), because the
@@ -53,6 +55,50 @@ def _torch():
     import torch
 
     return torch
+
+
+class _Float32Math:
+    """While active on a CUDA device: convolutions and matmuls in full float32, not TF32.
+
+    torch >= 2.9 has per-backend ``fp32_precision`` switches and refuses to mix them with the
+    legacy ``allow_tf32`` flags once either was set, so the newer API is used where it exists.
+    """
+
+    _NEW = (("cuda", "matmul"), ("cudnn", "conv"))
+    _LEGACY = (("cuda", "matmul"), ("cudnn", None))
+
+    def __init__(self, device):
+        self.active = getattr(device, "type", str(device)) == "cuda"
+        self.saved: list = []
+
+    @staticmethod
+    def _switch(backend: str, part: str | None):
+        obj = getattr(_torch().backends, backend)
+        return getattr(obj, part) if part else obj
+
+    def __enter__(self):
+        if not self.active:
+            return self
+        try:
+            for backend, part in self._NEW:
+                obj = self._switch(backend, part)
+                self.saved.append((obj, "fp32_precision", obj.fp32_precision))
+            for obj, attr, _ in self.saved:
+                setattr(obj, attr, "ieee")
+        except (AttributeError, RuntimeError):
+            self.saved = []
+            for backend, part in self._LEGACY:
+                obj = self._switch(backend, part)
+                self.saved.append((obj, "allow_tf32", obj.allow_tf32))
+            for obj, attr, _ in self.saved:
+                setattr(obj, attr, False)
+        return self
+
+    def __exit__(self, *exc):
+        for obj, attr, value in reversed(self.saved):
+            setattr(obj, attr, value)
+        self.saved = []
+        return False
 
 
 def _F():
@@ -1027,7 +1073,7 @@ class TorchBackend:
         torch = _torch()
         compiled = self.compile(program)
         wanted = list(outputs or program.outputs)
-        with torch.inference_mode():
+        with torch.inference_mode(), _Float32Math(self._device):
             env: dict[str, Any] = dict(compiled.constants)
             env.update(self._live(compiled))
             for name, value in feeds.items():

@@ -9,6 +9,10 @@ Captum's per-position probabilities are read in its forward function, and its at
 also recomputed from zfprobe's map.
 
     python benchmarks/occlude.py [--ppe 16,32,64,128] [--threads 2] [--plain] [--torch-lrn]
+                                 [--backend onnxruntime|torch] [--device cpu|cuda]
+
+``--device cuda`` runs zfprobe's torch backend and Captum on the same GPU (TF32 off for both, so
+they compute the same float32 maps).
 
 The default --ppe 64 was Captum's fastest of 16, 32, 64, 128 on 2 cores. ``--torch-lrn``: the
 same ZFNet written with torch's ``nn.LocalResponseNorm`` (exported as a decomposed chain, which
@@ -65,7 +69,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime")
     ap.add_argument("--plain", action="store_true", help="also time zfprobe's plain batched path")
     ap.add_argument("--torch-lrn", action="store_true", help="ZFNet with torch's nn.LocalResponseNorm")
+    ap.add_argument("--backend", choices=["onnxruntime", "torch"], default=None,
+                    help="zfprobe's backend (default: onnxruntime on the CPU, torch on a GPU)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
+    backend = args.backend or ("torch" if args.device == "cuda" else "onnxruntime")
 
     import torch
     from captum.attr import Occlusion
@@ -75,16 +83,25 @@ def main() -> None:
     from zfprobe.occlusion import build_engine, class_output, fill_values, multiply_adds, occlude
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.zeros(1, device=device)  # the CUDA context: paid once by whichever side goes first
+        torch.backends.cudnn.conv.fp32_precision = "ieee"  # Captum in float32, as zfprobe runs
     module, onnx_path = zfnet_files(torch_lrn=args.torch_lrn)
+    module = module.to(device)
     t_load = time.perf_counter()
-    probe = zfprobe.load(onnx_path)
-    probe.backend = OnnxRuntimeBackend("cpu", threads=args.threads)
+    if backend == "torch":
+        probe = zfprobe.load(onnx_path, backend="torch", device=args.device)
+    else:
+        probe = zfprobe.load(onnx_path)
+        probe.backend = OnnxRuntimeBackend(args.device, threads=args.threads)
     t_load = time.perf_counter() - t_load
     image_path, prep, x = image_and_prep(probe)
     fill, _ = fill_values("grey", prep, 3)
     lrn = "nn.LocalResponseNorm (fused: " + ", ".join(sorted(set(probe.graph.metadata.get("fused", {}).values()))) + ")" \
         if args.torch_lrn else "ONNX LRN nodes"
-    print(f"ZFNet 224x224 with {lrn}, square {SIZE}, stride {STRIDE}; {args.threads} threads; "
+    print(f"ZFNet 224x224 with {lrn}, square {SIZE}, stride {STRIDE}; zfprobe backend {backend} on {args.device}, "
+          f"Captum on {args.device}; {args.threads} CPU threads; "
           f"image {os.path.basename(image_path)}")
 
     def run_zfprobe(method):
@@ -114,14 +131,14 @@ def main() -> None:
               f"{np.abs(plain.probability - res.probability).max():.2e}; measured speed-up of incremental "
               f"{t_plain / warm:.2f}x (ideal {plain_macs / inc_macs:.2f}x)")
 
-    xt = torch.from_numpy(x)
-    base = torch.from_numpy(np.broadcast_to(fill[:, None, None], x.shape[1:])[None].copy())
+    xt = torch.from_numpy(x).to(device)
+    base = torch.from_numpy(np.broadcast_to(fill[:, None, None], x.shape[1:])[None].copy()).to(device)
     seen: list[np.ndarray] = []
 
     def forward(inp):
         with torch.no_grad():
             p = torch.softmax(module(inp), dim=1)
-        seen.append(p[:, label].numpy().copy())
+        seen.append(p[:, label].cpu().numpy().copy())
         return p
 
     occlusion = Occlusion(forward)
@@ -132,7 +149,7 @@ def main() -> None:
             seen.clear()
             t = time.perf_counter()
             attr = occlusion.attribute(xt, sliding_window_shapes=(3, SIZE, SIZE), strides=(3, STRIDE, STRIDE),
-                                       baselines=base, target=label, perturbations_per_eval=ppe)
+                                       baselines=base, target=label, perturbations_per_eval=ppe).cpu()
             runs.append(time.perf_counter() - t)
         captum_cold = runs[0] if captum_cold is None else captum_cold
         elapsed = runs[1]

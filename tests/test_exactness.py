@@ -106,6 +106,18 @@ FAST = {("torch", "zfnet_small", "norm2"), ("torch", "zfnet_small", "pool5"),
         ("light", "resnet50", "r24"), ("rapidocr", "rapidocr_cls", "tmp_0")}
 BACKENDS = ("onnxruntime", "torch", "tensorflow")
 INPUTS = ("photos", "random0", "random1", "random2")
+# The torch backend on a CUDA device (TF32 off, see adapters/torch_backend.py): the same strict
+# bound, on the nets whose assets need neither TensorFlow nor extra downloads; `pytest -m gpu`.
+GPU_KINDS = ("torch", "efficientnet")
+GPU_INPUTS = ("photos", "random0")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def _params():
@@ -118,6 +130,10 @@ def _params():
                 marks = () if fast else (pytest.mark.slow,)
                 out.append(pytest.param(kind, net, layer, backend, inputs, marks=marks,
                                         id=f"{name}-{layer}-{backend}-{inputs}"))
+            if kind in GPU_KINDS and inputs in GPU_INPUTS:
+                gpu = (pytest.mark.gpu, pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA device"))
+                out.append(pytest.param(kind, net, layer, "torch-cuda", inputs, marks=gpu,
+                                        id=f"{name}-{layer}-torch-cuda-{inputs}"))
     return out
 
 
@@ -230,10 +246,10 @@ def _probe(zoo, case, path, input_shape, backend):
     if backend == "onnxruntime":
         return probe
 
-    if backend == "torch":
+    if backend in ("torch", "torch-cuda"):
         from zfprobe.adapters.torch_backend import TorchBackend
 
-        return Probe(probe.graph, TorchBackend(device="cpu"))
+        return Probe(probe.graph, TorchBackend(device="cuda" if backend == "torch-cuda" else "cpu"))
     pytest.importorskip("tensorflow")
     from zfprobe.adapters.tf_backend import TensorFlowBackend
 
