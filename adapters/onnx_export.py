@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from zfprobe.graph import Graph
+from zfprobe.ops.onnx_semantics import onnx_code
+from zfprobe.program import decompose
 
 OPSET = 17
 IR_VERSION = 8
@@ -81,15 +83,11 @@ def _decompose_groupnorm(node, const):
 DECOMPOSITIONS = {"Gelu": _decompose_gelu, "Mish": _decompose_mish, "Swish": _decompose_swish,
                   "GroupNormalization": _decompose_groupnorm}
 
-_NP_TO_ONNX = {np.dtype(np.float32): 1, np.dtype(np.int64): 7, np.dtype(np.float64): 11, np.dtype(np.int32): 6,
-               np.dtype(np.uint8): 2, np.dtype(np.bool_): 9, np.dtype(np.float16): 10}
-
-
 def _value_info(name: str, dtype, rank: int, batch_name: str):
     import onnx
 
     dims = [batch_name] + [None] * (rank - 1) if rank else []
-    return onnx.helper.make_tensor_value_info(name, _NP_TO_ONNX[np.dtype(dtype)], dims)
+    return onnx.helper.make_tensor_value_info(name, onnx_code(dtype), dims)
 
 
 def to_onnx(program: Graph, batch_names: dict[str, str] | None = None):
@@ -97,6 +95,7 @@ def to_onnx(program: Graph, batch_names: dict[str, str] | None = None):
     import onnx
     from onnx import helper, numpy_helper
 
+    program = decompose(program)  # zfprobe's own ops (Unpool) as standard ONNX
     batch_names = batch_names or {}
     nodes, initializers = [], []
     used_consts = set()

@@ -59,3 +59,25 @@ class ProgramBuilder:
             name=name,
             metadata=dict(metadata or {}),
         )
+
+
+def decompose(program: Graph, keep=frozenset()) -> Graph:
+    """``program`` with each node that has a default decomposition
+    (:data:`zfprobe.ops.registry.DECOMPOSITIONS`) and whose op is not in ``keep`` (the ops a
+    backend has kernels for) replaced by that decomposition; ``program`` itself if there is none."""
+    import zfprobe.inverses  # noqa: F401  (imports the op families, which register their decompositions)
+    from zfprobe.ops.registry import DECOMPOSITIONS
+
+    if not any(n.op_type in DECOMPOSITIONS and n.op_type not in keep for n in program.nodes):
+        return program
+    nodes, constants = [], dict(program.constants)
+    for node in program.nodes:
+        if node.op_type in DECOMPOSITIONS and node.op_type not in keep:
+            parts, consts = DECOMPOSITIONS[node.op_type](node)
+            nodes.extend(parts)
+            constants.update(consts)
+        else:
+            nodes.append(node)
+    return Graph(nodes=nodes, inputs=list(program.inputs), outputs=list(program.outputs), constants=constants,
+                 shapes=program.shapes, dtypes=program.dtypes, parameter_refs=program.parameter_refs,
+                 name=program.name, metadata=dict(program.metadata))
