@@ -25,7 +25,8 @@ import numpy as np
 
 from zfprobe.graph import Graph, Node
 from zfprobe.ops.geometry import AxisWindow, axis_windows, conv_transpose_length, same_window
-from zfprobe.ops.onnx_semantics import dtype_name, pool_divisors, switch_in_image, switch_index, unpadded
+from zfprobe.ops.onnx_semantics import (dtype_name, pad_pairs, pool_divisors, switch_in_image, switch_index,
+                                        unpadded)
 
 
 def _tf():
@@ -468,7 +469,7 @@ def _pad(run: _Run, node: Node, ins: list[_V]):
     mode = a.get("mode", "constant").upper()
     if mode in ("EDGE", "WRAP"):
         return [_V(_pad_by_index(tf, run.first(v), pads, mode.lower()))]
-    pairs = [[pads[i], pads[i + rank]] for i in range(rank)]
+    pairs = [list(pair) for pair in pad_pairs(pads, rank)]
     value = float(a.get("value", 0.0) or 0.0)
     if v.nhwc:
         pairs = [pairs[p] for p in _TO_LAST]

@@ -52,6 +52,12 @@ def onnx_code(dtype) -> int:
 
 
 # ------------------------------------------------------------------ pads --------------------
+# ONNX Pad's modes; the copying ones are also numpy.pad's names for the same rules (reflect
+# excludes the edge, edge repeats it, wrap is circular).
+CONSTANT_PAD = "constant"
+COPY_PAD_MODES = ("reflect", "edge", "wrap")
+
+
 def pad_pairs(pads: Sequence[int], nd: int) -> list[tuple[int, int]]:
     """ONNX pads ``[b_0.., e_0..]`` over ``nd`` axes -> ``[(b_0, e_0), ...]``."""
     return [(int(pads[i]), int(pads[i + nd])) for i in range(nd)]
