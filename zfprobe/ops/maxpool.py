@@ -20,6 +20,7 @@ import numpy as np
 from zfprobe.graph import Node
 from zfprobe.inverses import check, inverse
 from zfprobe.ops.registry import DECOMPOSITIONS
+from zfprobe.program import Decomposition
 
 UNPOOL = "Unpool"
 
@@ -45,23 +46,11 @@ def decompose_unpool(node: Node) -> tuple[list[Node], dict[str, np.ndarray]]:
     signal, switches = node.inputs
     shape = [int(s) for s in node.attrs["shape"]]
     per_image = int(np.prod(shape))
-    p = node.name
-    consts = {f"{p}/per_image": np.array(per_image, np.int64), f"{p}/row": np.array([per_image], np.int64)}
-
-    def n(op: str, ins: list[str], out: str, **attrs) -> Node:
-        return Node(f"{p}/{out}", op, ins, [f"{p}/{out}"], attrs, node.source or node.name)
-
-    parts = [
-        n("Flatten", [signal], "upd", axis=1),
-        n("Mod", [switches, f"{p}/per_image"], "in_image"),
-        n("Flatten", [f"{p}/in_image"], "flat_switch", axis=1),
-        n("Shape", [f"{p}/upd"], "upd_shape"),
-        n("Expand", [f"{p}/flat_switch", f"{p}/upd_shape"], "index"),
-        n("Shape", [f"{p}/upd"], "rows", start=0, end=1),
-        n("Concat", [f"{p}/rows", f"{p}/row"], "zeros_shape", axis=0),
-        n("ConstantOfShape", [f"{p}/zeros_shape"], "zeros", value=0.0),
-        n("ScatterElements", [f"{p}/zeros", f"{p}/index", f"{p}/upd"], "flat", axis=1, reduction="add"),
-    ]
-    parts.append(Node(f"{p}/out", "Reshape", [f"{p}/flat"], list(node.outputs), {"shape": [-1, *shape]},
-                      node.source or node.name))
-    return parts, consts
+    d = Decomposition(node)
+    upd = d.op("Flatten", signal, axis=1)
+    index = d.op("Flatten", d.op("Mod", switches, d.const(per_image, np.int64)), axis=1)
+    index = d.op("Expand", index, d.op("Shape", upd))  # switches of one image serve every seed
+    rows = d.op("Concat", d.op("Shape", upd, start=0, end=1), d.const([per_image], np.int64), axis=0)
+    flat = d.op("ScatterElements", d.op("ConstantOfShape", rows, value=0.0), index, upd, axis=1, reduction="add")
+    d.op("Reshape", flat, last=True, shape=[-1, *shape])
+    return d.result()
