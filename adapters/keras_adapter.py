@@ -608,8 +608,8 @@ def _conv2d_transpose(w: _Walker, layer, inputs):
     out_hw = [int(s) for s in layer.compute_output_shape((1, shape[2], shape[3], shape[1]))[1:3]]
     begins, ends, out_pad = [], [], []
     for i, k in enumerate((kh, kw)):
-        span = (k - 1) * dil[i] + 1
-        total = max(0, (shape[2 + i] - 1) * strides[i] + span - out_hw[i]) if layer.padding == "same" else 0
+        full = conv_transpose_length(shape[2 + i], AxisWindow(k, strides[i], dil[i]))
+        total = max(0, full - out_hw[i]) if layer.padding == "same" else 0
         b, e = split_pad(total, upper=True)
         begins.append(b)
         ends.append(e)

@@ -31,7 +31,7 @@ def normalize(ctx, node):
     if a.get("output_shape") is not None or auto_pad in SAME_MODES:
         begins, ends = [], []
         for i in range(nd):
-            full = strides[i] * (n_in[i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
+            full = conv_transpose_length(n_in[i], AxisWindow(kernel[i], strides[i], dilations[i]), out_pad[i])
             # ONNX: SAME_UPPER puts the odd pad at the end; otherwise (SAME_LOWER, output_shape) at the start.
             b, e = split_pad(full - n_out[i], upper=auto_pad == SAME_UPPER)
             begins.append(b)
