@@ -193,7 +193,7 @@ def _maxpool(node: Node):
         n, c, h, w = x.shape
         if native:
             y, idx = fn(x, kernel, strides, pads[:nd], dilations, ceil, return_indices=True)
-            row, col = idx // w, idx % w
+            row, col = 0, idx  # torch's index is already row-major within the unpadded plane
         else:
             xp = padded(x)
             y, idx = fn(xp, kernel, strides, 0, dilations, False, return_indices=True)

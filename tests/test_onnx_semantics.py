@@ -154,3 +154,38 @@ def test_same_window_matches_tensorflow_same_output():
     w = same_window(8, 3, 2)
     assert (w.pad_begin, w.pad_end, w.out_length(8)) == (0, 1, 4)
     assert AxisWindow(3, 2, 1, 0, 1).out_length(8) == 4
+
+
+@pytest.mark.parametrize("backend", ["torch", "tensorflow"])
+def test_backend_pools_follow_onnx_on_every_pad_and_ceil_case(backend):
+    """The torch and TensorFlow pools built on these helpers, over the same grid (asymmetric
+    pads, ceil mode, both divisor modes, switches), against onnxruntime."""
+    from zfprobe.graph import Graph, Node
+
+    if backend == "torch":
+        pytest.importorskip("torch")
+        from zfprobe.adapters.torch_backend import TorchBackend
+
+        runner = TorchBackend(device="cpu")
+    else:
+        pytest.importorskip("tensorflow")
+        from zfprobe.adapters.tf_backend import TensorFlowBackend
+
+        runner = TensorFlowBackend("cpu")
+    x = RNG.standard_normal((2, 3, 8, 7)).astype(np.float32)
+    f32, i64 = np.dtype(np.float32), np.dtype(np.int64)
+    for attrs in POOLS:
+        for op, extra in (("MaxPool", {"dilations": [1, 1]}), ("AveragePool", {"count_include_pad": 0}),
+                          ("AveragePool", {"count_include_pad": 1})):
+            n_out = 2 if op == "MaxPool" else 1
+            outs = ["y0", "y1"][:n_out]
+            node = Node("n", op, ["x"], outs, dict(attrs, **extra))
+            graph = Graph([node], ["x"], outs, {}, {"x": x.shape, "y0": (), "y1": ()},
+                          {"x": f32, "y0": f32, "y1": i64})
+            got = runner.run(graph, {"x": x}, outs)
+            want = _run(op, x, n_out=n_out, opset=12, **{k: v for k, v in dict(attrs, **extra).items()
+                                                        if k != "dilations"})
+            want = want if n_out > 1 else [want]
+            assert np.allclose(np.asarray(got[0]), want[0], atol=1e-5), (backend, op, attrs, extra)
+            if n_out > 1:
+                assert np.array_equal(np.asarray(got[1]).astype(np.int64), want[1]), (backend, attrs)

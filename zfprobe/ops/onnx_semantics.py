@@ -89,7 +89,8 @@ def pool_divisors(n_in: Sequence[int], windows: Sequence[AxisWindow], include_pa
 # ------------------------------------------------------------------ max-pool switches -------
 def switch_index(plane, row, col, height: int, width: int):
     """ONNX MaxPool's ``Indices`` (onnxruntime, storage_order 0): the argmax flattened over the
-    whole ``N x C x H x W`` input, ``plane = n * C + c``, ``(row, col)`` on the unpadded input."""
+    whole ``N x C x H x W`` input, ``plane = n * C + c``, ``(row, col)`` on the unpadded input
+    (or row 0 and ``col`` the row-major index within the plane)."""
     return (plane * height + row) * width + col
 
 
