@@ -36,6 +36,7 @@ import numpy as np
 from zfprobe.errors import ModelLoadError, ZfprobeError
 from zfprobe.fusion import fuse
 from zfprobe.graph import Graph, Node
+from zfprobe.ops.geometry import AxisWindow, conv_transpose_length, same_window, split_pad
 
 
 class KerasLayerError(ZfprobeError):
@@ -90,18 +91,6 @@ def keras_axis_to_view(axis: int, rank: int) -> int:
         return axis
     return 1 if axis == rank - 1 else axis + 1
 
-
-def same_pads(n_in: int, kernel: int, stride: int, dilation: int) -> tuple[int, int, int]:
-    """TensorFlow's 'same' padding: (output size, pad before, pad after); the extra pixel goes after."""
-    eff = (kernel - 1) * dilation + 1
-    n_out = -(-n_in // stride)
-    total = max(0, (n_out - 1) * stride + eff - n_in)
-    return n_out, total // 2, total - total // 2
-
-
-def valid_out(n_in: int, kernel: int, stride: int, dilation: int) -> int:
-    eff = (kernel - 1) * dilation + 1
-    return (n_in - eff) // stride + 1
 
 
 # -------------------------------------------------------------------------------------------------
@@ -292,12 +281,13 @@ def _spatial_geometry(w: _Walker, layer, x: str, kernel, strides, dilations, pad
     outs, begins, ends = [], [], []
     for i in range(2):
         n = shape[2 + i]
-        if padding == "same":
-            o, b, e = same_pads(n, kernel[i], strides[i], dilations[i])
+        if padding == "same":  # TensorFlow's 'same' is ONNX's SAME_UPPER
+            win = same_window(n, kernel[i], strides[i], dilations[i], upper=True)
         elif padding == "valid":
-            o, b, e = valid_out(n, kernel[i], strides[i], dilations[i]), 0, 0
+            win = AxisWindow(kernel[i], strides[i], dilations[i])
         else:
             raise KerasLayerError(f"layer '{layer.name}' ({type(layer).__name__}) uses padding='{padding}'")
+        o, b, e = win.out_length(n), win.pad_begin, win.pad_end
         if o <= 0:
             raise KerasLayerError(f"layer '{layer.name}' ({type(layer).__name__}): the input {shape[2:]} is smaller "
                                   "than its window")
@@ -611,8 +601,6 @@ def _reshape(w: _Walker, layer, inputs):
 def _conv2d_transpose(w: _Walker, layer, inputs):
     """Keras' transposed conv: the output size Keras computes, and the crop TensorFlow applies
     (the 'same' pads of the forward conv from that output back to the input)."""
-    from zfprobe.ops.geometry import AxisWindow, conv_transpose_length
-
     x = _one(layer, inputs)
     shape = w.shapes[x]
     kh, kw, cout, cin = (int(s) for s in layer.kernel.shape)
@@ -620,10 +608,11 @@ def _conv2d_transpose(w: _Walker, layer, inputs):
     out_hw = [int(s) for s in layer.compute_output_shape((1, shape[2], shape[3], shape[1]))[1:3]]
     begins, ends, out_pad = [], [], []
     for i, k in enumerate((kh, kw)):
-        span = (k - 1) * dil[i] + 1
-        total = max(0, (shape[2 + i] - 1) * strides[i] + span - out_hw[i]) if layer.padding == "same" else 0
-        begins.append(total // 2)
-        ends.append(total - total // 2)
+        full = conv_transpose_length(shape[2 + i], AxisWindow(k, strides[i], dil[i]))
+        total = max(0, full - out_hw[i]) if layer.padding == "same" else 0
+        b, e = split_pad(total, upper=True)
+        begins.append(b)
+        ends.append(e)
         out_pad.append(out_hw[i] - conv_transpose_length(shape[2 + i], AxisWindow(k, strides[i], dil[i], begins[i], ends[i])))
     if min(out_pad) < 0:
         raise KerasLayerError(f"layer '{layer.name}' (Conv2DTranspose): output size {out_hw} is not reachable")

@@ -2,13 +2,17 @@
 
 Canonical zfprobe nodes keep static parameters as attributes; ONNX 13+ wants several of them as
 constant inputs. ``TO_INPUTS`` says which attributes move to inputs, in which order, so the
-emitted model is plain ONNX that onnxruntime (or any other runtime) executes as is.
+emitted model is plain ONNX that onnxruntime (or any other runtime) executes as is. Canonical
+ops outside ONNX opset 17 (zfprobe's Unpool, its fused activations, newer ONNX ops) are written
+as their default decompositions (:func:`zfprobe.program.decompose`).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from zfprobe.graph import Graph
+from zfprobe.ops.onnx_semantics import onnx_code
+from zfprobe.program import decompose
 
 OPSET = 17
 IR_VERSION = 8
@@ -30,66 +34,11 @@ TO_INPUTS = {
 _DROP_ATTRS = {"Softmax": {"legacy_flatten"}, "Pad": {"value"}}
 
 
-
-def _decompose_gelu(node, const):
-    x, y, p = node.inputs[0], node.outputs[0], node.name
-    if node.attrs.get("approximate", "none") == "tanh":
-        c, k = np.sqrt(2.0 / np.pi), 0.044715
-        return [("Mul", [x, x], [f"{p}/x2"]), ("Mul", [f"{p}/x2", x], [f"{p}/x3"]),
-                ("Mul", [f"{p}/x3", const(k)], [f"{p}/kx3"]), ("Add", [x, f"{p}/kx3"], [f"{p}/inner"]),
-                ("Mul", [f"{p}/inner", const(c)], [f"{p}/u"]), ("Tanh", [f"{p}/u"], [f"{p}/t"]),
-                ("Add", [f"{p}/t", const(1.0)], [f"{p}/t1"]), ("Mul", [x, const(0.5)], [f"{p}/hx"]),
-                ("Mul", [f"{p}/hx", f"{p}/t1"], [y])]
-    return [("Mul", [x, const(1.0 / np.sqrt(2.0))], [f"{p}/xs"]), ("Erf", [f"{p}/xs"], [f"{p}/e"]),
-            ("Add", [f"{p}/e", const(1.0)], [f"{p}/e1"]), ("Mul", [x, const(0.5)], [f"{p}/hx"]),
-            ("Mul", [f"{p}/hx", f"{p}/e1"], [y])]
-
-
-def _decompose_mish(node, const):
-    x, y, p = node.inputs[0], node.outputs[0], node.name
-    return [("Softplus", [x], [f"{p}/sp"]), ("Tanh", [f"{p}/sp"], [f"{p}/t"]), ("Mul", [x, f"{p}/t"], [y])]
-
-
-def _decompose_swish(node, const):
-    x, y, p = node.inputs[0], node.outputs[0], node.name
-    alpha = float(node.attrs.get("alpha", 1.0))
-    ax = x
-    out = []
-    if alpha != 1.0:
-        out.append(("Mul", [x, const(alpha)], [f"{p}/ax"]))
-        ax = f"{p}/ax"
-    return out + [("Sigmoid", [ax], [f"{p}/s"]), ("Mul", [x, f"{p}/s"], [y])]
-
-
-def _decompose_groupnorm(node, const):
-    """Per-channel scale and bias (opset 21 semantics) through an opset-17 InstanceNormalization."""
-    x, scale, bias = node.inputs[:3]
-    y, p = node.outputs[0], node.name
-    groups = int(node.attrs["num_groups"])
-    ones, zeros = const(np.ones(groups, np.float32)), const(np.zeros(groups, np.float32))
-    grouped, channel = const(np.array([0, groups, -1], np.int64)), const(np.array([-1, 1, 1], np.int64))
-    return [("Reshape", [x, grouped], [f"{p}/grouped"]),
-            ("InstanceNormalization", [f"{p}/grouped", ones, zeros], [f"{p}/norm"],
-             {"epsilon": float(node.attrs.get("epsilon", 1e-5))}),
-            ("Shape", [x], [f"{p}/shape"]), ("Reshape", [f"{p}/norm", f"{p}/shape"], [f"{p}/back"]),
-            ("Reshape", [scale, channel], [f"{p}/scale"]), ("Reshape", [bias, channel], [f"{p}/bias"]),
-            ("Mul", [f"{p}/back", f"{p}/scale"], [f"{p}/scaled"]), ("Add", [f"{p}/scaled", f"{p}/bias"], [y])]
-
-
-# Canonical ops that are not in ONNX opset 17 (newer ONNX ops, or zfprobe's fused forms) are
-# written as their standard decomposition: op -> fn(node, const) -> [(op, inputs, outputs)].
-DECOMPOSITIONS = {"Gelu": _decompose_gelu, "Mish": _decompose_mish, "Swish": _decompose_swish,
-                  "GroupNormalization": _decompose_groupnorm}
-
-_NP_TO_ONNX = {np.dtype(np.float32): 1, np.dtype(np.int64): 7, np.dtype(np.float64): 11, np.dtype(np.int32): 6,
-               np.dtype(np.uint8): 2, np.dtype(np.bool_): 9, np.dtype(np.float16): 10}
-
-
 def _value_info(name: str, dtype, rank: int, batch_name: str):
     import onnx
 
     dims = [batch_name] + [None] * (rank - 1) if rank else []
-    return onnx.helper.make_tensor_value_info(name, _NP_TO_ONNX[np.dtype(dtype)], dims)
+    return onnx.helper.make_tensor_value_info(name, onnx_code(dtype), dims)
 
 
 def to_onnx(program: Graph, batch_names: dict[str, str] | None = None):
@@ -97,6 +46,7 @@ def to_onnx(program: Graph, batch_names: dict[str, str] | None = None):
     import onnx
     from onnx import helper, numpy_helper
 
+    program = decompose(program)  # zfprobe's own ops (Unpool, fused activations, ...) as standard ONNX
     batch_names = batch_names or {}
     nodes, initializers = [], []
     used_consts = set()
@@ -108,18 +58,9 @@ def to_onnx(program: Graph, batch_names: dict[str, str] | None = None):
         initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 
-    def scalar(value) -> str:
-        value = np.asarray(value)
-        return const_input(value, value.dtype if value.dtype != np.float64 else np.float32)
-
     for node in program.nodes:
         if node.op_type == "Resize":
             nodes.extend(_resize_as_matmuls(program, node, const_input))
-            continue
-        if node.op_type in DECOMPOSITIONS:
-            for i, (op, ins, outs, *extra) in enumerate(DECOMPOSITIONS[node.op_type](node, scalar)):
-                nodes.append(helper.make_node(op, ins, outs, name=f"{node.name}/{i}", **(extra[0] if extra else {})))
-            used_consts.update(i for i in node.inputs if i in program.constants)
             continue
         attrs = dict(node.attrs)
         inputs = list(node.inputs)

@@ -17,6 +17,8 @@ import numpy as np
 from zfprobe.errors import DynamicInputSizeError, ModelLoadError, ZfprobeError
 from zfprobe.fusion import fuse
 from zfprobe.graph import Graph, Node
+from zfprobe.ops.geometry import NOTSET, explicit_pads
+from zfprobe.ops.onnx_semantics import numpy_dtype
 from zfprobe.ops.registry import ONNX_NORMALIZERS
 import zfprobe.inverses  # noqa: F401,E402  (imports the op modules, which register their normalizers)
 
@@ -191,9 +193,6 @@ def _fixed_input_shape(value_info, input_shape: tuple[int, ...] | None) -> tuple
     return (1,) + tuple(declared[1:])
 
 
-_ONNX_TO_NUMPY = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64}
-
-
 def _probe_run(model, input_name: str, shape: tuple[int, ...], elem_type: int) -> dict[str, np.ndarray]:
     """Run the model once on zeros with every tensor exposed; returns name -> value."""
     import onnx
@@ -231,7 +230,7 @@ def _probe_run(model, input_name: str, shape: tuple[int, ...], elem_type: int) -
     except Exception as exc:
         msg = str(exc).splitlines()[0]
         raise ModelLoadError(f"onnxruntime cannot load this model: {msg}") from None
-    dtype = _ONNX_TO_NUMPY.get(elem_type, np.float32)
+    dtype = numpy_dtype(elem_type, np.float32)
     feeds = {input_name: np.zeros(shape, dtype=dtype)}
     names = [o.name for o in sess.get_outputs()]
     try:
@@ -297,22 +296,10 @@ class _Ctx:
         return self.constants.get(tensor)
 
 
-def _explicit_pads(ctx: _Ctx, node: Node, spatial_in: tuple[int, ...], spatial_out: tuple[int, ...],
-                   kernel: list[int], strides: list[int], dilations: list[int]) -> list[int]:
-    auto_pad = node.attrs.pop("auto_pad", "NOTSET")
-    pads = list(node.attrs.get("pads", [0] * (2 * len(kernel))))
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begins, ends = [], []
-        for i, (n_in, n_out) in enumerate(zip(spatial_in, spatial_out)):
-            eff = (kernel[i] - 1) * dilations[i] + 1
-            total = max(0, (n_out - 1) * strides[i] + eff - n_in)
-            small, big = total // 2, total - total // 2
-            begins.append(small if auto_pad == "SAME_UPPER" else big)
-            ends.append(big if auto_pad == "SAME_UPPER" else small)
-        pads = begins + ends
-    elif auto_pad == "VALID":
-        pads = [0] * (2 * len(kernel))
-    return [int(p) for p in pads]
+def _explicit_pads(node: Node, spatial_in: tuple[int, ...], kernel: list[int], strides: list[int],
+                   dilations: list[int]) -> list[int]:
+    return explicit_pads(node.attrs.pop("auto_pad", NOTSET), node.attrs.get("pads"), spatial_in, kernel, strides,
+                         dilations)
 
 
 @normalizer("Conv")
@@ -322,7 +309,7 @@ def _conv(ctx: _Ctx, node: Node) -> Node:
     nd = len(kernel)
     strides = list(node.attrs.get("strides", [1] * nd))
     dilations = list(node.attrs.get("dilations", [1] * nd))
-    pads = _explicit_pads(ctx, node, ctx.shape(node.inputs[0])[2:], ctx.shape(node.outputs[0])[2:], kernel, strides, dilations)
+    pads = _explicit_pads(node, ctx.shape(node.inputs[0])[2:], kernel, strides, dilations)
     node.attrs.update(kernel_shape=kernel, strides=strides, dilations=dilations, pads=pads,
                       group=int(node.attrs.get("group", 1)))
     return node
@@ -334,7 +321,7 @@ def _pool(ctx: _Ctx, node: Node) -> Node:
     nd = len(kernel)
     strides = list(node.attrs.get("strides", [1] * nd))
     dilations = list(node.attrs.get("dilations", [1] * nd))
-    pads = _explicit_pads(ctx, node, ctx.shape(node.inputs[0])[2:], ctx.shape(node.outputs[0])[2:], kernel, strides, dilations)
+    pads = _explicit_pads(node, ctx.shape(node.inputs[0])[2:], kernel, strides, dilations)
     node.attrs.update(kernel_shape=kernel, strides=strides, pads=pads, dilations=dilations,
                       ceil_mode=int(node.attrs.get("ceil_mode", 0)))
     if node.op_type == "AveragePool":
@@ -652,7 +639,7 @@ def import_onnx(path: str | os.PathLike, input_shape: tuple[int, ...] | None = N
     if inlined is not None:
         model, new_nodes = inlined
         values.update(_run_nodes(model, new_nodes, values))
-    values.setdefault(inp.name, np.zeros(shape, dtype=_ONNX_TO_NUMPY.get(elem, np.float32)))
+    values.setdefault(inp.name, np.zeros(shape, dtype=numpy_dtype(elem, np.float32)))
 
     constants: dict[str, np.ndarray] = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     nodes: list[Node] = []
@@ -689,7 +676,7 @@ def import_onnx(path: str | os.PathLike, input_shape: tuple[int, ...] | None = N
     shapes = {t: tuple(values[t].shape) for t in live_tensors if t in values}
     shapes[inp.name] = shape
     dtypes = {t: values[t].dtype for t in live_tensors if t in values}
-    dtypes[inp.name] = np.dtype(_ONNX_TO_NUMPY.get(elem, np.float32))
+    dtypes[inp.name] = np.dtype(numpy_dtype(elem, np.float32))
     used = {i for n in normalized for i in n.inputs if i}
     outputs = [o.name for o in model.graph.output if o.name in live_tensors]
     graph = Graph(

@@ -24,6 +24,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from zfprobe.graph import Graph, Node
+from zfprobe.ops.geometry import AxisWindow, axis_windows, conv_transpose_length, same_window
+from zfprobe.ops.onnx_semantics import (dtype_name, pad_pairs, pool_divisors, switch_in_image, switch_index,
+                                        unpadded)
 
 
 def _tf():
@@ -41,12 +44,11 @@ class _V:
     def __init__(self, t, nhwc: bool = False, info: dict | None = None):
         self.t = t
         self.nhwc = nhwc
-        self.info = info  # provenance for the fast unpooling path (see _scatter_elements_op)
+        self.info = info  # provenance: a MaxPool's own argmax rides along with its switches (see _unpool)
 
 
 _TO_LAST = [0, 2, 3, 1]
 _TO_FIRST = [0, 3, 1, 2]
-_ONNX_DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 11: "float64", 10: "float16", 2: "uint8"}
 
 
 class _Run:
@@ -137,7 +139,7 @@ OPS["Sqrt"] = _unary(lambda tf, n, x: tf.sqrt(x))
 OPS["Identity"] = _unary(lambda tf, n, x: x)
 OPS["Dropout"] = _unary(lambda tf, n, x: x)
 OPS["LeakyRelu"] = _unary(lambda tf, n, x: tf.nn.leaky_relu(x, alpha=float(n.attrs.get("alpha", 0.01))))
-OPS["Cast"] = _unary(lambda tf, n, x: tf.cast(x, _ONNX_DTYPES[int(n.attrs["to"])]))
+OPS["Cast"] = _unary(lambda tf, n, x: tf.cast(x, dtype_name(n.attrs["to"])))
 OPS["HardSigmoid"] = _unary(lambda tf, n, x: tf.clip_by_value(x * float(n.attrs.get("alpha", 0.2)) + float(n.attrs.get("beta", 0.5)), 0.0, 1.0))
 OPS["HardSwish"] = _unary(lambda tf, n, x: x * tf.clip_by_value(x / 6.0 + 0.5, 0.0, 1.0))
 
@@ -229,18 +231,20 @@ def _conv_transpose(run: _Run, node: Node, ins: list[_V]):
     sh, sw = a["strides"]
     dh, dw = a.get("dilations", [1, 1])
     pt, pl, pb, pr = a.get("pads", [0, 0, 0, 0])
-    oph, opw = a.get("output_padding", [0, 0])
+    out_pad = list(a.get("output_padding", [0, 0]))
+    windows = axis_windows(dict(a, pads=[pt, pl, pb, pr]), 2)
     n = tf.shape(g)[0]
     h, w = g.shape[1], g.shape[2]
-    full_h = sh * (h - 1) + (kh - 1) * dh + 1 + oph
-    full_w = sw * (w - 1) + (kw - 1) * dw + 1 + opw
+    # the full (unpadded) transposed output; the pads crop it, the output padding extends it
+    full_h = conv_transpose_length(h, AxisWindow(kh, sh, dh))
+    full_w = conv_transpose_length(w, AxisWindow(kw, sw, dw))
     depthwise = run.is_depthwise(node.inputs[1], group, None)
     if dh > 1 or dw > 1:  # TensorFlow's CPU transposed conv has no dilation: spread the kernel instead
         k = _dilate(tf, run.kernel(node.inputs[1], False), dh, dw)
         kh, kw, dh, dw, depthwise = (kh - 1) * dh + 1, (kw - 1) * dw + 1, 1, 1, False
     else:
         k = run.kernel(node.inputs[1], depthwise, group)
-    out_h, out_w = full_h - pt - pb, full_w - pl - pr
+    out_h, out_w = (conv_transpose_length(n_in, win, op) for n_in, win, op in zip((h, w), windows, out_pad))
     if group == 1 and min(pt, pb, pl, pr) >= 0:
         # TensorFlow's input gradient of a conv with these explicit pads: no full output, no crop
         c_out = k.shape[2]
@@ -263,12 +267,10 @@ def _conv_transpose(run: _Run, node: Node, ins: list[_V]):
         c_g = k1.shape[2]
         y = tf.concat([tf.nn.conv2d_transpose(gi, ki, tf.stack([n, full_h, full_w, c_g]), [1, sh, sw, 1], "VALID",
                                               dilations=[1, dh, dw, 1]) for gi, ki in zip(gs, ks)], 3)
-    out_h, out_w = full_h - pt - pb, full_w - pl - pr
-    if pt or pb or pl or pr:
-        if min(pt, pb, pl, pr) < 0:
-            y = tf.pad(y, [[0, 0], [max(0, -pt), max(0, -pb)], [max(0, -pl), max(0, -pr)], [0, 0]])
-            pt, pb, pl, pr = max(0, pt), max(0, pb), max(0, pl), max(0, pr)
-        y = y[:, pt:pt + out_h, pl:pl + out_w, :]
+    (bt, at), (bl, al) = (win.transposed_crop(op) for win, op in zip(windows, out_pad))
+    if bt or at or bl or al:  # extend (> 0) with zeros, then crop (< 0)
+        y = tf.pad(y, [[0, 0], [max(0, bt), max(0, at)], [max(0, bl), max(0, al)], [0, 0]])
+        y = y[:, max(0, -bt):max(0, -bt) + out_h, max(0, -bl):max(0, -bl) + out_w, :]
     if len(node.inputs) > 2 and node.inputs[2]:
         y = y + tf.reshape(run.first(run.get(node.inputs[2])), [-1])
     return [_V(y, True)]
@@ -280,35 +282,19 @@ OPS["ConvTranspose"] = _conv_transpose
 
 # -- pooling ---------------------------------------------------------------------------------
 def _pool_pads(node: Node, h: int, w: int):
-    a = node.attrs
-    kh, kw = a["kernel_shape"]
-    sh, sw = a.get("strides", [1, 1])
-    pt, pl, pb, pr = a.get("pads", [0, 0, 0, 0])
-    if a.get("ceil_mode", 0):
-        for axis, (n, k, s) in enumerate(((h, kh, sh), (w, kw, sw))):
-            begin, end = (pt, pb) if axis == 0 else (pl, pr)
-            span = n + begin + end - k
-            out = -(-span // s) + 1
-            if (out - 1) * s >= n + begin:  # the last window must start inside the input or left pad
-                out -= 1
-            extra = max(0, (out - 1) * s + k - (n + begin + end))
-            if axis == 0:
-                pb += extra
-            else:
-                pr += extra
-    return kh, kw, sh, sw, pt, pl, pb, pr
+    """Kernel, strides and ONNX's pads, a ceil-mode window's overhang added to the end pads
+    (TensorFlow pools in floor mode only)."""
+    (wh, ww) = axis_windows(node.attrs, 2)
+    return (wh.kernel, ww.kernel, wh.stride, ww.stride, wh.pad_begin, ww.pad_begin,
+            wh.pad_end + wh.ceil_overhang(h), ww.pad_end + ww.ceil_overhang(w))
 
 
 def _tf_padding(h, w, kh, kw, sh, sw, pt, pl, pb, pr) -> str | None:
     """'VALID' or 'SAME' when the explicit pads are exactly TensorFlow's, else None."""
     if not (pt or pl or pb or pr):
         return "VALID"
-    same = []
-    for n, k, st in ((h, kh, sh), (w, kw, sw)):
-        out = -(-n // st)
-        total = max(0, (out - 1) * st + k - n)
-        same.append((total // 2, total - total // 2))
-    return "SAME" if [(pt, pb), (pl, pr)] == same else None
+    same = [same_window(h, kh, sh), same_window(w, kw, sw)]
+    return "SAME" if [(pt, pb), (pl, pr)] == [(win.pad_begin, win.pad_end) for win in same] else None
 
 
 def _maxpool(run: _Run, node: Node, ins: list[_V]):
@@ -325,16 +311,12 @@ def _maxpool(run: _Run, node: Node, ins: list[_V]):
         return [_V(tf.nn.max_pool2d(x, [kh, kw], [sh, sw], "VALID"), True)]
     y, idx = tf.nn.max_pool_with_argmax(x, [1, kh, kw, 1], [1, sh, sw, 1], "VALID", include_batch_in_index=False,
                                         output_dtype=tf.int64)
-    # (y_p * W_p + x_p) * C + c over the padded NHWC image  ->  c * H * W + y * W + x (ONNX, per image)
-    wp = w + pl + pr
+    # TensorFlow: (y_p * W_p + x_p) * C + c over the padded NHWC image; ONNX: over N x C x H x W
     ch = idx % c
-    pos = idx // c
-    yy, xx = pos // wp - pt, pos % wp - pl
-    flat = ch * (h * w) + yy * w + xx
-    # ONNX numbers switches over the whole batch: add n * C * H * W (the program takes Mod).
-    n = tf.shape(flat, out_type=tf.int64)[0]
-    flat = flat + tf.reshape(tf.range(n, dtype=tf.int64) * (c * h * w), [-1, 1, 1, 1])
-    # the same switches as a per-image channels-last index of the unpadded input, for the fast unpooling
+    yy, xx = unpadded(idx // c, w + pl + pr, pt, pl)
+    n = tf.shape(idx, out_type=tf.int64)[0]
+    flat = switch_index(tf.reshape(tf.range(n, dtype=tf.int64) * c, [-1, 1, 1, 1]) + ch, yy, xx, h, w)
+    # the same switches as a per-image channels-last index of the unpadded input, for Unpool's kernel
     info = None
     tf_padding = _tf_padding(h, w, kh, kw, sh, sw, pt, pl, pb, pr)
     if tf_padding is not None:
@@ -345,8 +327,6 @@ def _maxpool(run: _Run, node: Node, ins: list[_V]):
 
 def _avgpool(run: _Run, node: Node, ins: list[_V]):
     tf = run.tf
-    from zfprobe.inverses import _window_counts
-
     x = run.last(ins[0])
     h, w = x.shape[1], x.shape[2]
     kh, kw, sh, sw, pt, pl, pb, pr = _pool_pads(node, h, w)
@@ -355,10 +335,7 @@ def _avgpool(run: _Run, node: Node, ins: list[_V]):
         return [_V(tf.nn.avg_pool2d(x, [kh, kw], [sh, sw], "VALID"), True)]
     xp = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
     s = tf.nn.avg_pool2d(xp, [kh, kw], [sh, sw], "VALID") * float(kh * kw)
-    oh, ow = s.shape[1], s.shape[2]
-    counts = _window_counts((h, w), (oh, ow), [kh, kw], [sh, sw], [pt, pl, pb, pr], include)
-    if include:  # ONNX counts the explicit pads but not the ceil_mode overhang
-        counts = _window_counts((h + pt + pb, w + pl + pr), (oh, ow), [kh, kw], [sh, sw], [0, 0, 0, 0], False)
+    counts = pool_divisors((h, w), axis_windows(node.attrs, 2), include)
     return [_V(s / tf.constant(counts[None, :, :, None]), True)]
 
 
@@ -492,7 +469,7 @@ def _pad(run: _Run, node: Node, ins: list[_V]):
     mode = a.get("mode", "constant").upper()
     if mode in ("EDGE", "WRAP"):
         return [_V(_pad_by_index(tf, run.first(v), pads, mode.lower()))]
-    pairs = [[pads[i], pads[i + rank]] for i in range(rank)]
+    pairs = [list(pair) for pair in pad_pairs(pads, rank)]
     value = float(a.get("value", 0.0) or 0.0)
     if v.nhwc:
         pairs = [pairs[p] for p in _TO_LAST]
@@ -656,74 +633,43 @@ def _unsqueeze(tf, n, x):
     return [x]
 
 
-def _reshape_op(run: _Run, node: Node, ins: list[_V]):
-    v = ins[0]
-    shape = list(node.attrs["shape"])
-    info = v.info
-    if info is not None and info.get("kind") == "unpooled" and len(shape) == 4 and shape[0] == -1:
-        out = info["nhwc"]  # [K, H, W, C]
-        if [int(out.shape[3]), int(out.shape[1]), int(out.shape[2])] == [int(d) for d in shape[1:]]:
-            return [_V(out, True)]
-    t = run.tf.reshape(run.first(v), shape)
-    if info is not None and info.get("kind") == "switch":
-        return [_V(t, False, info)]
-    if v.t.shape.rank == 4 and len(shape) == 2:
-        return [_V(t, False, {"kind": "flattened", "src": v})]
-    return [_V(t)]
-
-
 def _expand_op(run: _Run, node: Node, ins: list[_V]):
-    tf = run.tf
     x = run.first(ins[0])
     target = run.first(ins[1]) if len(ins) > 1 and ins[1] is not None else None
-    (out,) = _expand(tf, node, x, target)
-    info = ins[0].info
+    return [_V(t) for t in _expand(run.tf, node, x, target)]
+
+
+def _unpool(run: _Run, node: Node, ins: list[_V]):
+    """zfprobe's Unpool (:mod:`zfprobe.ops.maxpool`). Switches that come straight from this
+    backend's MaxPool (gathered per seed) carry TensorFlow's own argmax: then one
+    MaxPoolGradWithArgmax puts every value back channels-last (values sharing a switch add up).
+    Other switches: a segment sum over the flat ONNX index."""
+    tf = run.tf
+    g_v, s_v = ins
+    c, h, w = (int(d) for d in node.attrs["shape"])
+    info = s_v.info
     if info is not None and info.get("kind") == "switch":
-        k = tf.shape(out)[0]
-        a = info["argmax"]
-        info = dict(info, argmax=tf.broadcast_to(a, tf.concat([[k], tf.shape(a)[1:]], 0)))
-        return [_V(out, False, info)]
-    return [_V(out)]
-
-
-def _mod_op(run: _Run, node: Node, ins: list[_V]):
-    (out,) = _MOD(run, node, ins)
-    if ins[0].info is not None and ins[0].info.get("kind") == "switch":
-        out.info = ins[0].info  # the switches are already per image
-    return [out]
-
-
-def _constant_of_shape_op(run: _Run, node: Node, ins: list[_V]):
-    (out,) = _canonical(_constant_of_shape)(run, node, ins)
-    value = node.attrs.get("value", 0.0)
-    if value is None or float(np.asarray(value).reshape(-1)[0]) == 0.0:
-        out.info = {"kind": "zeros"}
-    return [out]
-
-
-def _scatter_elements_op(run: _Run, node: Node, ins: list[_V]):
-    """Unpooling fast path: zeros <- switches of a MaxPool, add, along the flat axis, is done
-    channels-last with one scatter_nd on the pooling's own (padded) NHWC argmax."""
-    data, idx, upd = ins
-    a = node.attrs
-    if (data.info or {}).get("kind") == "zeros" and (idx.info or {}).get("kind") == "switch" \
-            and (upd.info or {}).get("kind") == "flattened" and a.get("reduction") == "add" \
-            and int(a.get("axis", 0)) == 1 and data.t.shape.rank == 2:
-        tf = run.tf
-        info = idx.info
-        g = run.last(upd.info["src"])  # [K, Ho, Wo, C]
-        h, w, c = info["input"]
+        g = run.last(g_v)  # [K, Ho, Wo, C]
         k = tf.shape(g)[0]
-        # each value back to its switch; values sharing a switch add up (the CPU kernel accumulates)
+        argmax = info["argmax"]
+        argmax = tf.broadcast_to(argmax, tf.concat([[k], tf.shape(argmax)[1:]], 0))
         out = tf.raw_ops.MaxPoolGradWithArgmax(input=tf.zeros(tf.stack([k, h, w, c]), g.dtype), grad=g,
-                                               argmax=info["argmax"], ksize=info["ksize"], strides=info["strides"],
+                                               argmax=argmax, ksize=info["ksize"], strides=info["strides"],
                                                padding=info["padding"], include_batch_in_index=False)
-        canonical = tf.reshape(tf.transpose(out, _TO_FIRST), [-1, c * h * w])
-        return [_V(canonical, False, {"kind": "unpooled", "nhwc": out})]
-    return _canonical(_scatter_elements)(run, node, ins)
+        return [_V(out, True)]
+    per_image = c * h * w
+    g = run.first(g_v)
+    k = tf.shape(g, out_type=tf.int64)[0]
+    upd = tf.reshape(g, tf.stack([k, -1]))
+    sw = run.first(s_v)
+    idx = switch_in_image(tf.reshape(tf.cast(sw, tf.int64), tf.stack([tf.shape(sw, out_type=tf.int64)[0], -1])),
+                          per_image)
+    idx = tf.broadcast_to(idx, tf.shape(upd, out_type=tf.int64)) + tf.range(k)[:, None] * per_image
+    out = tf.math.unsorted_segment_sum(tf.reshape(upd, [-1]), tf.reshape(idx, [-1]), k * per_image)
+    return [_V(tf.reshape(out, [-1, c, h, w]))]
 
 
-OPS["Reshape"] = _reshape_op
+OPS["Reshape"] = _canonical(_reshape)
 OPS["Flatten"] = _canonical(_flatten)
 OPS["Transpose"] = _transpose
 OPS["Concat"] = _concat
@@ -745,11 +691,10 @@ def _shape_op(run: _Run, node: Node, ins: list[_V]):
 
 
 OPS["Shape"] = _shape_op
-OPS["ConstantOfShape"] = _constant_of_shape_op
+OPS["ConstantOfShape"] = _canonical(_constant_of_shape)
 OPS["Expand"] = _expand_op
-OPS["ScatterElements"] = _scatter_elements_op
-_MOD = OPS["Mod"]
-OPS["Mod"] = _mod_op
+OPS["ScatterElements"] = _canonical(_scatter_elements)
+OPS["Unpool"] = _unpool
 OPS["ArgMax"] = _canonical(_argmax)
 OPS["Softmax"] = _canonical(_softmax)
 OPS["ReduceSum"] = _canonical(_reduce("sum"))

@@ -19,8 +19,9 @@ user's setting restored after): cuDNN convolutions default to TF32, whose 10-bit
 put projections ~1e-3 off their float32 values.
 
 Max-pooling switches follow ONNX's layout, not torch's: the index is flattened over the whole
-``N x C x H x W`` tensor (torch's per-plane index + ``(n * C + c) * H * W``), because the
-reversed MaxPool in :mod:`zfprobe.inverses` reduces it with ``Mod(index, C * H * W)``.
+``N x C x H x W`` tensor (:func:`zfprobe.ops.onnx_semantics.switch_index`), which the explicit
+``Unpool`` op of the reversal (:mod:`zfprobe.ops.maxpool`) reads; its kernel here is one
+``scatter_add_``.
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ import numpy as np
 
 from zfprobe.errors import ZfprobeError
 from zfprobe.graph import Graph, Node
+from zfprobe.ops.geometry import axis_windows
+from zfprobe.ops.onnx_semantics import (UnknownDtypeError, dtype_name, is_symmetric, pad_pairs, pool_divisors,
+                                        switch_in_image, switch_index, unpadded)
 
 Converter = Callable[[Node], Callable[..., Any]]
 OPS: dict[str, Converter] = {}
@@ -107,36 +111,25 @@ def _F():
     return F
 
 
-# ONNX TensorProto data types -> torch dtypes (Cast's ``to``)
 def _onnx_dtype(code: int):
-    torch = _torch()
-    table = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
-             9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
-    if int(code) not in table:
-        raise UnsupportedTorchOpError(f"Cast to ONNX data type {code} is not supported by the torch backend")
-    return table[int(code)]
+    """Cast's ``to`` (an ONNX data type code) as a torch dtype."""
+    try:
+        return getattr(_torch(), dtype_name(code))
+    except UnknownDtypeError as exc:
+        raise UnsupportedTorchOpError(f"Cast: {exc}") from None
 
 
 def _torch_pad(pads: Sequence[int], rank: int) -> list[int]:
     """ONNX pads [b_0..b_{r-1}, e_0..e_{r-1}] -> torch's F.pad order (last axis first)."""
-    out: list[int] = []
-    for axis in reversed(range(rank)):
-        out += [int(pads[axis]), int(pads[axis + rank])]
+    out = [p for pair in reversed(pad_pairs(pads, rank)) for p in pair]
     while len(out) > 2 and out[-1] == 0 and out[-2] == 0:  # drop leading (batch, channel) zeros
         out = out[:-2]
     return out
 
 
 def _spatial_pad(pads: Sequence[int], nd: int) -> list[int]:
-    """ONNX spatial pads [b.., e..] for ``nd`` spatial axes -> F.pad order."""
-    out: list[int] = []
-    for i in reversed(range(nd)):
-        out += [int(pads[i]), int(pads[i + nd])]
-    return out
-
-
-def _symmetric(pads: Sequence[int], nd: int) -> bool:
-    return all(int(pads[i]) == int(pads[i + nd]) for i in range(nd))
+    """ONNX spatial pads [b.., e..] for ``nd`` spatial axes -> F.pad order (last axis first)."""
+    return [p for pair in reversed(pad_pairs(pads, nd)) for p in pair]
 
 
 def _static(node: Node, key: str, inputs: tuple, index: int):
@@ -179,7 +172,7 @@ def _conv(node: Node):
     fn = _layout({1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd], nd)
     strides, dilations, group = list(a["strides"]), list(a["dilations"]), int(a["group"])
     pads = list(a["pads"])
-    if _symmetric(pads, nd):
+    if is_symmetric(pads):
         padding = pads[:nd]
         return lambda x, w, b=None: fn(x, w, b, strides, padding, dilations, group)
     torch_pads = _spatial_pad(pads, nd)
@@ -199,14 +192,13 @@ def _conv_transpose(node: Node):
     out_pad = list(a.get("output_padding", [0] * nd))
     if a.get("output_shape") is not None:
         raise UnsupportedTorchOpError("ConvTranspose with output_shape is not supported by the torch backend")
-    direct = _symmetric(pads, nd) and all(op < max(s, d) for op, s, d in zip(out_pad, strides, dilations))
+    direct = is_symmetric(pads) and all(op < max(s, d) for op, s, d in zip(out_pad, strides, dilations))
     if direct:
         padding = pads[:nd]
         return lambda x, w, b=None: fn(x, w, b, strides, padding, out_pad, group, dilations)
     # General geometry: the full transposed output, then crop (pads) / extend (output_padding).
-    crop: list[int] = []
-    for i in reversed(range(nd)):
-        crop += [-int(pads[i]), int(out_pad[i]) - int(pads[i + nd])]
+    windows = axis_windows(dict(a, pads=pads), nd)
+    crop = [p for i in reversed(range(nd)) for p in windows[i].transposed_crop(int(out_pad[i]))]
 
     def run(x, w, b=None):
         y = F.pad(fn(x, w, None, strides, 0, 0, group, dilations), crop)
@@ -217,10 +209,6 @@ def _conv_transpose(node: Node):
 
 
 # ------------------------------------------------------------------ pooling ----------------
-def _plane_offsets(torch, n: int, c: int, area: int, device):
-    return (torch.arange(n * c, device=device, dtype=torch.int64) * area).view(n, c, 1, 1)
-
-
 @converter("MaxPool")
 def _maxpool(node: Node):
     torch, F = _torch(), _F()
@@ -231,43 +219,35 @@ def _maxpool(node: Node):
     dilations = list(a.get("dilations", [1] * nd))
     pads = list(a.get("pads", [0] * 2 * nd))
     ceil = bool(a.get("ceil_mode", 0))
+    windows = axis_windows(a, nd)
     want_idx = len([o for o in node.outputs if o]) > 1
     fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
     if want_idx and nd != 2:
         raise UnsupportedTorchOpError("MaxPool switches (Indices output) are supported for 2-D pooling only")
-    native = _symmetric(pads, nd) and all(pads[i] <= kernel[i] // 2 for i in range(nd))
-    torch_pads = _spatial_pad(pads, nd)
+    native = is_symmetric(pads) and all(pads[i] <= kernel[i] // 2 for i in range(nd))
+
+    def padded(x):
+        """x padded with -inf as ONNX pads it, plus a ceil-mode window's overhang: then floor mode."""
+        pairs = [(w.pad_begin, w.pad_end + w.ceil_overhang(int(n))) for w, n in zip(windows, x.shape[2:])]
+        return F.pad(x, [p for pair in reversed(pairs) for p in pair], value=-math.inf)
 
     def run(x):
         if not want_idx:
             if native:
                 return fn(x, kernel, strides, pads[:nd], dilations, ceil)
-            return fn(F.pad(x, torch_pads, value=-math.inf), kernel, strides, 0, dilations, ceil)
+            return fn(padded(x), kernel, strides, 0, dilations, False)
         n, c, h, w = x.shape
         if native:
             y, idx = fn(x, kernel, strides, pads[:nd], dilations, ceil, return_indices=True)
+            row, col = 0, idx  # torch's index is already row-major within the unpadded plane
         else:
-            xp = F.pad(x, torch_pads, value=-math.inf)
-            y, idx = fn(xp, kernel, strides, 0, dilations, ceil, return_indices=True)
-            wp = xp.shape[3]
-            idx = (idx // wp - pads[0]) * w + (idx % wp - pads[1])
-        return y, idx + _plane_offsets(torch, n, c, h * w, x.device)
+            xp = padded(x)
+            y, idx = fn(xp, kernel, strides, 0, dilations, False, return_indices=True)
+            row, col = unpadded(idx, xp.shape[3], pads[0], pads[1])
+        plane = torch.arange(n * c, device=x.device, dtype=torch.int64).view(n, c, 1, 1)
+        return y, switch_index(plane, row, col, h, w)
 
     return run
-
-
-def _window_counts_fn(kernel, strides, pads, ceil, include_pad, nd):
-    """Divisors for average pooling with asymmetric pads (ONNX semantics), computed by pooling ones."""
-    F = _F()
-    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
-    torch_pads = _spatial_pad(pads, nd)
-
-    def counts(x):
-        ones = x.new_ones((1, 1) + tuple(x.shape[2:]))
-        padded = F.pad(ones, torch_pads, value=1.0 if include_pad else 0.0)
-        return pool(padded, kernel, strides, 0, ceil, True, divisor_override=1)
-
-    return counts, pool, torch_pads
 
 
 @converter("AveragePool")
@@ -298,10 +278,24 @@ def _avgpool(node: Node):
             return total / divisor
 
         return shifted_sum
-    if _symmetric(pads, nd) and all(pads[i] <= kernel[i] // 2 for i in range(nd)) and not ceil:
+    if is_symmetric(pads) and all(pads[i] <= kernel[i] // 2 for i in range(nd)) and not ceil:
         return lambda x: pool(x, kernel, strides, pads[:nd], ceil, include)
-    counts, pool, torch_pads = _window_counts_fn(kernel, strides, pads, ceil, include, nd)
-    return lambda x: pool(F.pad(x, torch_pads), kernel, strides, 0, ceil, True, divisor_override=1) / counts(x)
+    # ONNX's pads and divisors: window sums over the zero-padded input (ceil overhang included),
+    # divided by the counts of onnx_semantics.pool_divisors (a constant per input size and device)
+    windows = axis_windows(a, nd)
+    divisors: dict = {}
+
+    def run(x):
+        sizes = tuple(int(n) for n in x.shape[2:])
+        key = (sizes, x.device, x.dtype)
+        if key not in divisors:
+            d = pool_divisors(sizes, windows, include)
+            divisors[key] = _torch().from_numpy(d).to(device=x.device, dtype=x.dtype)
+        pairs = [(w.pad_begin, w.pad_end + w.ceil_overhang(n)) for w, n in zip(windows, sizes)]
+        xp = F.pad(x, [p for pair in reversed(pairs) for p in pair])
+        return pool(xp, kernel, strides, 0, False, True, divisor_override=1) / divisors[key]
+
+    return run
 
 
 @converter("GlobalAveragePool")
@@ -891,7 +885,7 @@ def _gather(node):
 
 @converter("ScatterElements")
 def _scatter(node, inplace: bool = False):
-    """``inplace``: the data input dies here (e.g. the zeros of an unpooling), so it is written
+    """``inplace``: the data input dies here (e.g. fresh zeros), so it is written
     in place instead of copied. Indices must be non-negative (zfprobe's programs only make such)."""
     axis = int(node.attrs.get("axis", 0))
     reduction = node.attrs.get("reduction", "none")
@@ -905,6 +899,22 @@ def _scatter(node, inplace: bool = False):
             return out.scatter_(ax, idx, upd)
         op = {"mul": "prod", "max": "amax", "min": "amin"}[reduction]
         return out.scatter_reduce_(ax, idx, upd, op)
+
+    return run
+
+
+@converter("Unpool")
+def _unpool(node):
+    """zfprobe's Unpool (:mod:`zfprobe.ops.maxpool`): one scatter-add of each seed's signal onto
+    its image's switches (switches of one image serve every seed, as an expanded view)."""
+    shape = [int(s) for s in node.attrs["shape"]]
+    per_image = int(np.prod(shape))
+
+    def run(g, switches):
+        k = g.shape[0]
+        idx = switch_in_image(switches.reshape(switches.shape[0], -1), per_image).expand(k, -1)
+        out = g.new_zeros((k, per_image))
+        return out.scatter_add_(1, idx, g.reshape(k, -1)).view(k, *shape)
 
     return run
 
@@ -942,7 +952,7 @@ class _Compiled:
             for t in ins:
                 if t:
                     last_use[t] = i
-        # an unpooling's zeros (a fresh ConstantOfShape read by nothing else) are scattered into in place
+        # a scatter into fresh zeros (a ConstantOfShape read by nothing else) writes them in place
         for i, (node, fn, ins, outs) in enumerate(self.steps):
             producer = program.producer(ins[0]) if node.op_type == "ScatterElements" and ins[0] else None
             if producer is not None and producer.op_type == "ConstantOfShape" and last_use.get(ins[0]) == i \

@@ -6,7 +6,8 @@ Parametrized over each backend's own op table (``OPS``), like onnx2torch's
 an op added to a backend without a case here fails ``test_every_backend_op_has_a_case``.
 
 The reference: the canonical node is written as ONNX by zfprobe's exporter (which only moves
-static attributes to inputs) and run by onnxruntime. Ops that are not in ONNX opset 17 (``Gelu``,
+static attributes to inputs) and run by onnxruntime; zfprobe's ``Unpool`` against onnxruntime's
+MaxPool indices scattered by numpy. Ops that are not in ONNX opset 17 (``Gelu``,
 ``Mish``, ``GroupNormalization``, zfprobe's fused ``Swish``) are built by hand as the real ONNX op
 at the opset that defines it (20, 18, 21) and run by onnxruntime; ``Swish`` (opset 24) against
 numpy. Tolerance: |backend - reference| <= 1e-5 * max(1, |reference|) elementwise (float32).
@@ -40,6 +41,36 @@ def case(inputs, attrs=None, consts=None, n_out=1, out_dtype=F32):
 
 def _unary(x=X, **attrs):
     return case([x], attrs)
+
+
+POOL3 = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], dilations=[1, 1], ceil_mode=0)
+
+
+def ort_maxpool_indices(x: np.ndarray, **attrs) -> np.ndarray:
+    """onnxruntime's MaxPool ``Indices`` of ``x`` (numbered over the whole N x C x H x W batch)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("i", TensorProto.INT64, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 8
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(["i"], {"x": x})[0]
+
+
+def numpy_unpool(signal: np.ndarray, switches: np.ndarray, shape) -> np.ndarray:
+    """The oracle of zfprobe's Unpool: np.add.at of each row's signal at its switches mod C*H*W."""
+    per_image = int(np.prod(shape))
+    k = signal.shape[0]
+    idx = np.broadcast_to(switches.reshape(switches.shape[0], -1) % per_image, (k, signal[0].size))
+    out = np.zeros((k, per_image), np.float64)
+    for row in range(k):
+        np.add.at(out[row], idx[row], signal[row].reshape(-1).astype(np.float64))
+    return out.reshape(k, *shape).astype(F32)
 
 
 CASES = {
@@ -109,17 +140,24 @@ CASES = {
     "DepthToSpace": case([_x(2, 8, 3, 2, seed=22)], {"blocksize": 2, "mode": "CRD"}),
     "Resize": _unary(mode="linear", coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_floor",
                      cubic_coeff_a=-0.75, exclude_outside=0, scales=[1.0, 1.0, 2.0, 1.5], out_size=[1, 3, 10, 7]),
+    # zfprobe's own op: K = 2 seeds on the switches (overlapping windows) of a batch of 2 images
+    "Unpool": case([_x(2, 3, 3, 3, seed=23), ort_maxpool_indices(X, **POOL3)], {"shape": [3, 5, 5]}),
     "ScatterElements": case([np.zeros((2, 6), F32), np.array([[0, 5, 5], [2, 2, 1]], np.int64), _x(2, 3, seed=20)],
                             {"axis": 1, "reduction": "add"}),
 }
 # Ops a backend table holds that are not computations on tensors.
 EXEMPT = {"Constant": "a value holder; its attribute is the answer"}
+# Ops checked against numpy: Swish (ONNX opset 24) and zfprobe's Unpool (no ONNX op; onnxruntime
+# runs its default decomposition, checked against the same numpy oracle in test_unpool.py).
+NUMPY_ORACLE = {"Swish", "Unpool"}
 # ONNX ops outside opset 17: built as the real op at the opset that defines it.
 NEWER = {"Gelu": 20, "Mish": 18, "GroupNormalization": 21}
 
 
 def _numpy_reference(op, node, inputs):
     x = inputs[0].astype(np.float64)
+    if op == "Unpool":
+        return [numpy_unpool(inputs[0], inputs[1], node.attrs["shape"])]
     if op == "Swish":
         a = float(node.attrs.get("alpha", 1.0))
         return [(x / (1.0 + np.exp(-a * x))).astype(F32)]
@@ -237,7 +275,7 @@ def test_every_backend_op_has_a_case(backend):
 def test_kernel_matches_onnxruntime(backend, op):
     _, runner = _backend(backend)
     program, feeds, outputs = _program(op, CASES[op])
-    if op == "Swish":
+    if op in NUMPY_ORACLE:
         want = _numpy_reference(op, program.nodes[0], list(feeds.values()))
     else:
         want = _ort_reference(program, feeds, outputs)
@@ -254,3 +292,34 @@ def test_kernel_matches_onnxruntime(backend, op):
             tol = 1e-5 * np.maximum(1.0, np.abs(w))
             err = np.abs(g.astype(np.float64) - w)
             assert (err <= tol).all(), f"{backend} {op} {o}: max error {err.max():.3e}"
+
+
+def _decomposed_cases() -> list:
+    import zfprobe.inverses  # noqa: F401  (registers every op family's decompositions)
+    from zfprobe.ops.registry import DECOMPOSITIONS
+
+    cases = [(op, CASES[op]) for op in sorted(DECOMPOSITIONS)]
+    return cases + [("Gelu", _unary(approximate="tanh")), ("Swish", _unary(alpha=1.7))]
+
+
+@pytest.mark.parametrize("op,c", _decomposed_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_default_decomposition_matches_the_op(op, c):
+    """What onnxruntime and export-deconv run for an op outside opset 17 (its default
+    decomposition, written by the exporter) against the real ONNX op at its own opset, or numpy."""
+    import onnxruntime as ort
+
+    from zfprobe.adapters.onnx_export import to_onnx
+
+    program, feeds, outputs = _program(op, c)
+    if op in NUMPY_ORACLE:
+        want = _numpy_reference(op, program.nodes[0], list(feeds.values()))
+    else:
+        want = _ort_reference(program, feeds, outputs)
+    model = to_onnx(program)
+    assert op not in {n.op_type for n in model.graph.node}
+    for o in model.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(outputs, feeds)
+    for g, w in zip(got, want):
+        err = np.abs(g.astype(np.float64) - w)
+        assert (err <= 1e-5 * np.maximum(1.0, np.abs(w))).all(), f"{op}: max error {err.max():.3e}"

@@ -16,7 +16,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from zfprobe.graph import Graph, Node
-from zfprobe.ops.geometry import AxisWindow
+from zfprobe.ops.geometry import axis_windows
+from zfprobe.ops.onnx_semantics import pool_divisors
 from zfprobe.program import ProgramBuilder
 
 Signal = Optional[str]
@@ -149,23 +150,13 @@ def _spatial_in_out(ctx: InverseContext, node: Node) -> tuple[tuple[int, ...], t
     return ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
 
 
-def transposed_geometry(n_in: int, n_out: int, k: int, s: int, d: int, pb: int, pe: int) -> tuple[int, int, int]:
-    """Pads and output_padding that make a transposed conv return exactly ``n_in`` positions
-    (see :meth:`zfprobe.ops.geometry.AxisWindow.transposed_pads`)."""
-    return AxisWindow(k, s, d, pb, pe).transposed_pads(n_in, n_out)
-
-
-def _conv_transpose(ctx: InverseContext, g: str, weight: str, node: Node, in_shape, out_shape, group: int,
-                    kernel, strides, dilations, pads) -> str:
-    nd = len(kernel)
-    begins, ends, out_pad = [], [], []
-    for i in range(nd):
-        pb, pe, op = transposed_geometry(in_shape[2 + i], out_shape[2 + i], kernel[i], strides[i], dilations[i], pads[i], pads[i + nd])
-        begins.append(pb)
-        ends.append(pe)
-        out_pad.append(op)
-    return ctx.b.op("ConvTranspose", g, weight, hint="filter_T", kernel_shape=list(kernel), strides=list(strides),
-                    dilations=list(dilations), pads=begins + ends, output_padding=out_pad, group=group)
+def _conv_transpose(ctx: InverseContext, g: str, weight: str, attrs: dict, in_shape, out_shape, group: int) -> str:
+    """The adjoint of a Conv / AveragePool window: a transposed conv landing on exactly ``in_shape``."""
+    windows = axis_windows(attrs, len(attrs["kernel_shape"]))
+    pads = [w.transposed_pads(in_shape[2 + i], out_shape[2 + i]) for i, w in enumerate(windows)]
+    return ctx.b.op("ConvTranspose", g, weight, hint="filter_T", kernel_shape=[w.kernel for w in windows],
+                    strides=[w.stride for w in windows], dilations=[w.dilation for w in windows],
+                    pads=[p[0] for p in pads] + [p[1] for p in pads], output_padding=[p[2] for p in pads], group=group)
 
 
 # ------------------------------------------------------------------ rectifiers -------------
@@ -287,9 +278,8 @@ def _softmax_check(graph, node):
 @inverse("Conv")
 def _conv(ctx, node, gy):
     in_shape, out_shape = _spatial_in_out(ctx, node)
-    a = node.attrs
-    return [_conv_transpose(ctx, gy[0], node.inputs[1], node, in_shape, out_shape, a["group"], a["kernel_shape"],
-                            a["strides"], a["dilations"], a["pads"])] + [None] * (len(node.inputs) - 1)
+    return [_conv_transpose(ctx, gy[0], node.inputs[1], node.attrs, in_shape, out_shape, node.attrs["group"])] \
+        + [None] * (len(node.inputs) - 1)
 
 
 @check("Conv")
@@ -300,60 +290,15 @@ def _conv_check(graph, node):
 
 
 # ------------------------------------------------------------------ pooling -----------------
-@inverse("MaxPool")
-def _maxpool(ctx, node, gy):
-    """Unpool: each value goes back to its switch (the recorded argmax); overlapping windows that
-    share a switch add up, which is the exact adjoint of max pooling."""
-    in_shape, out_shape = _spatial_in_out(ctx, node)
-    per_image = int(np.prod(in_shape[1:]))
-    per_seed = int(np.prod(out_shape[1:]))
-    upd = ctx.b.op("Reshape", gy[0], shape=[-1, per_seed])
-    if ctx.single_image:
-        idx = ctx.b.op("Reshape", ctx.switches(node.outputs[0]), shape=[1, per_seed], hint="switch")
-        idx = ctx.b.op("Expand", idx, ctx.b.op("Shape", upd), hint="switch")
-    else:
-        # onnxruntime (like torch) numbers switches over the whole N x C x H x W batch.
-        idx = ctx.saved(ctx.switches(node.outputs[0]))
-        idx = ctx.b.op("Mod", idx, ctx.b.const(per_image, "per_image", np.int64), hint="switch")
-        idx = ctx.b.op("Reshape", idx, shape=[-1, per_seed])
-    flat = ctx.b.op("ScatterElements", ctx.zeros(gy[0], (per_image,)), idx, upd, axis=1, reduction="add", hint="unpool")
-    return [ctx.b.op("Reshape", flat, shape=[-1] + list(in_shape[1:]))]
-
-
-@check("MaxPool")
-def _maxpool_check(graph, node):
-    if len(graph.shape(node.inputs[0])) != 4:
-        return "only 2-D max pooling is supported; probe a layer below it"
-    return None
-
-
-def _window_counts(in_hw, out_hw, kernel, strides, pads, include_pad: bool) -> np.ndarray:
-    """How many inputs each average-pool window averages (the divisor ONNX uses)."""
-    counts = np.ones(out_hw, dtype=np.float32)
-    grids = []
-    for ax in range(len(kernel)):
-        n, k, s, pb, pe = in_hw[ax], kernel[ax], strides[ax], pads[ax], pads[ax + len(kernel)]
-        lo_bound, hi_bound = (-pb, n + pe) if include_pad else (0, n)
-        starts = np.arange(out_hw[ax]) * s - pb
-        c = np.minimum(starts + k, hi_bound) - np.maximum(starts, lo_bound)
-        grids.append(c.astype(np.float32))
-    for ax, c in enumerate(grids):
-        shape = [1] * len(kernel)
-        shape[ax] = -1
-        counts = counts * c.reshape(shape)
-    return counts
-
-
 @inverse("AveragePool")
 def _avgpool(ctx, node, gy):
     in_shape, out_shape = _spatial_in_out(ctx, node)
     a = node.attrs
-    kernel, strides, pads = a["kernel_shape"], a["strides"], a["pads"]
-    counts = _window_counts(in_shape[2:], out_shape[2:], kernel, strides, pads, bool(a.get("count_include_pad", 0)))
-    g = ctx.b.op("Div", gy[0], ctx.b.const(counts[None, None], "divisor"))
+    divisors = pool_divisors(in_shape[2:], axis_windows(a, len(a["kernel_shape"])), bool(a.get("count_include_pad", 0)))
+    g = ctx.b.op("Div", gy[0], ctx.b.const(divisors[None, None], "divisor"))
     channels = in_shape[1]
-    ones = ctx.b.const(np.ones((channels, 1, *kernel), np.float32), "window")
-    return [_conv_transpose(ctx, g, ones, node, in_shape, out_shape, channels, kernel, strides, [1] * len(kernel), pads)]
+    ones = ctx.b.const(np.ones((channels, 1, *a["kernel_shape"]), np.float32), "window")
+    return [_conv_transpose(ctx, g, ones, a, in_shape, out_shape, channels)]
 
 
 @inverse("GlobalAveragePool")

@@ -59,3 +59,53 @@ class ProgramBuilder:
             name=name,
             metadata=dict(metadata or {}),
         )
+
+
+class Decomposition:
+    """Writes one node's default decomposition: canonical nodes named under the node's name, the
+    last one writing the node's own output, and the constants they need."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.nodes: list[Node] = []
+        self.constants: dict[str, np.ndarray] = {}
+
+    def _name(self, hint: str) -> str:
+        return f"{self.node.name}/{len(self.nodes) + len(self.constants)}_{hint}"
+
+    def op(self, op_type: str, *inputs: str, last: bool = False, **attrs: Any) -> str:
+        """Add a node; ``last=True`` makes it write the decomposed node's output."""
+        name = self._name(op_type)
+        out = self.node.outputs[0] if last else name
+        self.nodes.append(Node(name, op_type, list(inputs), [out], attrs, self.node.source or self.node.name))
+        return out
+
+    def const(self, value: Any, dtype: Any = np.float32) -> str:
+        name = self._name("const")
+        self.constants[name] = np.asarray(value, dtype=dtype)
+        return name
+
+    def result(self) -> tuple[list[Node], dict[str, np.ndarray]]:
+        return self.nodes, self.constants
+
+
+def decompose(program: Graph, keep=frozenset()) -> Graph:
+    """``program`` with each node that has a default decomposition
+    (:data:`zfprobe.ops.registry.DECOMPOSITIONS`) and whose op is not in ``keep`` (the ops a
+    backend has kernels for) replaced by that decomposition; ``program`` itself if there is none."""
+    import zfprobe.inverses  # noqa: F401  (imports the op families, which register their decompositions)
+    from zfprobe.ops.registry import DECOMPOSITIONS
+
+    if not any(n.op_type in DECOMPOSITIONS and n.op_type not in keep for n in program.nodes):
+        return program
+    nodes, constants = [], dict(program.constants)
+    for node in program.nodes:
+        if node.op_type in DECOMPOSITIONS and node.op_type not in keep:
+            parts, consts = DECOMPOSITIONS[node.op_type](node)
+            nodes.extend(parts)
+            constants.update(consts)
+        else:
+            nodes.append(node)
+    return Graph(nodes=nodes, inputs=list(program.inputs), outputs=list(program.outputs), constants=constants,
+                 shapes=program.shapes, dtypes=program.dtypes, parameter_refs=program.parameter_refs,
+                 name=program.name, metadata=dict(program.metadata))

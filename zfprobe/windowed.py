@@ -285,10 +285,11 @@ def _conv_like(ctx: WindowContext, node: Node, g: str, win_out: Window, win_in: 
                         dilations=list(a["dilations"]), pads=[0, 0, 0, 0], output_padding=[0, 0], group=a["group"])
     c = ctx.graph.shape(node.inputs[0])[1]
     if node.op_type == "AveragePool":
-        from zfprobe.inverses import _window_counts
+        from zfprobe.ops.geometry import axis_windows
+        from zfprobe.ops.onnx_semantics import pool_divisors
 
-        in_shape, out_shape = ctx.graph.shape(node.inputs[0]), ctx.graph.shape(node.outputs[0])
-        counts = _window_counts(in_shape[2:], out_shape[2:], k, s, a["pads"], bool(a.get("count_include_pad", 0)))
+        in_shape = ctx.graph.shape(node.inputs[0])
+        counts = pool_divisors(in_shape[2:], axis_windows(a, 2), bool(a.get("count_include_pad", 0)))
         g = ctx.b.op("Div", g, ctx.constant_window(counts[None, None], "divisor", win_out, 1.0))
         ones = ctx.b.const(np.ones((c, 1, *k), np.float32), "window")
         return ctx.b.op("ConvTranspose", g, ones, kernel_shape=list(k), strides=list(s), dilations=[1, 1],

@@ -13,6 +13,8 @@ import math
 import numpy as np
 
 from zfprobe.inverses import check, inverse
+from zfprobe.ops.registry import DECOMPOSITIONS
+from zfprobe.program import Decomposition
 
 SELU_ALPHA = 1.67326319217681884765625
 SELU_GAMMA = 1.05070102214813232421875
@@ -131,6 +133,20 @@ def _gelu(ctx, node, gy):
     return [ctx.mul(gy[0], d)]
 
 
+@DECOMPOSITIONS.register("Gelu")
+def decompose_gelu(node):
+    """0.5 x (1 + erf(x / sqrt 2)), or 0.5 x (1 + tanh(c (x + k x^3))) (opset 20 has Gelu)."""
+    d, x = Decomposition(node), node.inputs[0]
+    if node.attrs.get("approximate", "none") == "tanh":
+        x3 = d.op("Mul", d.op("Mul", x, x), x)
+        inner = d.op("Add", x, d.op("Mul", x3, d.const(GELU_TANH_K)))
+        t1 = d.op("Add", d.op("Tanh", d.op("Mul", inner, d.const(GELU_TANH_C))), d.const(1.0))
+    else:
+        t1 = d.op("Add", d.op("Erf", d.op("Mul", x, d.const(1.0 / math.sqrt(2.0)))), d.const(1.0))
+    d.op("Mul", d.op("Mul", x, d.const(0.5)), t1, last=True)
+    return d.result()
+
+
 @inverse("Mish")
 def _mish(ctx, node, gy):
     """x tanh(softplus(x)): tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x)."""
@@ -140,6 +156,14 @@ def _mish(ctx, node, gy):
     sech2 = b.op("Sub", _c(ctx, 1.0, "one"), ctx.mul(t, t))
     d = b.op("Add", t, ctx.mul(ctx.mul(x, sech2), b.op("Sigmoid", x)))
     return [ctx.mul(gy[0], d)]
+
+
+@DECOMPOSITIONS.register("Mish")
+def decompose_mish(node):
+    """x tanh(softplus(x)) (opset 18 has Mish)."""
+    d, x = Decomposition(node), node.inputs[0]
+    d.op("Mul", x, d.op("Tanh", d.op("Softplus", x)), last=True)
+    return d.result()
 
 
 @inverse("Swish")
@@ -152,6 +176,16 @@ def _swish(ctx, node, gy):
     ax = ctx.mul(x, _c(ctx, alpha, "alpha")) if alpha != 1.0 else x
     d = b.op("Add", s, ctx.mul(ax, ctx.mul(s, b.op("Sub", _c(ctx, 1.0, "one"), s))))
     return [ctx.mul(gy[0], d)]
+
+
+@DECOMPOSITIONS.register("Swish")
+def decompose_swish(node):
+    """x sigmoid(alpha x) (zfprobe's fused SiLU; ONNX opset 24 has Swish)."""
+    d, x = Decomposition(node), node.inputs[0]
+    alpha = float(node.attrs.get("alpha", 1.0))
+    ax = d.op("Mul", x, d.const(alpha)) if alpha != 1.0 else x
+    d.op("Mul", x, d.op("Sigmoid", ax), last=True)
+    return d.result()
 
 
 @inverse("Pow")

@@ -10,7 +10,8 @@ resolved from the static shapes), ``kernel_shape``, ``strides``, ``dilations``, 
 from __future__ import annotations
 
 from zfprobe.inverses import check, inverse
-from zfprobe.ops.geometry import AxisWindow, axis_windows, conv_transpose_length
+from zfprobe.ops.geometry import (NOTSET, SAME_MODES, SAME_UPPER, VALID, AxisWindow, axis_windows,
+                                  conv_transpose_length, split_pad)
 from zfprobe.ops.registry import ONNX_NORMALIZERS
 
 
@@ -26,18 +27,17 @@ def normalize(ctx, node):
     out_pad = [int(p) for p in a.get("output_padding", [0] * nd)]
     pads = [int(p) for p in a.get("pads", [0] * (2 * nd))]
     n_in, n_out = ctx.shape(node.inputs[0])[2:], ctx.shape(node.outputs[0])[2:]
-    auto_pad = a.get("auto_pad", "NOTSET")
-    if a.get("output_shape") is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+    auto_pad = a.get("auto_pad", NOTSET)
+    if a.get("output_shape") is not None or auto_pad in SAME_MODES:
         begins, ends = [], []
         for i in range(nd):
-            full = strides[i] * (n_in[i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
-            total = full - n_out[i]
-            small, big = total // 2, total - total // 2
+            full = conv_transpose_length(n_in[i], AxisWindow(kernel[i], strides[i], dilations[i]), out_pad[i])
             # ONNX: SAME_UPPER puts the odd pad at the end; otherwise (SAME_LOWER, output_shape) at the start.
-            begins.append(small if auto_pad == "SAME_UPPER" else big)
-            ends.append(big if auto_pad == "SAME_UPPER" else small)
+            b, e = split_pad(full - n_out[i], upper=auto_pad == SAME_UPPER)
+            begins.append(b)
+            ends.append(e)
         pads = begins + ends
-    elif auto_pad == "VALID":
+    elif auto_pad == VALID:
         pads = [0] * (2 * nd)
     # Whatever the attributes said, the static output length decides the output padding.
     for i in range(nd):

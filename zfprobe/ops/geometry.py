@@ -11,6 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# ONNX's ``auto_pad`` values (Conv, pools, ConvTranspose); TensorFlow's 'same' is SAME_UPPER.
+NOTSET, SAME_UPPER, SAME_LOWER, VALID = "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"
+SAME_MODES = (SAME_UPPER, SAME_LOWER)
+
+
+def split_pad(total: int, upper: bool = True) -> tuple[int, int]:
+    """``total`` padding split in two; the odd position goes at the end (SAME_UPPER, TensorFlow)
+    or at the start (SAME_LOWER)."""
+    small, big = total // 2, total - total // 2
+    return (small, big) if upper else (big, small)
+
 
 @dataclass(frozen=True)
 class AxisWindow:
@@ -82,6 +93,18 @@ class AxisWindow:
         end = self.pad_end + outer.pad_end * self.stride
         return AxisWindow(span, stride, 1, begin, end)
 
+    def ceil_overhang(self, n: int) -> int:
+        """Extra end padding after which a floor-mode window gives this window's ``out_length(n)``:
+        how a ceil-mode pool runs on kernels without ONNX's ceil mode (the overhang is padding
+        that an average pool never counts)."""
+        return max(0, (self.out_length(n) - 1) * self.stride + self.span - (n + self.pad_begin + self.pad_end))
+
+    def transposed_crop(self, output_padding: int = 0) -> tuple[int, int]:
+        """ONNX ConvTranspose as a kernel without pads computes it: the full transposed output,
+        then ``(before, after)`` positions added (> 0) or cropped (< 0) at each end (pads crop,
+        output_padding extends; F.pad's convention)."""
+        return -self.pad_begin, output_padding - self.pad_end
+
     def transposed_pads(self, n_in: int, n_out: int) -> tuple[int, int, int]:
         """``(pad_begin, pad_end, output_padding)`` for the transposed convolution with this
         window's kernel, stride and dilation that maps ``n_out`` positions back onto exactly
@@ -92,6 +115,26 @@ class AxisWindow:
         if extra >= 0:
             return self.pad_begin, self.pad_end, extra
         return self.pad_begin, self.pad_end - extra, 0
+
+
+def same_window(n: int, kernel: int, stride: int = 1, dilation: int = 1, upper: bool = True) -> AxisWindow:
+    """The window ONNX's SAME_UPPER / SAME_LOWER (and TensorFlow's 'same') give ``n`` inputs:
+    ``ceil(n / stride)`` outputs, the padding that needs split by :func:`split_pad`."""
+    span = (kernel - 1) * dilation + 1
+    total = max(0, (-(-n // stride) - 1) * stride + span - n)
+    return AxisWindow(kernel, stride, dilation, *split_pad(total, upper))
+
+
+def explicit_pads(auto_pad: str | None, pads, n_in, kernel, strides, dilations) -> list[int]:
+    """A Conv / pool's pads ``[begins.., ends..]`` with ``auto_pad`` resolved for inputs ``n_in``."""
+    nd = len(kernel)
+    if auto_pad in SAME_MODES:
+        wins = [same_window(int(n_in[i]), int(kernel[i]), int(strides[i]), int(dilations[i]), auto_pad == SAME_UPPER)
+                for i in range(nd)]
+        return [w.pad_begin for w in wins] + [w.pad_end for w in wins]
+    if auto_pad == VALID:
+        return [0] * (2 * nd)
+    return [int(p) for p in (pads or [0] * (2 * nd))]
 
 
 def axis_windows(attrs: dict, nd: int) -> list[AxisWindow]:

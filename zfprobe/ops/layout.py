@@ -12,9 +12,9 @@ import numpy as np
 
 from zfprobe.inverses import check, inverse
 from zfprobe.ops.axismap import apply_transposed, index_matrix
+from zfprobe.ops.onnx_semantics import CONSTANT_PAD, COPY_PAD_MODES
 from zfprobe.ops.registry import ONNX_NORMALIZERS
 
-_PAD_MODES = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
 
 
 # ------------------------------------------------------------------ Slice --------------------
@@ -43,7 +43,7 @@ def _slice(ctx, node, gy):
     for ax, m in strided:
         g = apply_transposed(ctx, g, ax, m, rank, hint="slice_T")
     if any(pads):
-        g = ctx.b.op("Pad", g, pads=pads, mode="constant", value=0.0)
+        g = ctx.b.op("Pad", g, pads=pads, mode=CONSTANT_PAD, value=0.0)
     return [g]
 
 
@@ -63,7 +63,7 @@ def _slice_check(graph, node):
 def pad_index(n: int, begin: int, end: int, mode: str) -> np.ndarray:
     """The input position each output position of a non-constant Pad copies (numpy's modes are
     ONNX's: reflect excludes the edge, edge repeats it, wrap is circular)."""
-    return np.pad(np.arange(n, dtype=np.int64), (begin, end), mode=_PAD_MODES[mode])
+    return np.pad(np.arange(n, dtype=np.int64), (begin, end), mode=mode)
 
 
 @inverse("Pad")
@@ -71,9 +71,9 @@ def _pad(ctx, node, gy):
     in_shape = ctx.shape(node.inputs[0])
     rank = len(in_shape)
     pads = list(node.attrs["pads"])
-    mode = node.attrs.get("mode", "constant")
+    mode = node.attrs.get("mode", CONSTANT_PAD)
     g = gy[0]
-    if mode != "constant":
+    if mode != CONSTANT_PAD:
         for ax in range(1, rank):
             if pads[ax] or pads[ax + rank]:
                 m = index_matrix(pad_index(in_shape[ax], pads[ax], pads[ax + rank], mode), in_shape[ax])
@@ -81,7 +81,7 @@ def _pad(ctx, node, gy):
         return [g]
     if any(p < 0 for p in pads):  # negative pads crop; their adjoint pads back with zeros
         back = [max(0, -p) for p in pads]
-        g = ctx.b.op("Pad", g, pads=back, mode="constant", value=0.0)
+        g = ctx.b.op("Pad", g, pads=back, mode=CONSTANT_PAD, value=0.0)
         pads = [max(0, p) for p in pads]
     axes = [a for a in range(1, rank) if pads[a] or pads[a + rank]]
     if axes:
@@ -92,14 +92,14 @@ def _pad(ctx, node, gy):
 
 @check("Pad")
 def _pad_check(graph, node):
-    mode = node.attrs.get("mode", "constant")
+    mode = node.attrs.get("mode", CONSTANT_PAD)
     rank = len(graph.shape(node.inputs[0]))
     pads = node.attrs["pads"]
     if pads[0] or pads[rank]:
         return "it pads the batch axis"
-    if mode != "constant" and mode not in _PAD_MODES:
+    if mode != CONSTANT_PAD and mode not in COPY_PAD_MODES:
         return f"it pads in an unknown mode '{mode}'"
-    if mode != "constant" and any(p < 0 for p in pads):
+    if mode != CONSTANT_PAD and any(p < 0 for p in pads):
         return f"it crops (negative pads) in '{mode}' mode"
     return None
 

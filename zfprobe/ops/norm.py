@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from zfprobe.inverses import check, inverse
+from zfprobe.ops.registry import DECOMPOSITIONS
+from zfprobe.program import Decomposition
 
 
 def normalized_vjp(ctx, x: str, h: str, axes: list[int], eps: float) -> str:
@@ -75,6 +77,21 @@ def _groupnorm(ctx, node, gy):
     h = ctx.b.op("Reshape", h, shape=grouped)
     gx = normalized_vjp(ctx, x, h, [2], node.attrs.get("epsilon", 1e-5))
     return [ctx.b.op("Reshape", gx, shape=[-1, *shape[1:]]), None, None]
+
+
+@DECOMPOSITIONS.register("GroupNormalization")
+def decompose_groupnorm(node):
+    """Per-channel scale and bias (opset 21 semantics) through an opset-17 InstanceNormalization
+    of the [N, groups, -1] view."""
+    (x, scale, bias), groups = node.inputs[:3], int(node.attrs["num_groups"])
+    d = Decomposition(node)
+    grouped = d.op("Reshape", x, shape=[0, groups, -1])
+    norm = d.op("InstanceNormalization", grouped, d.const(np.ones(groups)), d.const(np.zeros(groups)),
+                epsilon=float(node.attrs.get("epsilon", 1e-5)))
+    back = d.op("Reshape", norm, d.op("Shape", x))
+    scaled = d.op("Mul", back, d.op("Reshape", scale, shape=[-1, 1, 1]))
+    d.op("Add", scaled, d.op("Reshape", bias, shape=[-1, 1, 1]), last=True)
+    return d.result()
 
 
 @check("InstanceNormalization", "GroupNormalization")

@@ -36,3 +36,9 @@ class Registry(dict, Generic[T]):
 # ``ctx`` offers ``opset``, ``shape(tensor)`` (static, batch 1) and ``const(tensor)`` (a constant's
 # value or None). Read by the ONNX front-end for op types it has no normalizer of its own for.
 ONNX_NORMALIZERS: Registry = Registry("ONNX normalizer")
+
+# Canonical ops that only zfprobe defines (no ONNX op has their semantics), each with its default
+# decomposition into standard canonical ops: ``fn(node) -> (nodes, constants)``. A backend with a
+# kernel of its own runs the op; the others, and the ONNX exporter (so onnxruntime and
+# ``zfprobe export-deconv``), run the decomposition (:func:`zfprobe.program.decompose`).
+DECOMPOSITIONS: Registry = Registry("default decomposition")
