@@ -72,8 +72,6 @@ def connected(address: str | None = None, num_cpus: int | None = None, object_st
     ray = import_ray()
     started = False
     if not ray.is_initialized():
-        # the driver's native log lines (e.g. a note on actor restarts) would break zfprobe's one-line output
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         try:
             ray.init(address=address, num_cpus=num_cpus if address is None else None,
                      object_store_memory=object_store_memory if address is None else None,
@@ -330,6 +328,7 @@ def mine_ray(probe, dataset, layers: Sequence[str] | str, k: int = 9, batch_size
     bar = tqdm(total=n_total, initial=resumed_from, unit="img", desc="mining (ray)", dynamic_ncols=True,
                smoothing=0.1, disable=not progress)
     last_save = time.monotonic()
+    first = None
     try:
         if todo:
             for lo, hi, payload in _run_forward(ray, dataset, todo, spec, shapes, k, resources):
@@ -342,6 +341,8 @@ def mine_ray(probe, dataset, layers: Sequence[str] | str, k: int = 9, batch_size
                 for index, reason in block_skipped:
                     warnings.warn(f"skipped {dataset.name(int(index))}: {reason}", stacklevel=2)
                 done.add(lo)
+                if first is None:
+                    first = (time.perf_counter() - t0, hi - lo)
                 bar.update(hi - lo)
                 if state_path and time.monotonic() - last_save > checkpoint_every:
                     save()
@@ -361,7 +362,10 @@ def mine_ray(probe, dataset, layers: Sequence[str] | str, k: int = 9, batch_size
     if n_total - len(skipped) <= 0:
         raise ZfprobeError(f"none of the {n_total} dataset item(s) could be read ({len(skipped)} skipped); nothing to mine")
     save()
-    return MiningResult(tops, dataset, k, n_total, skipped, resumed_from, seconds)
+    result = MiningResult(tops, dataset, k, n_total, skipped, resumed_from, seconds)
+    # pipeline start (actors, model load, the first batch) and the steady rate after it
+    result.first_result_seconds, result.first_batch = first or (seconds, 0)
+    return result
 
 
 def _run_forward(ray, dataset, todo, spec: ModelSpec, shapes: dict, k: int, res: Plan) -> Iterator[tuple[int, int, bytes]]:
