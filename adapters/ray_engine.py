@@ -372,16 +372,20 @@ def _run_forward(ray, dataset, todo, spec: ModelSpec, shapes: dict, k: int, res:
     """(lo, hi, pickled (per-layer top-k states, skipped)) of each batch, as they finish."""
     ds = ray.data.from_items([{"lo": lo, "hi": hi} for lo, hi in todo],
                              override_num_blocks=max(1, min(len(todo), 8 * (res.workers + res.readers))))
-    ds = _stage(ray, ds, _ReadBatch, (portable(dataset),), ray.data.ActorPoolStrategy(min_size=1, max_size=res.readers),
+    ds = _stage(ray, ds, _ReadBatch, (portable(dataset),),
+                ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(res.readers, len(todo)))),
                 res.cpus_per_reader, None)
     ds = _stage(ray, ds, _ForwardTopK, (spec, shapes, k, _worker_device(res.gpus_per_worker, spec.device),
                                         max(1, int(res.cpus_per_worker)), os.environ.get(KILL_ONCE_ENV, "")),
-                ray.data.ActorPoolStrategy(size=res.workers), res.cpus_per_worker, res.gpus_per_worker or None)
+                ray.data.ActorPoolStrategy(size=min(res.workers, len(todo))), res.cpus_per_worker,
+                res.gpus_per_worker or None)
     for rows in _results(ds):
         yield int(rows["lo"][0]), int(rows["hi"][0]), rows["payload"][0]
 
 
-def _stage(ray, ds, cls, args, compute, cpus, gpus):
+def _stage(ray, ds, cls, args, compute, cpus, gpus, restarts: int = MAX_RESTARTS):
+    # Ray's driver prints one line per process about constructor arguments of restartable actors
+    # (ray-project/ray#53727); restarts matter more than that line.
     """``map_batches`` of one row at a time on an actor pool; actors restart, calls retry, a
     bounded number of times (Ray Data's own default is forever)."""
     from ray.util.annotations import RayDeprecationWarning
@@ -389,7 +393,7 @@ def _stage(ray, ds, cls, args, compute, cpus, gpus):
     with warnings.catch_warnings():  # ray 2.60 deprecates the remote args; 2.64 names them (pinned: 2.60)
         warnings.simplefilter("ignore", RayDeprecationWarning)
         return ds.map_batches(cls, fn_constructor_args=args, batch_size=1, batch_format="numpy", compute=compute,
-                              num_cpus=cpus, num_gpus=gpus, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
+                              num_cpus=cpus, num_gpus=gpus, max_restarts=restarts, max_task_retries=restarts)
 
 
 def _results(ds) -> Iterator[dict]:
@@ -424,9 +428,11 @@ def project_layers(probe, dataset, units: dict[str, list], rule: str, lrn: str, 
     groups = []
     for layer, us in units.items():
         ordered = sorted(us, key=lambda u: (u.image, u.channel, u.rank))
+        # enough groups to keep every worker busy, at most image_chunk images each
+        per_group = max(1, min(image_chunk, -(-len({u.image for u in us}) // (2 * res.workers))))
         chunk, images = [], set()
         for u in ordered:
-            if u.image not in images and len(images) == image_chunk:
+            if u.image not in images and len(images) == per_group:
                 groups.append(pickle.dumps((layer, chunk), protocol=5))
                 chunk, images = [], set()
             chunk.append(u)
@@ -441,7 +447,8 @@ def project_layers(probe, dataset, units: dict[str, list], rule: str, lrn: str, 
                              override_num_blocks=max(1, min(len(groups), 8 * res.workers)))
     ds = _stage(ray, ds, _ProjectUnits, (spec, portable(dataset), rule, lrn, percentile, _worker_device(res.gpus_per_worker, spec.device),
                                          max(1, int(res.cpus_per_worker))),
-                ray.data.ActorPoolStrategy(size=res.workers), res.cpus_per_worker, res.gpus_per_worker or None)
+                ray.data.ActorPoolStrategy(size=min(res.workers, len(groups))), res.cpus_per_worker,
+                res.gpus_per_worker or None)
     with tqdm(total=total, unit="unit", desc="projecting (ray)", dynamic_ncols=True, disable=not progress) as bar:
         for rows in _results(ds):
             layer, tiles = pickle.loads(rows["payload"][0])
