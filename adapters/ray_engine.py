@@ -141,40 +141,11 @@ def _rows(payloads: Sequence[bytes], extra: dict | None = None) -> dict:
     return out
 
 
-@dataclass(frozen=True)
-class _ArrayFile:
-    """An array dataset as its file: workers memory-map it themselves (a pickled memory map
-    would carry the whole array)."""
-
-    path: str
-    prep: object
-    input_shape: tuple[int, ...]
-    key: str | None
-
-    def open(self):
-        from zfprobe.datasets import ArrayDataset
-
-        return ArrayDataset(self.path, self.prep, self.input_shape, self.key)
-
-
-def portable(dataset):
-    """What to send to the workers for ``dataset`` (see :class:`_ArrayFile`)."""
-    from zfprobe.datasets import ArrayDataset
-
-    if isinstance(dataset, ArrayDataset) and dataset.path and dataset.path.lower().endswith(".npy"):
-        return _ArrayFile(dataset.path, dataset.prep, dataset.input_shape, dataset.key)
-    return dataset
-
-
-def _opened(dataset):
-    return dataset.open() if isinstance(dataset, _ArrayFile) else dataset
-
-
 class _ReadBatch:
     """Stage 1: read, decode and preprocess the images ``[lo, hi)`` of the dataset."""
 
     def __init__(self, dataset):
-        self.dataset = _opened(dataset)
+        self.dataset = dataset
 
     def __call__(self, rows: dict) -> dict:
         payloads = []
@@ -230,7 +201,7 @@ class _ProjectUnits:
 
     def __init__(self, spec: ModelSpec, dataset, rule: str, lrn: str, percentile, device: str, threads: int):
         self.probe = spec.open(device, threads)
-        self.dataset = _opened(dataset)
+        self.dataset = dataset
         self.rule, self.lrn, self.percentile = rule, lrn, percentile
 
     def __call__(self, rows: dict) -> dict:
@@ -372,7 +343,7 @@ def _run_forward(ray, dataset, todo, spec: ModelSpec, shapes: dict, k: int, res:
     """(lo, hi, pickled (per-layer top-k states, skipped)) of each batch, as they finish."""
     ds = ray.data.from_items([{"lo": lo, "hi": hi} for lo, hi in todo],
                              override_num_blocks=max(1, min(len(todo), 8 * (res.workers + res.readers))))
-    ds = _stage(ray, ds, _ReadBatch, (portable(dataset),),
+    ds = _stage(ray, ds, _ReadBatch, (dataset,),
                 ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(res.readers, len(todo)))),
                 res.cpus_per_reader, None)
     ds = _stage(ray, ds, _ForwardTopK, (spec, shapes, k, _worker_device(res.gpus_per_worker, spec.device),
@@ -445,7 +416,7 @@ def project_layers(probe, dataset, units: dict[str, list], rule: str, lrn: str, 
     total = sum(len(us) for us in units.values())
     ds = ray.data.from_items([{"payload": g} for g in groups],
                              override_num_blocks=max(1, min(len(groups), 8 * res.workers)))
-    ds = _stage(ray, ds, _ProjectUnits, (spec, portable(dataset), rule, lrn, percentile, _worker_device(res.gpus_per_worker, spec.device),
+    ds = _stage(ray, ds, _ProjectUnits, (spec, dataset, rule, lrn, percentile, _worker_device(res.gpus_per_worker, spec.device),
                                          max(1, int(res.cpus_per_worker))),
                 ray.data.ActorPoolStrategy(size=min(res.workers, len(groups))), res.cpus_per_worker,
                 res.gpus_per_worker or None)

@@ -49,7 +49,8 @@ MIN_TILE, MAX_TILE = 4, 1024  # tile side on the sheets, in pixels
               help="Output folder [default: ./zfprobe-mine-<model>].")
 def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, limit, array_key, tile, percentile,
             max_scale, no_project, no_channel_pngs, restart, quiet, engine, address, workers, gpus_per_worker, preset, input_size, mean, std, scale, bgr, resize, device, out_dir):
-    """Top-K images per feature map of each LAYER over DATA (a folder of images or a .npy/.npz array).
+    """Top-K images per feature map of each LAYER over DATA (a folder of images, a .txt list of image
+    paths, a .npy/.npz array, or a folder of .npy shards).
 
     Writes per layer contact sheets (projections | image patches, as in Zeiler & Fergus Fig. 2),
     one PNG per channel, index.csv and manifest.json into OUT, all at once at the end. While

@@ -127,6 +127,32 @@ def test_ray_equals_local_and_oracle_on_5000_digits(cluster, probe, digits):
         assert same.mean() > 0.99, layer
 
 
+def test_ray_reads_npy_shards_and_path_lists_like_local(cluster, probe, digits, tmp_path):
+    """.npy shards (batches across shard boundaries) and a .txt list of image paths with a missing
+    file: the Ray engine's readers give the local engine's result on the whole array."""
+    from zfprobe.datasets import open_dataset
+
+    x = np.load(digits)[:1500]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i, (a, b) in enumerate([(0, 333), (333, 334), (334, 1500)]):
+        np.save(shards / f"part{i}.npy", x[a:b])
+    np.save(tmp_path / "whole.npy", x)
+    sharded = open_dataset(str(shards), probe.preprocessing, probe.input_shape)
+    whole = open_dataset(str(tmp_path / "whole.npy"), probe.preprocessing, probe.input_shape)
+    _same(mine(probe, whole, ["conv2", "fc"], k=9, batch_size=200),
+          mine_ray(probe, sharded, ["conv2", "fc"], k=9, batch_size=200, workers=2), ["conv2", "fc"])
+    samples = str(files("zfprobe") / "data" / "samples")
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(os.path.join(samples, n) + "\n" for n in sorted(os.listdir(samples))) + "gone.png\n")
+    listed = open_dataset(str(listing), probe.preprocessing, probe.input_shape)
+    with pytest.warns(UserWarning, match="gone.png"):
+        dist = mine_ray(probe, listed, ["conv3"], k=3, batch_size=8)
+    local = mine(probe, ImageFolder(samples, probe.preprocessing), ["conv3"], k=3, batch_size=8)
+    _same(local, dist, ["conv3"])
+    assert dist.skipped == [(20, dist.skipped[0][1])]
+
+
 def _photo_folder(tmp_path):
     """foolbox's 20 ImageNet photos, the 4 bundled photos, and one broken JPEG."""
     assets = pytest.importorskip("assets")
