@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import time
 import warnings
 from contextlib import contextmanager
@@ -98,7 +99,7 @@ def _quiet_ray_data(ray) -> None:
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
     ctx.verbose_stats_logs = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its errors reach zfprobe as exceptions
     logging.getLogger("ray").setLevel(logging.ERROR)
 
 
@@ -377,6 +378,12 @@ def _results(ds) -> Iterator[dict]:
             cause = getattr(cause, "cause", None) or cause.__cause__
         if cause is not None:
             raise cause from None
+        said = re.findall(r"zfprobe\.errors\.\w+: (.+)", str(exc))  # e.g. an actor's model file is missing
+        if said:
+            raise ZfprobeError(f"on a Ray worker: {said[-1].strip()}") from None
+        if getattr(exc, "actor_init_failed", False):
+            last = [line for line in str(exc).strip().splitlines() if line.strip()][-1:]
+            raise ZfprobeError(f"a Ray worker could not start: {last[0].strip() if last else type(exc).__name__}") from None
         if type(exc).__name__ in ("ActorDiedError", "RayActorError", "WorkerCrashedError", "ActorUnavailableError") or \
                 "ActorDiedError" in str(exc):
             raise ZfprobeError(f"a Ray worker died {MAX_RESTARTS + 1} times on the same batch (out of memory?); "
