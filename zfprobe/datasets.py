@@ -158,6 +158,9 @@ class PathList(ImageFolder):
         self.files = [line for line in lines if line and not line.startswith("#")]
         if not self.files:
             raise DatasetError(f"the list '{list_path}' names no image files; write one path per line")
+        if not any(os.path.isfile(os.path.join(self.root, f)) for f in self.files):  # stops at the first file found
+            raise DatasetError(f"none of the {len(self.files)} path(s) in '{list_path}' is a file; a .txt DATA is a "
+                               "list of image paths, one per line")
 
     def describe(self) -> dict:
         return {"kind": "list", "path": self.list_path, "images": len(self.files), "ignored_files": 0}
