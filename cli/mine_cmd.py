@@ -36,12 +36,21 @@ MIN_TILE, MAX_TILE = 4, 1024  # tile side on the sheets, in pixels
 @click.option("--no-channel-pngs", is_flag=True, help="Do not write one PNG per channel.")
 @click.option("--restart", is_flag=True, help="Ignore a saved state in OUT and mine from the first image.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where to mine and project: this process, or a Ray cluster (needs zfprobe[ray]).")
+@click.option("--address", help="Ray cluster to use: auto, HOST:PORT or ray://HOST:10001 "
+              "[default: a local cluster started for this run]. Only with --engine ray.")
+@click.option("--workers", type=int, help="Forward-pass actors on the cluster, one CPU each [default: 1]. "
+              "Only with --engine ray.")
+@click.option("--gpus-per-worker", type=float, help="GPU share of each actor, e.g. 0.25 [default: 0]. "
+              "Only with --engine ray.")
 @preprocessing_options
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
               help="Output folder [default: ./zfprobe-mine-<model>].")
 def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, limit, array_key, tile, percentile,
-            max_scale, no_project, no_channel_pngs, restart, quiet, preset, input_size, mean, std, scale, bgr, resize, device, out_dir):
-    """Top-K images per feature map of each LAYER over DATA (a folder of images or a .npy/.npz array).
+            max_scale, no_project, no_channel_pngs, restart, quiet, engine, address, workers, gpus_per_worker, preset, input_size, mean, std, scale, bgr, resize, device, out_dir):
+    """Top-K images per feature map of each LAYER over DATA (a folder of images, a .txt list of image
+    paths, a .npy/.npz array, or a folder of .npy shards).
 
     Writes per layer contact sheets (projections | image patches, as in Zeiler & Fergus Fig. 2),
     one PNG per channel, index.csv and manifest.json into OUT, all at once at the end. While
@@ -68,6 +77,19 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
         raise OptionError("--batch-size must be at least 1")
     if not 0 < percentile <= 100:
         raise OptionError("--percentile must be in (0, 100]")
+    ray_options = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker}
+    if engine == "local":
+        given = [f"--{name.replace('_', '-')}" for name, v in ray_options.items() if v is not None]
+        if given:
+            raise OptionError(f"{', '.join(given)} only apply to --engine ray")
+    else:
+        if workers is not None and workers < 1:
+            raise OptionError("--workers must be at least 1")
+        if gpus_per_worker is not None and not 0 <= gpus_per_worker <= 64:
+            raise OptionError("--gpus-per-worker must be between 0 and 64")
+        from zfprobe.adapters.ray_engine import import_ray
+
+        import_ray()  # without Ray: one line that says how to install it, before any work
     from zfprobe.defaults import PHOTOS, output_folder, sample_dataset, spread_layers
 
     probe = open_probe(model, input_size, device, image=os.path.join(PHOTOS, "chelsea.jpg") if data is None else None)
@@ -94,8 +116,16 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
         state = os.path.join(out_dir, STATE_FILE)
         if restart and os.path.exists(state):
             os.unlink(state)
-        files, result = _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, per_page, rule, lrn,
-                                       batch_size, limit, tile, percentile, no_project, no_channel_pngs, restart, quiet)
+        args = (probe, prep, dataset, out_dir, state, layers, k, channels, per_page, rule, lrn,
+                batch_size, limit, tile, percentile, no_project, no_channel_pngs, restart, quiet)
+        if engine == "ray":
+            from zfprobe.adapters.ray_engine import connected
+
+            with connected(address):
+                files, result = _mine_and_save(*args, ray={"workers": workers or 1, "device": device,
+                                                           "gpus_per_worker": gpus_per_worker or 0.0})
+        else:
+            files, result = _mine_and_save(*args)
     s = result.summary()
     speed = "saved mining pass reused" if result.resumed_from >= result.images_seen else f"{s['images_per_second'] or 0:.0f} img/s"
     click.echo(f"mined {s['images_used']} image(s) ({s['skipped']} skipped) for {len(layers)} layer(s), top {k}, "
@@ -104,15 +134,23 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
 
 
 def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, per_page, rule, lrn, batch_size, limit,
-                   tile, percentile, no_project, no_channel_pngs, restart, quiet):
+                   tile, percentile, no_project, no_channel_pngs, restart, quiet, ray=None):
+    """Mine, project and publish; ``ray``: the Ray engine's settings (None: the local engine)."""
     from zfprobe.mining import mine, parse_channels
-    from zfprobe.mining_render import render_layer, save_mining
+    from zfprobe.mining_render import render_layer, save_mining, units_to_project
 
     skipped_msgs = []
+    engine_mine = mine
+    if ray is not None:
+        from functools import partial
+
+        from zfprobe.adapters.ray_engine import mine_ray
+
+        engine_mine = partial(mine_ray, **ray)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = mine(probe, dataset, list(layers), k=k, batch_size=batch_size, progress=not quiet,
-                      state_path=state, resume=not restart, limit=limit, log=lambda m: click.echo(m, err=True))
+        result = engine_mine(probe, dataset, list(layers), k=k, batch_size=batch_size, progress=not quiet,
+                             state_path=state, resume=not restart, limit=limit, log=lambda m: click.echo(m, err=True))
         skipped_msgs = [str(w.message) for w in caught if str(w.message).startswith("skipped ")]
     for msg in skipped_msgs[:20]:
         click.echo(f"zfprobe: warning: {msg}", err=True)
@@ -123,10 +161,15 @@ def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, pe
         click.echo(f"zfprobe: warning: only {n_used} image(s) were read; each channel shows at most {n_used} instead of {k}", err=True)
     pictures = {}
     if not no_project:
+        chans = {layer: parse_channels(channels, result.layers[layer].channels) for layer in layers}
+        tiles = {layer: None for layer in layers}
+        if ray is not None:  # the projection stage on the cluster, every layer in one pipeline
+            from zfprobe.adapters.ray_engine import project_layers
+
+            tiles = project_layers(probe, result.dataset, {l: units_to_project(result, l, chans[l]) for l in layers},
+                                   rule, lrn, percentile, progress=not quiet, **ray)
         for layer in layers:
-            top = result.layers[layer]
-            chans = parse_channels(channels, top.channels)
-            pictures[layer] = render_layer(probe, result, layer, rule, lrn, chans, percentile)
+            pictures[layer] = render_layer(probe, result, layer, rule, lrn, chans[layer], percentile, tiles=tiles[layer])
     else:
         from zfprobe.mining_render import LayerPictures
         from zfprobe.receptive_field import receptive_field

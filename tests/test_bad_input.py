@@ -164,7 +164,7 @@ DATA_ROWS = [("missing", "does not exist"), ("data_empty", "no images"), ("data_
              ("data_broken", "could be read"), ("npy_0d", "as images"), ("npy_0x0", "no pixels"),
              ("npy_complex", "as images"), ("npy_empty", "no images"), ("npy_5d", "as images"),
              ("npy_bool_str", "as images"), ("npy_object", "array file"), ("npz_none", "no arrays"),
-             ("npy_truncated", "array file"), ("txt_data", "neither a folder")]
+             ("npy_truncated", "array file"), ("txt_data", "list of image paths")]
 
 
 def _cases():

@@ -354,3 +354,38 @@ def test_conv_transpose_as_conv_matches_on_grouped_and_dilated_nets(tmp_path):
             want = plain.run([PROJECTION], feeds)[0]
             got = probe.backend.run(fast, feeds, [PROJECTION])[0]
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_array_shards_and_path_lists(tmp_path, probe, mnist):
+    """A folder of .npy shards reads as the one array it was cut from (batches across shard
+    boundaries, names per shard); a .txt list reads its files in order and skips a missing one;
+    array datasets pickle as their file names, not their pixels."""
+    import pickle
+
+    x = mnist[:700]
+    np.save(tmp_path / "all.npy", x)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i, (a, b) in enumerate([(0, 250), (250, 251), (251, 700)]):
+        np.save(shards / f"part{i}.npy", x[a:b])
+    whole = open_dataset(str(tmp_path / "all.npy"), probe.preprocessing, probe.input_shape)
+    sharded = open_dataset(str(shards), probe.preprocessing, probe.input_shape)
+    assert type(sharded).__name__ == "ArrayShards" and len(sharded) == 700 and sharded.name(250) == "part1.npy[0]"
+    got = list(sharded.batches(96, start=192))
+    want = list(whole.batches(96, start=192))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.indices, w.indices)
+        np.testing.assert_array_equal(g.tensors, w.tensors)
+    np.testing.assert_array_equal(sharded.load(251)[1], whole.load(251)[1])
+    assert len(pickle.dumps(whole)) < 2000 and len(pickle.dumps(sharded)) < 2000  # names, not 700 x 784 pixels
+    np.testing.assert_array_equal(next(pickle.loads(pickle.dumps(sharded)).batches(5, 248)).tensors,
+                                  next(whole.batches(5, 248)).tensors)
+    names = sorted(os.listdir(SAMPLES))[:4]
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# digits\n{os.path.join(SAMPLES, names[0])}\n\nmissing.png\n"
+                       + "".join(os.path.join(SAMPLES, n) + "\n" for n in names[1:]))
+    ds = open_dataset(str(listing), probe.preprocessing, probe.input_shape)
+    assert len(ds) == 5 and ds.describe()["kind"] == "list"
+    batch = next(ds.batches(5))
+    assert list(batch.indices) == [0, 2, 3, 4] and batch.skipped[0][0] == 1
+    np.testing.assert_array_equal(batch.tensors[1], ImageFolder(SAMPLES, probe.preprocessing).load(1)[1][0])

@@ -11,7 +11,14 @@
   memory-mapped; in a ``.npz`` the array ``images`` (else ``x``, else the first one) is used
   and read into memory (use ``.npy`` for arrays larger than memory).
 
-Batches are produced one at a time, so memory does not grow with the dataset.
+* **List of paths** (``.txt``): one image file per line, absolute or relative to the list's
+  folder (blank lines and ``#`` comments ignored), in the list's order. Missing or unreadable
+  files are skipped like a folder's.
+* **Array shards**: a folder of ``.npy`` files (and no images), taken in sorted order as one
+  array; each shard is memory-mapped, batches run across shard boundaries.
+
+Batches are produced one at a time, so memory does not grow with the dataset. Array datasets
+pickle as their file names (a worker process re-maps the files instead of receiving a copy).
 """
 from __future__ import annotations
 
@@ -123,13 +130,40 @@ class ImageFolder(Dataset):
     def fingerprint(self) -> str:
         h = hashlib.sha256(self.root.encode())
         for f in self.files:
-            st = os.stat(os.path.join(self.root, f))
-            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            try:
+                st = os.stat(os.path.join(self.root, f))
+                h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:  # a listed file that is missing: skipped when read
+                h.update(f"{f}\0missing\n".encode())
         h.update(json.dumps(self.prep.to_dict(), sort_keys=True, default=list).encode())
         return h.hexdigest()
 
     def describe(self) -> dict:
         return {"kind": "folder", "path": self.root, "images": len(self.files), "ignored_files": self.ignored}
+
+
+class PathList(ImageFolder):
+    """A text file of image paths, one per line (absolute, or relative to the list's folder)."""
+
+    def __init__(self, list_path: str, prep: Preprocessing):
+        self.list_path = os.path.abspath(list_path)
+        self.root = os.path.dirname(self.list_path)
+        self.prep = prep
+        self.ignored = 0
+        try:
+            with open(self.list_path, encoding="utf-8") as fh:
+                lines = [line.strip() for line in fh]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"cannot read the list of images '{list_path}': {exc}") from None
+        self.files = [line for line in lines if line and not line.startswith("#")]
+        if not self.files:
+            raise DatasetError(f"the list '{list_path}' names no image files; write one path per line")
+        if not any(os.path.isfile(os.path.join(self.root, f)) for f in self.files):  # stops at the first file found
+            raise DatasetError(f"none of the {len(self.files)} path(s) in '{list_path}' is a file; a .txt DATA is a "
+                               "list of image paths, one per line")
+
+    def describe(self) -> dict:
+        return {"kind": "list", "path": self.list_path, "images": len(self.files), "ignored_files": 0}
 
 
 class ArrayDataset(Dataset):
@@ -155,6 +189,17 @@ class ArrayDataset(Dataset):
                 raise DatasetError(
                     f"cannot use an array of shape {array.shape} ({array.dtype}) as images: give uint8 pixels "
                     f"[N, H, W] or [N, H, W, C], or model inputs [N, {', '.join(map(str, self.input_shape[1:]))}]")
+
+    def __getstate__(self):
+        if self.path and self.path.lower().endswith(".npy"):  # re-mapped where unpickled, not copied
+            return {"reopen": (self.path, self.prep, self.input_shape, self.key)}
+        return self.__dict__
+
+    def __setstate__(self, state):
+        if "reopen" in state:
+            self.__init__(*state["reopen"])
+        else:
+            self.__dict__.update(state)
 
     def __len__(self) -> int:
         return len(self.array)
@@ -231,6 +276,99 @@ class ArrayDataset(Dataset):
                 "shape": list(self.array.shape), "dtype": str(self.array.dtype), "preprocessed": self.preprocessed}
 
 
+class ArrayShards(Dataset):
+    """``.npy`` files of one folder (sorted by relative path) as one dataset; item ``i`` is row
+    ``i - offset`` of the shard it falls in, preprocessed as :class:`ArrayDataset` does."""
+
+    def __init__(self, root: str, prep: Preprocessing, input_shape: tuple[int, ...], files: list[str] | None = None):
+        self.root = os.path.abspath(root)
+        self.prep = prep
+        self.input_shape = tuple(input_shape)
+        self.files = sorted(files) if files is not None else _npy_files(self.root)
+        if not self.files:
+            raise DatasetError(f"no .npy shards in '{root}'")
+        self.shards = [ArrayDataset(os.path.join(self.root, f), prep, input_shape) for f in self.files]
+        kinds = {(s.preprocessed, s.array.shape[1:]) for s in self.shards}
+        if len(kinds) > 1:
+            raise DatasetError(f"the .npy shards in '{root}' differ in item shape or kind: "
+                               + ", ".join(f"{f} {list(s.array.shape)} {s.array.dtype}" for f, s in zip(self.files, self.shards)))
+        self.offsets = np.concatenate([[0], np.cumsum([len(s) for s in self.shards])]).astype(np.int64)
+
+    def __getstate__(self):
+        return {"reopen": (self.root, self.prep, self.input_shape, self.files)}
+
+    def __setstate__(self, state):
+        self.__init__(*state["reopen"])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return shard, int(index - self.offsets[shard])
+
+    def name(self, index: int) -> str:
+        shard, row = self._locate(index)
+        return f"{self.files[shard]}[{row}]"
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        shard, row = self._locate(index)
+        return self.shards[shard].load(row)
+
+    def batches(self, batch_size: int, start: int = 0) -> Iterator[Batch]:
+        for lo in range(start, len(self), batch_size):
+            hi = min(lo + batch_size, len(self))
+            parts = []
+            first, _ = self._locate(lo)
+            for s in range(first, len(self.shards)):
+                a, b = max(lo, int(self.offsets[s])), min(hi, int(self.offsets[s + 1]))
+                if a >= b:
+                    if self.offsets[s] >= hi:
+                        break
+                    continue
+                part = next(self.shards[s].batches(b - a, a - int(self.offsets[s])))
+                part.indices = part.indices + self.offsets[s]
+                part.skipped = [(int(i + self.offsets[s]), r) for i, r in part.skipped]
+                parts.append(part)
+            kept = [p for p in parts if len(p.indices)]
+            tensors = np.concatenate([p.tensors for p in kept]) if kept else np.zeros((0,), np.float32)
+            indices = np.concatenate([p.indices for p in kept]) if kept else np.zeros((0,), np.int64)
+            yield Batch(indices.astype(np.int64), tensors, [x for p in parts for x in p.skipped])
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.root.encode())
+        for shard in self.shards:
+            h.update(shard.fingerprint().encode())
+        return h.hexdigest()
+
+    def describe(self) -> dict:
+        first = self.shards[0]
+        return {"kind": "array_shards", "path": self.root, "shards": self.files, "images": len(self),
+                "shape": [len(self), *first.array.shape[1:]], "dtype": str(first.array.dtype),
+                "preprocessed": first.preprocessed}
+
+
+def _npy_files(root: str, exclude: tuple[str, ...] = ()) -> list[str]:
+    out = []
+    skip = {os.path.realpath(e) for e in exclude}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and os.path.realpath(os.path.join(dirpath, d)) not in skip)
+        out += [os.path.relpath(os.path.join(dirpath, f), root) for f in filenames
+                if f.lower().endswith(".npy") and not f.startswith(".")]
+    return sorted(out)
+
+
+def _has_images(root: str, exclude: tuple[str, ...] = ()) -> bool:
+    exts = image_extensions()
+    skip = {os.path.realpath(e) for e in exclude}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and os.path.realpath(os.path.join(dirpath, d)) not in skip]
+        if any(os.path.splitext(f)[1].lower() in exts for f in filenames if not f.startswith(".")):
+            return True
+    return False
+
+
 def _batch_to_tensor(raw: np.ndarray, prep: Preprocessing) -> np.ndarray:
     x = raw.astype(np.float32)
     if x.ndim == 3:
@@ -263,17 +401,25 @@ def _open_array(path: str, key: str | None) -> tuple[np.ndarray, str | None]:
 
 def open_dataset(path: str, prep: Preprocessing, input_shape: tuple[int, ...], key: str | None = None,
                  exclude: tuple[str, ...] = ()) -> Dataset:
-    """A folder of images or a .npy / .npz array file (see the module docstring); ``exclude``:
+    """A folder of images, a folder of .npy shards, a .txt list of image paths or a .npy / .npz
+    array file (see the module docstring); ``exclude``:
     folders inside it that are not data (the output folder of the run)."""
     if prep is None:
         raise DatasetError("this model's input is not an image batch; zfprobe cannot mine it")
     if os.path.isdir(path):
+        shards = _npy_files(path, exclude)
+        if shards and not _has_images(path, exclude):
+            return ArrayShards(path, prep, input_shape, shards)
         return ImageFolder(path, prep, exclude)
     if not os.path.exists(path):
-        raise DatasetError(f"dataset '{path}' does not exist; give a folder of images or a .npy / .npz file")
-    if os.path.splitext(path)[1].lower() in (".npy", ".npz"):
+        raise DatasetError(f"dataset '{path}' does not exist; give a folder of images, a .txt list of image paths "
+                           "or a .npy / .npz file")
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".npy", ".npz"):
         return ArrayDataset(path, prep, input_shape, key)
-    raise DatasetError(f"'{path}' is neither a folder nor a .npy / .npz array file")
+    if ext == ".txt":
+        return PathList(path, prep)
+    raise DatasetError(f"'{path}' is neither a folder, a .txt list of image paths nor a .npy / .npz array file")
 
 
 def warn_skipped(name: str, reason: str) -> None:

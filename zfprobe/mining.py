@@ -96,6 +96,17 @@ class LayerTopK:
         self._images = np.take_along_axis(images, order, axis=1)
         self._positions = np.take_along_axis(positions, order, axis=1)
 
+    def merge(self, state: dict[str, np.ndarray]) -> None:
+        """Merge another top-k of the same layer over disjoint images (``state()`` of it, e.g. one
+        block's, computed elsewhere): the result is the top-k of the union, in any merge order."""
+        values = np.concatenate([self._values, np.asarray(state["values"], np.float32)], axis=1)
+        images = np.concatenate([self._images, np.asarray(state["images"], np.int64)], axis=1)
+        positions = np.concatenate([self._positions, np.asarray(state["positions"], np.int64)], axis=1)
+        order = np.lexsort((images, -values.astype(np.float64)), axis=1)[:, : self.k]
+        self._values = np.take_along_axis(values, order, axis=1)
+        self._images = np.take_along_axis(images, order, axis=1)
+        self._positions = np.take_along_axis(positions, order, axis=1)
+
     # -- results ---------------------------------------------------------------------------
     @property
     def values(self) -> np.ndarray:
@@ -184,7 +195,7 @@ def auto_batch_size(probe, layers: Sequence[str], budget: int = DEFAULT_BATCH_BU
     return int(max(1, min(256, budget // max(1, 2 * per_image))))
 
 
-def _fingerprint(probe, dataset: Dataset, layers: dict, k: int) -> str:
+def run_fingerprint(probe, dataset: Dataset, layers: dict, k: int) -> str:
     model = probe.source
     st = os.stat(model) if model and os.path.isfile(model) else None
     parts = {"model": [model, st.st_size if st else None, st.st_mtime_ns if st else None, probe.graph.name],
@@ -213,10 +224,10 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
     batch_size = int(batch_size or auto_batch_size(probe, list(layers)))
     if batch_size < 1:
         raise OptionError("--batch-size must be at least 1")
-    fingerprint = _fingerprint(probe, dataset, shapes, k) + f"|limit={n_total}"
+    fingerprint = run_fingerprint(probe, dataset, shapes, k) + f"|limit={n_total}"
     start, skipped = 0, []
     if state_path and resume and os.path.isfile(state_path):
-        loaded = _load_state(state_path, fingerprint, tops)
+        loaded = load_state(state_path, fingerprint, tops)
         if loaded is None:  # a checkpoint is only ever replaced by a newer one of the same inputs
             (log or (lambda m: None))(f"{state_path}: saved state is for other inputs; starting clean without "
                                       "checkpoints, the saved state is kept (restart to replace it)")
@@ -234,7 +245,7 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
     def save():
         if state_path:
             done = [(i, r) for i, r in skipped if i < consumed]  # not those of a batch in flight
-            _save_state(state_path, fingerprint, tops, consumed, done, n_total)
+            save_state(state_path, fingerprint, tops, consumed, done, n_total)
 
     def finish(batch, future) -> None:
         """Merge a finished batch into the top-k (runs while the backend computes the next)."""
@@ -330,7 +341,9 @@ def _progress(total: int, initial: int, enabled: bool):
                 disable=not enabled)
 
 
-def _save_state(path: str, fingerprint: str, tops: dict[str, LayerTopK], consumed: int, skipped, n_total: int) -> None:
+def save_state(path: str, fingerprint: str, tops: dict[str, LayerTopK], consumed: int, skipped, n_total: int,
+               extra: dict | None = None) -> None:
+    """Checkpoint the top-k arrays atomically; ``extra``: more metadata (the Ray engine's finished blocks)."""
     from zfprobe.outputs import write_file_atomically
 
     arrays = {}
@@ -338,13 +351,15 @@ def _save_state(path: str, fingerprint: str, tops: dict[str, LayerTopK], consume
         for key, arr in top.state().items():
             arrays[f"l{i}_{key}"] = arr
     meta = {"fingerprint": fingerprint, "consumed": consumed, "total": n_total, "layers": list(tops),
-            "skipped": [[int(i), r] for i, r in skipped], "complete": consumed >= n_total}
+            "skipped": [[int(i), r] for i, r in skipped], "complete": consumed >= n_total, **(extra or {})}
     buf = io.BytesIO()
     np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
     write_file_atomically(path, buf.getvalue())
 
 
-def _load_state(path: str, fingerprint: str, tops: dict[str, LayerTopK]):
+def load_state(path: str, fingerprint: str, tops: dict[str, LayerTopK]):
+    """(images consumed, skipped) of a checkpoint of the same inputs, loading its top-k into
+    ``tops``; None for another run's (or an unreadable) state."""
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
@@ -355,6 +370,15 @@ def _load_state(path: str, fingerprint: str, tops: dict[str, LayerTopK]):
     except (OSError, ValueError, KeyError):
         return None
     return int(meta["consumed"]), [(int(i), r) for i, r in meta.get("skipped", [])]
+
+
+def state_meta(path: str) -> dict:
+    """The metadata of a checkpoint ({} when unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["meta"]))
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 # ------------------------------------------------------------------------ projection ---------

@@ -54,11 +54,27 @@ class LayerPictures:
     percentile: float | None = DEFAULT_PERCENTILE
 
 
+def units_to_project(result: MiningResult, layer: str, channels: list[int] | None = None) -> list[MinedUnit]:
+    """The kept units of ``channels`` (default: all) that get a projection: dead channels get none."""
+    top = result.layers[layer]
+    chans = list(range(top.channels)) if channels is None else list(channels)
+    status = channel_status(top)
+    return top.units([c for c in chans if status[c] != "dead"])
+
+
+def projection_tiles(probe, dataset, layer: str, units, rule: str, lrn: str, percentile: float | None,
+                     image_chunk: int = 32):
+    """(unit, projection crop as uint8, image patch) of each unit, projected by ``probe``."""
+    for up in project_units(probe, dataset, layer, units, rule, lrn, image_chunk=image_chunk):
+        yield up.unit, signed_to_uint8(up.projection_crop, percentile), up.patch
+
+
 def render_layer(probe, result: MiningResult, layer: str, rule: str = "deconvnet", lrn: str = "identity",
                  channels: list[int] | None = None, percentile: float | None = DEFAULT_PERCENTILE,
-                 image_chunk: int = 32) -> LayerPictures:
+                 image_chunk: int = 32, tiles=None) -> LayerPictures:
     """Project every kept unit of ``channels`` (default: all; dead channels are not projected)
-    and keep uint8 crops."""
+    and keep uint8 crops. ``tiles``: the :func:`projection_tiles` of those units made elsewhere
+    (the Ray engine projects on its workers); by default they are projected here."""
     from zfprobe.receptive_field import receptive_field
 
     top = result.layers[layer]
@@ -68,9 +84,11 @@ def render_layer(probe, result: MiningResult, layer: str, rule: str = "deconvnet
     pics = LayerPictures(layer, top.tensor, rule, chans, rf.size, rf.stride, {c: [] for c in chans},
                          status={c: status[c] for c in chans}, percentile=percentile)
     t0 = time.perf_counter()
-    units = top.units([c for c in chans if status[c] != "dead"])
-    for up in project_units(probe, result.dataset, layer, units, rule, lrn, image_chunk=image_chunk):
-        pics.tiles[up.unit.channel].append((up.unit, signed_to_uint8(up.projection_crop, percentile), up.patch))
+    if tiles is None:
+        tiles = projection_tiles(probe, result.dataset, layer, units_to_project(result, layer, chans), rule, lrn,
+                                 percentile, image_chunk)
+    for unit, proj, patch in tiles:
+        pics.tiles[unit.channel].append((unit, proj, patch))
     for c in chans:
         pics.tiles[c].sort(key=lambda t: t[0].rank)
     pics.seconds = time.perf_counter() - t0
@@ -258,4 +276,4 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
     return final
 
 
-__all__ = ["render_layer", "layer_pages", "channel_block", "save_mining", "parse_channels", "LayerPictures"]
+__all__ = ["render_layer", "units_to_project", "projection_tiles", "layer_pages", "channel_block", "save_mining", "parse_channels", "LayerPictures"]
