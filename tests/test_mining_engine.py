@@ -138,3 +138,59 @@ def test_runs_setting_is_checked(probe, monkeypatch):
     monkeypatch.setenv("ZFPROBE_MINE_RUNS", "0")
     with pytest.raises(OptionError, match="at least 1"):
         forward_parallelism(probe.backend)
+
+
+def _photo_folder(tmp_path, digits):
+    """Real photos (scikit-learn's two JPEGs), real digits as PNG and JPEG, one
+    truncated file (skipped) and a non-image (ignored)."""
+    import glob
+    import os
+    import shutil
+
+    import sklearn
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, src in enumerate(sorted(glob.glob(os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", "*.jpg")))):
+        shutil.copyfile(src, folder / f"photo{i}.jpg")
+    for i, d in enumerate(digits[:40]):
+        Image.fromarray(d).save(folder / (f"d{i:03d}.png" if i % 3 else f"d{i:03d}.jpg"))
+    (folder / "d005.png").write_bytes((folder / "d005.png").read_bytes()[:60])  # truncated: skipped
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_decoding_processes_give_the_same_batches_and_results(probe, digits, tmp_path):
+    """Files decoded in 2 processes (what machines with more cores get) against decoding in the
+    calling thread: the same batches (indices, skipped files with their reasons, tensors bit for
+    bit) and the same mining result."""
+    folder = _photo_folder(tmp_path, digits)
+    here = ImageFolder(str(folder), probe.preprocessing, decoders=0)
+    procs = ImageFolder(str(folder), probe.preprocessing, decoders=2)
+    for start, bs in ((0, 6), (7, 4)):
+        a, b = list(here.batches(bs, start)), list(procs.batches(bs, start))
+        assert len(a) == len(b) and sum(len(x.indices) + len(x.skipped) for x in a) == len(here) - start
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.indices, y.indices)
+            np.testing.assert_array_equal(x.tensors, y.tensors)
+            assert x.skipped == y.skipped
+        assert any(x.skipped for x in a) == (start <= 5)  # d005.png, the 6th file, is truncated
+    with pytest.warns(UserWarning, match="skipped d005.png"):
+        ra = mine(probe, here, ["conv2", "conv3"], k=5, batch_size=6)
+    with pytest.warns(UserWarning, match="skipped d005.png"):
+        rb = mine(probe, procs, ["conv2", "conv3"], k=5, batch_size=6)
+    assert ra.skipped == rb.skipped and len(ra.skipped) == 1
+    for layer in ("conv2", "conv3"):
+        for w, g in zip(_tops(ra)[layer], _tops(rb)[layer]):
+            np.testing.assert_array_equal(w, g)
+
+
+def test_decoders_setting_is_checked(probe, tmp_path, monkeypatch, digits):
+    from zfprobe.datasets import DatasetError, decoder_processes
+
+    monkeypatch.setenv("ZFPROBE_DECODERS", "3")
+    assert decoder_processes() == 3
+    monkeypatch.setenv("ZFPROBE_DECODERS", "-1")
+    with pytest.raises(DatasetError, match="ZFPROBE_DECODERS"):
+        decoder_processes()
