@@ -60,6 +60,12 @@ class MinedUnit:
                 "position": list(self.position), "value": self.value}
 
 
+def channel_maxima(acts: np.ndarray) -> np.ndarray:
+    """[B, C]: each image's largest activation in each channel of ``acts`` [B, C, *spatial] (NaN
+    where a map holds NaN); an FC layer [B, F] is its own maximum."""
+    return acts.reshape(acts.shape[0], acts.shape[1], -1).max(axis=2)
+
+
 class LayerTopK:
     """The running top-k of one layer: ``values``, ``images``, ``positions`` (flat raster index
     over the spatial axes), each ``[C, k]``; empty slots have image -1 (value -inf)."""
@@ -87,9 +93,7 @@ class LayerTopK:
         if b == 0:
             return
         flat = acts.reshape(b, self.channels, -1)
-        if maxima is None:
-            maxima = flat.max(axis=2)
-        maxima = np.asarray(maxima).reshape(b, self.channels)
+        maxima = channel_maxima(acts) if maxima is None else np.asarray(maxima).reshape(b, self.channels)
         # NaN counts as -inf (it never beats a real value; it may fill a slot nothing else fills)
         best = np.where(np.isnan(maxima), -np.inf, maxima)
         rows, chans = np.nonzero(best >= self._values[:, -1])  # >=: a tie may still win on index
@@ -267,8 +271,8 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
         """Merge a finished batch into the top-k (runs while the backend computes the next)."""
         nonlocal consumed, last_save
         if future is not None:
-            for layer, acts in zip(layers, future.result()):
-                tops[layer].update(acts, batch.indices)
+            for layer, (acts, maxima) in zip(layers, future.result()):
+                tops[layer].update(acts, batch.indices, maxima)
         done = int(batch.indices.max() + 1) if len(batch.indices) else 0
         done = max(done, max((i + 1 for i, _ in batch.skipped), default=0))
         bar.update(done - consumed)
@@ -278,9 +282,11 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
             last_save = time.monotonic()
 
     def run(images):
-        if threads is None:
-            return probe.backend.run(program, {probe.input_name: images}, tensors)
-        return probe.backend.run(program, {probe.input_name: images}, tensors, threads=threads)
+        """The forward pass and each layer's per-channel maxima, in a worker thread: numpy's
+        reduction releases the GIL, so it runs beside the other runs and the merge."""
+        extra = {} if threads is None else {"threads": threads}
+        outs = probe.backend.run(program, {probe.input_name: images}, tensors, **extra)
+        return [(a, channel_maxima(a)) for a in outs]
 
     runner = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zfprobe-forward")
     pending: deque = deque()  # (batch, future) in dataset order; merged in that order
