@@ -4,7 +4,8 @@
 layers need (one forward pass serves every layer), and keeps, for each channel of each layer, the
 ``k`` images whose strongest position in that channel is largest: one entry per image (as the
 paper shows 9 different images), with that position and its value. Memory holds one batch of
-activations plus ``[C, k]`` arrays per layer, whatever the dataset's size. Order (and so ties) is
+activations per forward run in flight (see :func:`forward_parallelism`) plus ``[C, k]`` arrays
+per layer, whatever the dataset's size. Order (and so ties) is
 deterministic: value descending, then image index ascending; within an image the first position
 in raster order wins. A layer without spatial extent (an FC layer ``[N, F]``) is mined per unit:
 each of its F units is a "channel" with a single position, and its receptive field is the whole
