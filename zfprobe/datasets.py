@@ -30,6 +30,9 @@ from zfprobe.images import image_extensions as _safe_extensions
 from zfprobe.preprocess import Preprocessing, read_pixels
 
 
+MIN_FILES_FOR_PROCESSES = 256  # fewer files: starting decoder processes costs more than it saves
+
+
 class DatasetError(ZfprobeError):
     """A dataset that cannot be used (missing, empty, no readable images, bad array)."""
 
@@ -76,7 +79,9 @@ class Dataset:
 class ImageFolder(Dataset):
     """``exclude``: folders below ``root`` to leave out (e.g. the run's own output folder).
     ``decoders``: processes that decode files for :meth:`batches` (0: in the calling thread;
-    None: :func:`decoder_processes`)."""
+    None: :func:`decoder_processes`, from ``MIN_FILES_FOR_PROCESSES`` files on)."""
+
+    decoders: int | None = None  # also for subclasses that set up their own file list
 
     def __init__(self, root: str, prep: Preprocessing, exclude: tuple[str, ...] = (), decoders: int | None = None):
         self.root = os.path.abspath(root)
@@ -112,7 +117,8 @@ class ImageFolder(Dataset):
         return to_display(pixels), self.prep.to_tensor(pixels)
 
     def batches(self, batch_size: int, start: int = 0) -> Iterator[Batch]:
-        workers = decoder_processes() if self.decoders is None else int(self.decoders)
+        workers = int(self.decoders) if self.decoders is not None else \
+            (decoder_processes() if len(self) - start >= MIN_FILES_FOR_PROCESSES else 0)
         paths = [os.path.join(self.root, f) for f in self.files]
         decoded = _decode_in_processes(paths, start, self.prep, workers, batch_size) if workers > 0 else \
             ((i, *decode_file(paths[i], self.prep)) for i in range(start, len(self)))
