@@ -51,21 +51,25 @@ def _cuda_device_present() -> bool:
 
 
 class OnnxRuntimeBackend:
-    """Executes programs; one cached ``InferenceSession`` per program object."""
+    """Executes programs; one cached ``InferenceSession`` per program object (and thread count)."""
 
     name = "onnxruntime"
+    concurrent_runs = True  # run(..., threads=n) may be called from several threads at once
 
     def __init__(self, device: str = "auto", threads: int | None = None):
         self.providers = choose_providers(device)
         self.threads = threads
-        self._sessions: dict[int, tuple[Graph, object]] = {}
+        self._sessions: dict[tuple, tuple[Graph, object]] = {}
 
     @property
     def device(self) -> str:
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
 
-    def session(self, program: Graph):
-        key = id(program)
+    def session(self, program: Graph, threads: int | None = None):
+        """The cached session of ``program``; ``threads``: its intra-op thread count (default:
+        the backend's, else onnxruntime's, one per core)."""
+        threads = threads or self.threads
+        key = (id(program), threads)
         cached = self._sessions.get(key)
         if cached is not None and cached[0] is program:
             return cached[1]
@@ -75,12 +79,16 @@ class OnnxRuntimeBackend:
         model = to_onnx(conv_transpose_as_conv(program))
         opts = ort.SessionOptions()
         opts.log_severity_level = 4
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
+        if threads:
+            opts.intra_op_num_threads = threads
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=self.providers)
         self._sessions[key] = (program, sess)
         return sess
 
-    def run(self, program: Graph, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
-        sess = self.session(program)
+    def run(self, program: Graph, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None,
+            threads: int | None = None) -> list[np.ndarray]:
+        """Run ``program``. ``threads`` picks a session with that many intra-op threads: several
+        calls may run at once from different Python threads (onnxruntime's ``run`` is thread-safe
+        and releases the GIL), e.g. one single-threaded run per core."""
+        sess = self.session(program, threads)
         return sess.run(list(outputs or program.outputs), feeds)

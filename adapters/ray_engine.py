@@ -308,7 +308,7 @@ def mine_ray(probe, dataset, layers: Sequence[str] | str, k: int = 9, batch_size
                     continue
                 block_tops, block_skipped = pickle.loads(payload)
                 for layer, state in block_tops.items():
-                    tops[layer].merge(state)
+                    tops[layer].merge_state(state)
                 skipped.extend(block_skipped)
                 for index, reason in block_skipped:
                     warnings.warn(f"skipped {dataset.name(int(index))}: {reason}", stacklevel=2)

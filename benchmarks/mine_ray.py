@@ -115,7 +115,7 @@ def workload(name: str, model: str, ds_factory, layers, batch: int, n: int) -> d
     for l, s in shapes.items():
         top, blk = LayerTopK(l, l, s, 9), LayerTopK(l, l, s, 9)
         blk.update(rng.standard_normal((batch,) + s).astype(np.float32), np.arange(batch))
-        t, _ = _timed(lambda: [top.merge(blk.state()) for _ in range(20)])
+        t, _ = _timed(lambda: [top.merge_state(blk.state()) for _ in range(20)])
         t_merge += t / 20
     print(f"  driver merge per batch (all layers): {1000 * t_merge:.2f} ms -> at most {batch / t_merge:,.0f} img/s per driver")
     out["start"], out["per_batch"], out["merge"] = t_start, per_batch, t_merge

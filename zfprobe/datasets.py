@@ -37,6 +37,9 @@ from zfprobe.images import image_extensions as _safe_extensions
 from zfprobe.preprocess import Preprocessing, read_pixels
 
 
+MIN_FILES_FOR_PROCESSES = 256  # fewer files: starting decoder processes costs more than it saves
+
+
 class DatasetError(ZfprobeError):
     """A dataset that cannot be used (missing, empty, no readable images, bad array)."""
 
@@ -81,11 +84,16 @@ class Dataset:
 
 
 class ImageFolder(Dataset):
-    """``exclude``: folders below ``root`` to leave out (e.g. the run's own output folder)."""
+    """``exclude``: folders below ``root`` to leave out (e.g. the run's own output folder).
+    ``decoders``: processes that decode files for :meth:`batches` (0: in the calling thread;
+    None: :func:`decoder_processes`, from ``MIN_FILES_FOR_PROCESSES`` files on)."""
 
-    def __init__(self, root: str, prep: Preprocessing, exclude: tuple[str, ...] = ()):
+    decoders: int | None = None  # also for subclasses that set up their own file list
+
+    def __init__(self, root: str, prep: Preprocessing, exclude: tuple[str, ...] = (), decoders: int | None = None):
         self.root = os.path.abspath(root)
         self.prep = prep
+        self.decoders = decoders
         exts = image_extensions()
         files, ignored = [], 0
         skip = {os.path.realpath(e) for e in exclude}
@@ -116,16 +124,22 @@ class ImageFolder(Dataset):
         return to_display(pixels), self.prep.to_tensor(pixels)
 
     def batches(self, batch_size: int, start: int = 0) -> Iterator[Batch]:
-        for lo in range(start, len(self), batch_size):
-            idx, tensors, skipped = [], [], []
-            for i in range(lo, min(lo + batch_size, len(self))):
-                try:
-                    tensors.append(self.load(i)[1][0])
-                    idx.append(i)
-                except ImageError as exc:
-                    skipped.append((i, str(exc)))
-            arr = np.stack(tensors) if tensors else np.zeros((0,), np.float32)
-            yield Batch(np.asarray(idx, np.int64), arr, skipped)
+        workers = int(self.decoders) if self.decoders is not None else \
+            (decoder_processes() if len(self) - start >= MIN_FILES_FOR_PROCESSES else 0)
+        paths = [os.path.join(self.root, f) for f in self.files]
+        decoded = _decode_in_processes(paths, start, self.prep, workers, batch_size) if workers > 0 else \
+            ((i, *decode_file(paths[i], self.prep)) for i in range(start, len(self)))
+        idx, tensors, skipped = [], [], []
+        for i, tensor, reason in decoded:
+            if reason is None:
+                tensors.append(tensor)
+                idx.append(i)
+            else:
+                skipped.append((i, reason))
+            if i + 1 == len(self) or (i + 1 - start) % batch_size == 0:
+                arr = np.stack(tensors) if tensors else np.zeros((0,), np.float32)
+                yield Batch(np.asarray(idx, np.int64), arr, skipped)
+                idx, tensors, skipped = [], [], []
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(self.root.encode())
@@ -164,6 +178,65 @@ class PathList(ImageFolder):
 
     def describe(self) -> dict:
         return {"kind": "list", "path": self.list_path, "images": len(self.files), "ignored_files": 0}
+
+
+def decode_file(path: str, prep: Preprocessing) -> tuple[np.ndarray | None, str | None]:
+    """(model input [*input], None) of one image file, or (None, why it cannot be read)."""
+    try:
+        return prep.to_tensor(read_pixels(path, prep))[0], None
+    except ImageError as exc:
+        return None, str(exc)
+
+
+def decoder_processes() -> int:
+    """How many processes decode image files: ``ZFPROBE_DECODERS``, else none on up to 2 cores
+    (the forward pass needs them; one decoding thread keeps up) and half the cores above that,
+    up to 8. Decoding holds the GIL for much of its time (two decoding threads are no faster than
+    one), so more decoding throughput needs processes, not threads."""
+    want = os.environ.get("ZFPROBE_DECODERS")
+    if want:
+        try:
+            n = int(want)
+        except ValueError:
+            raise DatasetError(f"ZFPROBE_DECODERS='{want}' is not a whole number") from None
+        if n < 0:
+            raise DatasetError(f"ZFPROBE_DECODERS='{want}' must be 0 (decode in the calling thread) or more")
+        return n
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cores <= 2 else min(8, cores // 2)
+
+
+def _quiet_worker() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, not each worker's
+
+
+def _decode_in_processes(paths: list[str], start: int, prep: Preprocessing, workers: int,
+                         batch_size: int) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+    """:func:`decode_file` of ``paths[start:]`` in ``workers`` processes, in order; at most
+    two batches (and two files per worker) are decoded ahead, so memory stays bounded."""
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    ahead = 2 * max(batch_size, workers)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker)
+    window: deque = deque()
+    todo = iter(range(start, len(paths)))
+    try:
+        for i in todo:
+            window.append((i, pool.submit(decode_file, paths[i], prep)))
+            if len(window) >= ahead:
+                break
+        while window:
+            i, future = window.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                window.append((nxt, pool.submit(decode_file, paths[nxt], prep)))
+            yield (i, *future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class ArrayDataset(Dataset):

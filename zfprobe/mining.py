@@ -4,7 +4,8 @@
 layers need (one forward pass serves every layer), and keeps, for each channel of each layer, the
 ``k`` images whose strongest position in that channel is largest: one entry per image (as the
 paper shows 9 different images), with that position and its value. Memory holds one batch of
-activations plus ``[C, k]`` arrays per layer, whatever the dataset's size. Order (and so ties) is
+activations per forward run in flight (see :func:`forward_parallelism`) plus ``[C, k]`` arrays
+per layer, whatever the dataset's size. Order (and so ties) is
 deterministic: value descending, then image index ascending; within an image the first position
 in raster order wins. A layer without spatial extent (an FC layer ``[N, F]``) is mined per unit:
 each of its F units is a "channel" with a single position, and its receptive field is the whole
@@ -27,6 +28,7 @@ import json
 import os
 import time
 import warnings
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -40,6 +42,7 @@ from zfprobe.errors import OptionError, ZfprobeError
 STATE_FILE = ".mine-state.npz"
 _NO_IMAGE = np.iinfo(np.int64).max  # sorts after every real image index
 DEFAULT_BATCH_BUDGET = 256 * 1024**2  # bytes of activations one mining batch may hold
+MAX_RUNS_IN_FLIGHT = 4  # concurrent forward passes on CPU (each holds one batch of activations)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,12 @@ class MinedUnit:
                 "position": list(self.position), "value": self.value}
 
 
+def channel_maxima(acts: np.ndarray) -> np.ndarray:
+    """[B, C]: each image's largest activation in each channel of ``acts`` [B, C, *spatial] (NaN
+    where a map holds NaN); an FC layer [B, F] is its own maximum."""
+    return acts.reshape(acts.shape[0], acts.shape[1], -1).max(axis=2)
+
+
 class LayerTopK:
     """The running top-k of one layer: ``values``, ``images``, ``positions`` (flat raster index
     over the spatial axes), each ``[C, k]``; empty slots have image -1 (value -inf)."""
@@ -72,40 +81,59 @@ class LayerTopK:
         self._positions = np.full((self.channels, self.k), -1, np.int64)
 
     # -- update ----------------------------------------------------------------------------
-    def update(self, acts: np.ndarray, indices: np.ndarray) -> None:
-        """Merge a batch: ``acts`` [B, *shape] of the images with dataset indices ``indices``."""
+    def update(self, acts: np.ndarray, indices: np.ndarray, maxima: np.ndarray | None = None) -> None:
+        """Merge a batch: ``acts`` [B, *shape] of the images with dataset indices ``indices``.
+
+        ``maxima`` [B, C] (optional): each image's largest activation per channel, when the
+        caller already has it (e.g. from a GlobalMaxPool in its program); else numpy computes it.
+        Only (image, channel) pairs whose maximum reaches the channel's current k-th value can
+        enter, so the first-maximum position (argmax) is only looked for in those rows: after the
+        first batches that is a handful per batch, whatever the dataset's size.
+        """
         b = acts.shape[0]
         if b == 0:
             return
         flat = acts.reshape(b, self.channels, -1)
-        pos = flat.argmax(axis=2)                                   # first maximum in raster order
-        val = np.take_along_axis(flat, pos[..., None], axis=2)[..., 0].astype(np.float32)
-        val = np.where(np.isnan(val), -np.inf, val).T              # [C, B]
-        # Only entries that reach the current k-th value can enter (>=: a tie may win on index).
-        cand = val >= self._values[:, -1:]
-        if not cand.any():
+        maxima = channel_maxima(acts) if maxima is None else np.asarray(maxima).reshape(b, self.channels)
+        # NaN counts as -inf (it never beats a real value; it may fill a slot nothing else fills)
+        best = np.where(np.isnan(maxima), -np.inf, maxima)
+        rows, chans = np.nonzero(best >= self._values[:, -1])  # >=: a tie may still win on index
+        if rows.size == 0:
             return
-        cols = np.flatnonzero(cand.any(axis=0))
-        cand = cand[:, cols]
-        indices = np.asarray(indices, np.int64)[cols]
-        values = np.concatenate([self._values, np.where(cand, val[:, cols], -np.inf)], axis=1)
-        images = np.concatenate([self._images, np.where(cand, indices[None], _NO_IMAGE)], axis=1)
-        positions = np.concatenate([self._positions, np.where(cand, pos.T[:, cols], -1)], axis=1)
-        order = np.lexsort((images, -values.astype(np.float64)), axis=1)[:, : self.k]
-        self._values = np.take_along_axis(values, order, axis=1)
-        self._images = np.take_along_axis(images, order, axis=1)
-        self._positions = np.take_along_axis(positions, order, axis=1)
+        if 2 * rows.size > maxima.size:  # early batches: most rows are candidates
+            pos = flat.argmax(axis=2)[rows, chans]              # first maximum in raster order
+        else:
+            pos = flat[rows, chans].argmax(axis=1)
+        val = flat[rows, chans, pos].astype(np.float32)
+        val = np.where(np.isnan(val), np.float32(-np.inf), val)
+        self.merge(chans, val, np.asarray(indices, np.int64)[rows], pos)
 
-    def merge(self, state: dict[str, np.ndarray]) -> None:
+    def merge(self, channels: np.ndarray, values: np.ndarray, images: np.ndarray, positions: np.ndarray) -> None:
+        """Merge candidate entries (flat arrays: channel, value, dataset index, flat position; at
+        most one per image and channel) into the running top-k. Exact and order-independent:
+        per channel, value descending, then image index ascending."""
+        touched = np.unique(channels)
+        k = self.k
+        c = np.concatenate([np.repeat(touched, k), channels])
+        v = np.concatenate([self._values[touched].ravel(), values.astype(np.float32)])
+        i = np.concatenate([self._images[touched].ravel(), images])
+        p = np.concatenate([self._positions[touched].ravel(), positions])
+        order = np.lexsort((i, -v.astype(np.float64), c))      # channel, value desc, image asc
+        # each touched channel has at least its k old slots: keep the first k of its block
+        starts = np.searchsorted(c[order], touched)
+        take = order[starts[:, None] + np.arange(k)]
+        self._values[touched] = v[take]
+        self._images[touched] = i[take]
+        self._positions[touched] = p[take]
+
+    def merge_state(self, state: dict[str, np.ndarray]) -> None:
         """Merge another top-k of the same layer over disjoint images (``state()`` of it, e.g. one
         block's, computed elsewhere): the result is the top-k of the union, in any merge order."""
-        values = np.concatenate([self._values, np.asarray(state["values"], np.float32)], axis=1)
-        images = np.concatenate([self._images, np.asarray(state["images"], np.int64)], axis=1)
-        positions = np.concatenate([self._positions, np.asarray(state["positions"], np.int64)], axis=1)
-        order = np.lexsort((images, -values.astype(np.float64)), axis=1)[:, : self.k]
-        self._values = np.take_along_axis(values, order, axis=1)
-        self._images = np.take_along_axis(images, order, axis=1)
-        self._positions = np.take_along_axis(positions, order, axis=1)
+        values = np.asarray(state["values"], np.float32)
+        real = np.asarray(state["images"]) != _NO_IMAGE  # padding slots hold no image
+        chans = np.broadcast_to(np.arange(self.channels)[:, None], values.shape)[real]
+        self.merge(chans, values[real], np.asarray(state["images"], np.int64)[real],
+                   np.asarray(state["positions"], np.int64)[real])
 
     # -- results ---------------------------------------------------------------------------
     @property
@@ -224,7 +252,8 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
     batch_size = int(batch_size or auto_batch_size(probe, list(layers)))
     if batch_size < 1:
         raise OptionError("--batch-size must be at least 1")
-    fingerprint = run_fingerprint(probe, dataset, shapes, k) + f"|limit={n_total}"
+    # only a checkpoint needs it (hashing an in-memory array costs as much as mining a few % of it)
+    fingerprint = run_fingerprint(probe, dataset, shapes, k) + f"|limit={n_total}" if state_path else ""
     start, skipped = 0, []
     if state_path and resume and os.path.isfile(state_path):
         loaded = load_state(state_path, fingerprint, tops)
@@ -237,6 +266,7 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
             (log or (lambda m: None))(f"resuming after {start} of {n_total} images")
     tensors = [shapes[l][0] for l in layers]
     program = probe.forward_program(tensors)
+    workers, threads = forward_parallelism(probe.backend)
     consumed = start
     t0 = time.perf_counter()
     last_save = time.monotonic()
@@ -251,8 +281,8 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
         """Merge a finished batch into the top-k (runs while the backend computes the next)."""
         nonlocal consumed, last_save
         if future is not None:
-            for layer, acts in zip(layers, future.result()):
-                tops[layer].update(acts, batch.indices)
+            for layer, (acts, maxima) in zip(layers, future.result()):
+                tops[layer].update(acts, batch.indices, maxima)
         done = int(batch.indices.max() + 1) if len(batch.indices) else 0
         done = max(done, max((i + 1 for i, _ in batch.skipped), default=0))
         bar.update(done - consumed)
@@ -262,28 +292,33 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
             last_save = time.monotonic()
 
     def run(images):
-        return probe.backend.run(program, {probe.input_name: images}, tensors)
+        """The forward pass and each layer's per-channel maxima, in a worker thread: numpy's
+        reduction releases the GIL, so it runs beside the other runs and the merge."""
+        extra = {} if threads is None else {"threads": threads}
+        outs = probe.backend.run(program, {probe.input_name: images}, tensors, **extra)
+        return [(a, channel_maxima(a)) for a in outs]
 
-    runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zfprobe-forward")
-    pending = None
+    runner = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zfprobe-forward")
+    pending: deque = deque()  # (batch, future) in dataset order; merged in that order
     try:
-        batches = _prefetch(_limited(dataset.batches(batch_size, start), n_total))
+        batches = _prefetch(_limited(dataset.batches(batch_size, start), n_total), depth=workers + 1)
         for batch in batches:
             for index, reason in batch.skipped:
                 skipped.append((int(index), reason))
                 warnings.warn(f"skipped {dataset.name(int(index))}: {reason}", stacklevel=2)
             future = runner.submit(run, probe._check_images(batch.tensors)) if len(batch.indices) else None
-            if pending is not None:
-                finish(*pending)
+            pending.append((batch, future))
+            while len(pending) > workers:
+                finish(*pending.popleft())
                 pause("mining")  # test hook (zfprobe.interrupts): a deterministic moment mid-run
-            pending = (batch, future)
-        if pending is not None:
-            finish(*pending)
-            pending = None
+        while pending:
+            finish(*pending.popleft())
     except BaseException as exc:
-        if pending is not None and pending[1] is not None:
-            pending[1].cancel()
+        for _, future in pending:
+            if future is not None:
+                future.cancel()
         if isinstance(exc, KeyboardInterrupt):  # a failed run writes nothing; an interrupted one checkpoints
+            _drain(pending, finish)  # batches already computing are waited for anyway: keep them
             save()  # everything consumed so far is in the top-k: a rerun resumes from here
         if state_path and isinstance(exc, KeyboardInterrupt):
             from zfprobe.interrupts import note
@@ -299,6 +334,39 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
         raise ZfprobeError(f"none of the {n_total} dataset item(s) could be read ({len(skipped)} skipped); nothing to mine")
     save()
     return MiningResult(tops, dataset, k, consumed, skipped, start, seconds)
+
+
+def _drain(pending: deque, finish) -> None:
+    """Merge, in order, the batches in flight whose forward pass was not cancelled."""
+    while pending:
+        batch, future = pending.popleft()
+        if future is not None and (future.cancelled() or future.exception() is not None):
+            return
+        finish(batch, future)
+
+
+def forward_parallelism(backend) -> tuple[int, int | None]:
+    """(batches in flight, intra-op threads per run) for mining's forward passes.
+
+    A multi-threaded forward pass waits at every op for its slowest thread, so the merge, the
+    decoding and any other load on a core stall all of it. On CPU, a backend whose runs may
+    overlap (``concurrent_runs``, onnxruntime) gets instead one single-threaded run per core
+    (at most ``MAX_RUNS_IN_FLIGHT``, the rest of the cores split among them); results are the
+    same, each batch is still computed by one run. ``ZFPROBE_MINE_RUNS`` overrides the number
+    of runs (1: one run with the backend's own threads, the engine before issue 16)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    want = os.environ.get("ZFPROBE_MINE_RUNS")
+    if not getattr(backend, "concurrent_runs", False) or getattr(backend, "device", "cpu") != "cpu":
+        return 1, None
+    try:
+        runs = int(want) if want else min(cores, MAX_RUNS_IN_FLIGHT)
+    except ValueError:
+        raise OptionError(f"ZFPROBE_MINE_RUNS='{want}' is not a whole number") from None
+    if runs < 1:
+        raise OptionError(f"ZFPROBE_MINE_RUNS='{want}' must be at least 1")
+    if runs == 1 and want:
+        return 1, None
+    return runs, max(1, cores // runs)
 
 
 def _limited(batches: Iterator, n_total: int) -> Iterator:
