@@ -23,8 +23,7 @@ from zfprobe.graph import Graph, Node
 from zfprobe.inverses import INVERSES, InverseContext, check_invertible
 from zfprobe.program import ProgramBuilder
 
-RULES = ("deconvnet", "gradient", "guided")
-LRN_MODES = ("identity", "gradient")
+from zfprobe.rules import LRN_MODES, RULES  # noqa: F401  (re-exported: zfprobe.deconv.RULES)
 
 SEED = "zf_seed"
 SEED_IMAGE = "zf_seed_image"

@@ -39,7 +39,7 @@ from zfprobe.errors import OptionError, ZfprobeError
 
 STATE_FILE = ".mine-state.npz"
 _NO_IMAGE = np.iinfo(np.int64).max  # sorts after every real image index
-DEFAULT_BATCH_BUDGET = 256 * 1024**2  # bytes of activations one mining batch may hold
+from zfprobe.memory import BATCH_BUDGET as DEFAULT_BATCH_BUDGET
 
 
 @dataclass(frozen=True)

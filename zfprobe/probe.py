@@ -18,7 +18,7 @@ from zfprobe.graph import Graph
 from zfprobe.inverses import check_invertible
 
 # Upper bound on the memory one reverse batch may take; larger seed sets run in chunks.
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+from zfprobe.memory import PROJECTION_MEMORY_BUDGET as DEFAULT_MEMORY_BUDGET
 
 
 @dataclass(frozen=True)

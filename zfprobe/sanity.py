@@ -24,7 +24,7 @@ from zfprobe.graph import Graph
 from zfprobe.seeds import strongest_unit, top_channels
 from zfprobe.similarity import METRICS, compare, mean_pairwise
 
-RULES = ("deconvnet", "gradient", "guided")
+from zfprobe.rules import RULES
 MODES = ("cascade", "independent")
 INITS = ("matched", "he", "glorot")
 # Op types whose constant inputs are the layer's learned weights: (weight input, bias input).

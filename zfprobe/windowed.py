@@ -22,18 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zfprobe.ops.geometry import AxisWindow
 from zfprobe.graph import Graph, Node
+from zfprobe.ops.spatial import spatial_rule
 from zfprobe.inverses import INVERSES, InverseContext, check_invertible
 from zfprobe.program import ProgramBuilder
 
 SEED_WINDOW = "zf_seed_window"
 OUTPUT_WINDOW = "zf_projection_window"
 
-_ELEMENTWISE = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
-                "BatchNormalization", "LRN", "Identity", "Dropout", "Cast", "Add", "Sum", "Sub", "Mul", "Div", "Neg",
-                "Gelu", "Swish", "Mish", "Softplus", "Elu", "Selu", "Celu", "Exp", "Log", "Erf", "Sqrt", "Reciprocal"}
-_LOCAL = {"Conv", "MaxPool", "AveragePool"}
+# Window ops with an in-window reversal here (the geometry itself is each op's spatial rule).
+_WINDOW_KERNELS = {"Conv", "MaxPool", "AveragePool", "Pad", "Slice", "SpaceToDepth"}
 
 
 @dataclass(frozen=True)
@@ -65,29 +63,15 @@ def _is_spatial4(graph: Graph, t: str) -> bool:
 
 
 def _input_window(graph: Graph, node: Node, win: Window) -> Window:
-    op, a = node.op_type, node.attrs
-    if op in _LOCAL:
-        k = a["kernel_shape"]
-        s = a["strides"]
-        d = a.get("dilations", [1, 1]) if op != "AveragePool" else [1, 1]
-        pads = a["pads"]
-        wy, wx = (AxisWindow(k[i], s[i], d[i], pads[i], pads[i + 2]) for i in range(2))
-        # the window of win.h outputs starting at a*p + b reads span inputs from (a*p + b)*s - pad
-        h0, h1 = wy.input_span(0, win.h)
-        w0, w1 = wx.input_span(0, win.w)
-        return Window(h1 - h0, w1 - w0, win.ay * s[0], wy.first_tap(win.by), win.ax * s[1], wx.first_tap(win.bx))
-    if op == "Pad":
-        p = a["pads"]
-        return Window(win.h, win.w, win.ay, win.by - p[2], win.ax, win.bx - p[3])
-    if op == "Slice":
-        by, bx = win.by, win.bx
-        for start, axis in zip(a["starts"], a["axes"]):
-            if axis == 2:
-                by += start
-            elif axis == 3:
-                bx += start
-        return Window(win.h, win.w, win.ay, by, win.ax, bx)
-    return win
+    """The window of ``node``'s signal input that the outputs in ``win`` read (its spatial rule)."""
+    rule = spatial_rule(graph, node)
+    if rule is None or rule.pointwise:
+        return win
+    wy, wx = rule.windows
+    # the window of win.h outputs starting at a*p + b reads span inputs from (a*p + b)*s - pad
+    h0, h1 = wy.input_span(0, win.h)
+    w0, w1 = wx.input_span(0, win.w)
+    return Window(h1 - h0, w1 - w0, win.ay * wy.stride, wy.first_tap(win.by), win.ax * wx.stride, wx.first_tap(win.bx))
 
 
 def _is_layout_transpose(graph: Graph, node: Node) -> bool:
@@ -96,45 +80,24 @@ def _is_layout_transpose(graph: Graph, node: Node) -> bool:
 
 
 def _check_windowable(graph: Graph, node: Node) -> None:
-    op = node.op_type
     if _is_layout_transpose(graph, node):
         return
     if check_invertible(graph, node):
         raise NotWindowable(node.name)
-    for t in [*graph.variable_inputs(node), *[o for o in node.outputs if o]]:
-        if t in graph.shapes and not _is_spatial4(graph, t):
-            raise NotWindowable(node.name)
-    if op in _LOCAL:
-        if op == "MaxPool" and node.attrs.get("dilations", [1, 1]) != [1, 1]:
-            raise NotWindowable(node.name)
-        return
-    if op in ("Concat", "Split"):
-        if node.attrs["axis"] != 1:
-            raise NotWindowable(node.name)
-        return
-    if op == "Pad":
-        p = node.attrs["pads"]
-        if p[1] or p[5] or any(v < 0 for v in p) or node.attrs.get("mode", "constant") != "constant":
-            raise NotWindowable(node.name)
-        return
-    if op == "Slice":
-        if 1 in node.attrs["axes"] or any(st != 1 for st in node.attrs.get("steps") or []):
-            raise NotWindowable(node.name)
-        return
-    if op not in _ELEMENTWISE:
+    rule = spatial_rule(graph, node)
+    if rule is None:
         raise NotWindowable(node.name)
-    out_shape = graph.shape(node.outputs[0])
-    for t in node.inputs:
-        if not t:
-            continue
-        shape = graph.shape(t)
-        if graph.is_constant(t):
-            if len(shape) >= 2 and any(s != 1 for s in shape[-2:]) and op not in ("BatchNormalization", "PRelu"):
-                raise NotWindowable(node.name)  # a constant with spatial extent would need gathering
-            if op == "PRelu" and len(shape) >= 2 and any(s != 1 for s in shape[-2:]):
-                raise NotWindowable(node.name)
-        elif tuple(shape) != tuple(out_shape):
-            raise NotWindowable(node.name)  # spatial broadcasting between signals
+    op = node.op_type
+    if rule.pointwise:
+        if op == "Slice" and any(a in (2, 3) for a in node.attrs["axes"]):
+            raise NotWindowable(node.name)
+        return
+    if op not in _WINDOW_KERNELS:
+        raise NotWindowable(node.name)
+    if op == "MaxPool" and any(d != 1 for d in node.attrs.get("dilations") or [1, 1]):
+        raise NotWindowable(node.name)  # the in-window unpool reads dense switches
+    if op == "Slice" and 1 in node.attrs["axes"]:
+        raise NotWindowable(node.name)  # a window over space and a cut over channels at once
 
 
 def plan_windows(graph: Graph, layer: str) -> tuple[list[Node], dict[str, Window]]:
@@ -277,8 +240,21 @@ def _place(ctx: WindowContext, signal: str, have: Window, want: Window) -> str:
     return ctx.b.op("Pad", signal, pads=[0, 0, top, left, 0, 0, bottom, right], mode="constant", value=0.0)
 
 
-def _conv_like(ctx: WindowContext, node: Node, g: str, win_out: Window, win_in: Window) -> str:
+def _window_op(ctx: WindowContext, node: Node, g: str, win_out: Window, win_in: Window) -> str:
+    """The reversal of a window op from its output window to its input window."""
     a = node.attrs
+    if node.op_type == "Pad":
+        return g  # the signal stays; only its window moves
+    if node.op_type == "Slice":
+        wy, wx = spatial_rule(ctx.graph, node).windows
+        if (wy.stride, wx.stride) == (1, 1):
+            return g
+        c = ctx.graph.shape(node.inputs[0])[1]
+        ones = ctx.b.const(np.ones((c, 1, 1, 1), np.float32), "scatter")
+        return ctx.b.op("ConvTranspose", g, ones, kernel_shape=[1, 1], strides=[wy.stride, wx.stride],
+                        dilations=[1, 1], pads=[0, 0, 0, 0], output_padding=[0, 0], group=c, hint="slice_T")
+    if node.op_type == "SpaceToDepth":  # DCR DepthToSpace is SpaceToDepth's inverse permutation
+        return ctx.b.op("DepthToSpace", g, blocksize=int(a["blocksize"]), mode="DCR", hint="s2d_T")
     k, s = a["kernel_shape"], a["strides"]
     if node.op_type == "Conv":
         return ctx.b.op("ConvTranspose", g, node.inputs[1], kernel_shape=list(k), strides=list(s),
@@ -354,12 +330,9 @@ def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bo
         win_out = out_windows[0]
         for other in out_windows[1:]:
             win_out = win_out.union(other)
-        if node.op_type in _LOCAL:
+        if node.op_type in _WINDOW_KERNELS and not spatial_rule(graph, node).pointwise:
             win_in = _input_window(graph, node, win_out)
-            contributions.setdefault(node.inputs[0], []).append((_conv_like(ctx, node, outs[0], win_out, win_in), win_in))
-            continue
-        if node.op_type in ("Pad", "Slice"):
-            contributions.setdefault(node.inputs[0], []).append((outs[0], _input_window(graph, node, win_out)))
+            contributions.setdefault(node.inputs[0], []).append((_window_op(ctx, node, outs[0], win_out, win_in), win_in))
             continue
         if len(out_windows) > 1:  # Split: outputs may come back in different windows
             outs = [_place(ctx, g, windows[o], win_out) if g is not None else None for g, o in zip(outs, node.outputs)]

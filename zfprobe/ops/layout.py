@@ -12,7 +12,9 @@ import numpy as np
 
 from zfprobe.inverses import check, inverse
 from zfprobe.ops.axismap import apply_transposed, index_matrix
+from zfprobe.ops.geometry import AxisWindow
 from zfprobe.ops.registry import ONNX_NORMALIZERS
+from zfprobe.ops.spatial import SPATIAL_RULES, SpatialRule
 
 _PAD_MODES = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
 
@@ -242,3 +244,41 @@ def _s2d_check(graph, node):
     if len(graph.shape(node.inputs[0])) != 4:
         return "it is not on a 4-D [N, C, H, W] tensor"
     return None
+
+
+# ------------------------------------------------------------------ spatial geometry --------
+@SPATIAL_RULES.register("Slice")
+def _slice_geometry(graph, node):
+    """A Slice of positive step ``st`` from ``start`` along H or W is a 1-tap window of stride
+    ``st`` whose first tap is ``start`` (YOLO's Focus: step 2); along channels it is pointwise."""
+    a = node.attrs
+    steps = a.get("steps") or [1] * len(a["starts"])
+    windows = [AxisWindow(), AxisWindow()]
+    local = {"starts": list(a["starts"]), "ends": list(a["ends"])}
+    for i, (start, axis, step) in enumerate(zip(a["starts"], a["axes"], steps)):
+        if axis in (2, 3):
+            if step < 1:
+                return None
+            windows[axis - 2] = AxisWindow(1, int(step), 1, -int(start))
+            local["starts"][i], local["ends"][i] = 0, np.iinfo(np.int32).max  # clamped to the window
+        elif axis != 1:
+            return None
+    return SpatialRule(tuple(windows), 0.0, local)
+
+
+@SPATIAL_RULES.register("Pad")
+def _pad_geometry(graph, node):
+    """A constant Pad of H and W is a 1-tap window with that begin pad; it reads its value
+    outside the map. Reflect, edge and wrap copy far positions: no window."""
+    p = list(node.attrs["pads"])
+    if node.attrs.get("mode", "constant") != "constant" or p[0] or p[1] or p[4] or p[5] or min(p) < 0:
+        return None
+    windows = (AxisWindow(1, 1, 1, p[2], p[6]), AxisWindow(1, 1, 1, p[3], p[7]))
+    return SpatialRule(windows, float(node.attrs.get("value", 0.0) or 0.0), {"pads": [0] * 8})
+
+
+@SPATIAL_RULES.register("SpaceToDepth")
+def _space_to_depth_geometry(graph, node):
+    """Output (y, x) holds the ``b x b`` block at (b*y, b*x): a b-tap window of stride b."""
+    b = int(node.attrs["blocksize"])
+    return SpatialRule((AxisWindow(b, b), AxisWindow(b, b)), 0.0, {})
