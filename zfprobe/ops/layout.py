@@ -14,7 +14,7 @@ from zfprobe.inverses import check, inverse
 from zfprobe.ops.axismap import apply_transposed, index_matrix
 from zfprobe.ops.geometry import AxisWindow
 from zfprobe.ops.registry import ONNX_NORMALIZERS
-from zfprobe.ops.spatial import SPATIAL_RULES, SpatialRule
+from zfprobe.ops.spatial import AXIS_MATRICES, SPATIAL_RULES, SpatialRule
 
 _PAD_MODES = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
 
@@ -205,7 +205,7 @@ def space_to_depth_steps(shape, block: int):
     return [n, c, h // block, block, w // block, block], [0, 3, 5, 1, 2, 4], [n, c * block ** 2, h // block, w // block]
 
 
-def _undo_permutation(ctx, g: str, mid, perm, in_shape) -> str:
+def undo_permutation(ctx, g: str, mid, perm, in_shape) -> str:
     """Adjoint (= inverse) of Reshape(mid) -> Transpose(perm) -> Reshape(out)."""
     inv = [0] * len(perm)
     for i, p in enumerate(perm):
@@ -229,14 +229,14 @@ def _normalize_s2d(ctx, node):
 def _depth_to_space(ctx, node, gy):
     in_shape = ctx.shape(node.inputs[0])
     mid, perm, _ = depth_to_space_steps(in_shape, node.attrs["blocksize"], node.attrs.get("mode", "DCR"))
-    return [_undo_permutation(ctx, gy[0], mid, perm, in_shape)]
+    return [undo_permutation(ctx, gy[0], mid, perm, in_shape)]
 
 
 @inverse("SpaceToDepth")
 def _space_to_depth(ctx, node, gy):
     in_shape = ctx.shape(node.inputs[0])
     mid, perm, _ = space_to_depth_steps(in_shape, node.attrs["blocksize"])
-    return [_undo_permutation(ctx, gy[0], mid, perm, in_shape)]
+    return [undo_permutation(ctx, gy[0], mid, perm, in_shape)]
 
 
 @check("DepthToSpace", "SpaceToDepth")
@@ -282,3 +282,58 @@ def _space_to_depth_geometry(graph, node):
     """Output (y, x) holds the ``b x b`` block at (b*y, b*x): a b-tap window of stride b."""
     b = int(node.attrs["blocksize"])
     return SpatialRule((AxisWindow(b, b), AxisWindow(b, b)), 0.0, {})
+
+
+@AXIS_MATRICES.register("Slice")
+def _slice_matrices(graph, node):
+    a, shape = node.attrs, graph.shape(node.inputs[0])
+    steps = a.get("steps") or [1] * len(a["starts"])
+    return {ax: index_matrix(slice_index(s, e, st), shape[ax]) for s, e, ax, st in zip(a["starts"], a["ends"], a["axes"], steps)}
+
+
+@AXIS_MATRICES.register("Pad")
+def _pad_matrices(graph, node):
+    """Every mode as a copy matrix (a constant Pad's padding rows are zero: it adds a constant)."""
+    shape, pads = graph.shape(node.inputs[0]), list(node.attrs["pads"])
+    mode, rank = node.attrs.get("mode", "constant"), len(shape)
+    out = {}
+    for ax in range(rank):
+        b, e = pads[ax], pads[ax + rank]
+        if not (b or e):
+            continue
+        if mode == "constant":
+            src = np.arange(-b, shape[ax] + e, dtype=np.int64)
+            m = np.zeros((len(src), shape[ax]), np.float32)
+            keep = (src >= 0) & (src < shape[ax])
+            m[np.flatnonzero(keep), src[keep]] = 1.0
+            out[ax] = m
+        elif mode in _PAD_MODES and b >= 0 and e >= 0:
+            out[ax] = index_matrix(pad_index(shape[ax], b, e, mode), shape[ax])
+        else:
+            return None
+    return out
+
+
+@AXIS_MATRICES.register("Gather")
+def _gather_matrices(graph, node):
+    shape = graph.shape(node.inputs[0])
+    axis = node.attrs.get("axis", 0) % len(shape)
+    if not graph.is_constant(node.inputs[1]) or np.asarray(graph.constants[node.inputs[1]]).ndim != 1:
+        return None
+    idx = np.asarray(graph.constants[node.inputs[1]], np.int64)
+    return {axis: index_matrix(np.where(idx < 0, idx + shape[axis], idx), shape[axis])}
+
+
+@AXIS_MATRICES.register("Tile")
+def _tile_matrices(graph, node):
+    shape = graph.shape(node.inputs[0])
+    return {ax: index_matrix(np.tile(np.arange(shape[ax], dtype=np.int64), r), shape[ax])
+            for ax, r in enumerate(node.attrs.get("repeats", [])) if r != 1}
+
+
+@AXIS_MATRICES.register("Expand")
+def _expand_matrices(graph, node):
+    shape, out = graph.shape(node.inputs[0]), graph.shape(node.outputs[0])
+    if len(shape) != len(out):
+        return None
+    return {ax: np.ones((out[ax], 1), np.float32) for ax in range(len(shape)) if shape[ax] == 1 and out[ax] != 1}

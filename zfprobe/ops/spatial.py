@@ -60,6 +60,12 @@ SPATIAL_RULES: Registry = Registry("spatial geometry rule")
 
 POINTWISE = SpatialRule()
 
+# ``fn(graph, node) -> {axis: A}``: ops that act along each axis as a fixed matrix, ``y = A x``
+# (Resize, Slice, reflect / edge / wrap Pad, spatial Gather, Tile, Expand). ``A`` is
+# ``[n_out, n_in]`` per axis the op changes; the windowed reversal applies sub-blocks of ``A^T``
+# per seed, receptive fields read its non-zeros. None: the op is not such a map.
+AXIS_MATRICES: Registry = Registry("per-axis matrix rule")
+
 # Ops that act position by position (possibly across channels), declared once for every analysis.
 UNARY_OPS = frozenset({
     "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish",
@@ -84,6 +90,14 @@ def spatial_rule(graph: Graph, node: Node) -> Optional[SpatialRule]:
         if len(graph.shapes.get(t, ())) != 4:
             return None
     return fn(graph, node)
+
+
+def axis_matrices(graph: Graph, node: Node) -> Optional[dict[int, np.ndarray]]:
+    """The node's per-axis matrices ``{axis: A [n_out, n_in]}``, or None."""
+    import zfprobe.inverses  # noqa: F401
+
+    fn = AXIS_MATRICES.get(node.op_type)
+    return None if fn is None else fn(graph, node)
 
 
 def spatial_extent(graph: Graph, tensor: str) -> tuple[int, ...]:
