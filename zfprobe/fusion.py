@@ -101,7 +101,9 @@ class _Fuser:
         self.index = {n.name: i for i, n in enumerate(graph.nodes)}
         self.removed: set[str] = set()
         self.replacements: dict[str, Node] = {}   # name of the node a fused node replaces -> fused node
+        self.prefixes: dict[str, list[Node]] = {}  # nodes that go just before a fused node
         self.new_constants: dict[str, np.ndarray] = {}
+        self.new_shapes: dict[str, tuple[int, ...]] = {}
         self.outputs = set(graph.outputs)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -125,11 +127,14 @@ class _Fuser:
                     return False
         return True
 
-    def replace(self, nodes: list[Node], fused: Node) -> None:
+    def replace(self, nodes: list[Node], fused: Node, before: tuple[Node, ...] = ()) -> None:
+        """Put ``fused`` (preceded by the nodes ``before``) where the last of ``nodes`` was."""
         last = max(nodes, key=lambda n: self.index[n.name])
         for n in nodes:
             self.removed.add(n.name)
         self.replacements[last.name] = fused
+        if before:
+            self.prefixes[last.name] = list(before)
 
     def build(self) -> Graph:
         if not self.replacements:
@@ -137,6 +142,7 @@ class _Fuser:
         nodes = []
         for n in self.g.nodes:
             if n.name in self.replacements:
+                nodes.extend(self.prefixes.get(n.name, []))
                 nodes.append(self.replacements[n.name])
             elif n.name not in self.removed:
                 nodes.append(n)
@@ -151,8 +157,12 @@ class _Fuser:
         for f in self.replacements.values():
             fused[f.name] = f.op_type
         metadata["fused"] = fused
+        shapes, dtypes = self.g.shapes, self.g.dtypes
+        if self.new_shapes:
+            shapes = dict(shapes, **self.new_shapes)
+            dtypes = dict(dtypes, **{t: np.dtype(np.float32) for t in self.new_shapes})
         return Graph(nodes=nodes, inputs=list(self.g.inputs), outputs=list(self.g.outputs), constants=constants,
-                     shapes=self.g.shapes, dtypes=self.g.dtypes, parameter_refs=self.g.parameter_refs,
+                     shapes=shapes, dtypes=dtypes, parameter_refs=self.g.parameter_refs,
                      name=self.g.name, metadata=metadata)
 
     # -- pointwise regions --------------------------------------------------------------------
@@ -364,11 +374,55 @@ class _Fuser:
                 break
 
 
+    # -- torch's PixelUnshuffle ----------------------------------------------------------------
+    def fuse_space_to_depth(self) -> None:
+        """Reshape [N, C, H/b, b, W/b, b] -> Transpose (block axes and C before H/b, W/b) ->
+        Reshape [N, C*b*b, H/b, W/b] (torch's PixelUnshuffle, and SpaceToDepth written out) is
+        SpaceToDepth followed by a constant channel permutation (a Gather over channels)."""
+        for last in list(self.g.nodes):
+            if last.name in self.removed or last.op_type != "Reshape":
+                continue
+            tr = self.producer(last.inputs[0])
+            first = self.producer(tr.inputs[0]) if tr is not None and tr.op_type == "Transpose" else None
+            if first is None or first.op_type != "Reshape" or self.g.is_constant(first.inputs[0]):
+                continue
+            x = first.inputs[0]
+            shape, mid, out = (tuple(self.g.shapes.get(t, ())) for t in (x, first.outputs[0], last.outputs[0]))
+            perm = list(tr.attrs.get("perm", []))
+            if len(shape) != 4 or len(mid) != 6 or len(out) != 4 or sorted(perm) != list(range(6)):
+                continue
+            n, c, h, w = shape
+            b = mid[3]
+            if (b < 2 or mid != (n, c, h // b, b, w // b, b) or h % b or w % b or perm[0] != 0
+                    or perm[4:] != [2, 4] or out != (n, c * b * b, h // b, w // b)):
+                continue
+            chain = [last, tr, first]
+            if not self.private(chain, last.outputs[0]):
+                continue
+            # output channel j enumerates the permuted axes perm[1:4] (C: 1, row in block: 3, col: 5)
+            sizes = [mid[a] for a in perm[1:4]]
+            idx = np.empty(c * b * b, np.int64)
+            for j in range(len(idx)):
+                digits = dict(zip(perm[1:4], np.unravel_index(j, sizes)))
+                idx[j] = (digits[3] * b + digits[5]) * c + digits[1]
+            s2d = f"{last.name}/space_to_depth"
+            self.new_shapes[s2d] = out
+            head = Node(f"{last.name}/SpaceToDepth", "SpaceToDepth", [x], [s2d], {"blocksize": int(b)}, last.source)
+            if np.array_equal(idx, np.arange(len(idx))):
+                self.replace(chain, Node(last.name, "Identity", [s2d], list(last.outputs), {}, last.source), (head,))
+                continue
+            index = f"{last.name}/channel_order"
+            self.new_constants[index] = idx
+            self.replace(chain, Node(last.name, "Gather", [s2d, index], list(last.outputs), {"axis": 1}, last.source),
+                         (head,))
+
+
 def fuse(graph: Graph) -> Graph:
     """``graph`` with exporters' decompositions fused into canonical nodes (see module doc);
     the graph itself when there is nothing to fuse. ``metadata["fused"]`` lists what was fused."""
     f = _Fuser(graph)
     f.fuse_lrn()
     f.fuse_layernorm()
+    f.fuse_space_to_depth()
     f.fuse_pointwise()
     return f.build()
