@@ -416,6 +416,59 @@ class _Fuser:
             self.replace(chain, Node(last.name, "Gather", [s2d, index], list(last.outputs), {"axis": 1}, last.source),
                          (head,))
 
+    # -- YOLO's Focus ---------------------------------------------------------------------------
+    def slice_origin(self, t: str, chain: list[Node]) -> Optional[tuple[str, dict[int, tuple[int, int]]]]:
+        """``t`` as Slices of one tensor: (that tensor, {axis: (start, step)}), each axis sliced once
+        and to its end; None if anything else is on the way."""
+        per_axis: dict[int, tuple[int, int]] = {}
+        n = self.producer(t)
+        while n is not None and n.op_type == "Slice":
+            a = n.attrs
+            src_shape = self.g.shapes.get(n.inputs[0], ())
+            for start, end, axis, step in zip(a["starts"], a["ends"], a["axes"], a.get("steps") or [1] * len(a["axes"])):
+                if axis in per_axis or axis not in (2, 3) or step < 1 or end < src_shape[axis]:
+                    return None
+                per_axis[axis] = (int(start), int(step))
+            chain.append(n)
+            t = n.inputs[0]
+            n = self.producer(t)
+        return (t, per_axis) if chain else None
+
+    def fuse_focus(self) -> None:
+        """Concat over channels of the ``s*s`` step-``s`` slices of one map (YOLOv5's Focus:
+        x[..., ::2, ::2], x[..., 1::2, ::2], ...) is SpaceToDepth(s) and a channel Gather."""
+        for cat in list(self.g.nodes):
+            if cat.name in self.removed or cat.op_type != "Concat" or len(cat.inputs) < 4:
+                continue
+            out_shape = self.g.shapes.get(cat.outputs[0], ())
+            if len(out_shape) != 4 or int(cat.attrs.get("axis", 1)) % 4 != 1:
+                continue
+            chain: list[Node] = []
+            parts = [self.slice_origin(t, chain) for t in cat.inputs]
+            if any(p is None for p in parts) or len({p[0] for p in parts}) != 1:
+                continue
+            x = parts[0][0]
+            shape = self.g.shapes.get(x, ())
+            steps = {st for _, axes in parts for _, st in axes.values()}
+            if len(shape) != 4 or len(steps) != 1 or any(set(axes) != {2, 3} for _, axes in parts):
+                continue
+            b = steps.pop()
+            offsets = [(axes[2][0], axes[3][0]) for _, axes in parts]
+            if (b < 2 or len(parts) != b * b or sorted(offsets) != [(i, j) for i in range(b) for j in range(b)]
+                    or shape[2] % b or shape[3] % b):
+                continue
+            chain = list({n.name: n for n in chain}.values()) + [cat]
+            if not self.private(chain, cat.outputs[0]):
+                continue
+            c = shape[1]
+            idx = np.concatenate([(by * b + bx) * c + np.arange(c) for by, bx in offsets]).astype(np.int64)
+            s2d, index = f"{cat.name}/space_to_depth", f"{cat.name}/channel_order"
+            self.new_shapes[s2d] = (shape[0], c * b * b, shape[2] // b, shape[3] // b)
+            self.new_constants[index] = idx
+            head = Node(f"{cat.name}/SpaceToDepth", "SpaceToDepth", [x], [s2d], {"blocksize": int(b)}, cat.source)
+            self.replace(chain, Node(cat.name, "Gather", [s2d, index], list(cat.outputs), {"axis": 1}, cat.source),
+                         (head,))
+
 
 def fuse(graph: Graph) -> Graph:
     """``graph`` with exporters' decompositions fused into canonical nodes (see module doc);
@@ -424,5 +477,6 @@ def fuse(graph: Graph) -> Graph:
     f.fuse_lrn()
     f.fuse_layernorm()
     f.fuse_space_to_depth()
+    f.fuse_focus()
     f.fuse_pointwise()
     return f.build()
