@@ -307,7 +307,7 @@ def name_nodes(graph: Graph, module_paths: set[str], leaf_paths: set[str]) -> di
         out = next((o for o in graph.nodes[i].outputs if o), None)
         if out is not None:
             aliases.setdefault(p, out)
-    graph._reindex()
+    graph.reindex()
     return aliases
 
 

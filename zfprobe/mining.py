@@ -33,6 +33,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from zfprobe.rules import DECONVNET, LRN_IDENTITY
 from zfprobe.datasets import Dataset
 from zfprobe.interrupts import pause
 from zfprobe.errors import OptionError, ZfprobeError
@@ -261,7 +262,7 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
             for index, reason in batch.skipped:
                 skipped.append((int(index), reason))
                 warnings.warn(f"skipped {dataset.name(int(index))}: {reason}", stacklevel=2)
-            future = runner.submit(run, probe._check_images(batch.tensors)) if len(batch.indices) else None
+            future = runner.submit(run, probe.check_images(batch.tensors)) if len(batch.indices) else None
             if pending is not None:
                 finish(*pending)
                 pause("mining")  # test hook (zfprobe.interrupts): a deterministic moment mid-run
@@ -367,8 +368,8 @@ class UnitProjection:
     box: tuple[tuple[int, int], ...]  # the nominal box, unclipped ((y0, y1), (x0, x1))
 
 
-def project_units(probe, dataset: Dataset, layer: str, units: Sequence[MinedUnit], rule: str = "deconvnet",
-                  lrn: str = "identity", image_chunk: int = 32, keep_full: bool = False) -> Iterator[UnitProjection]:
+def project_units(probe, dataset: Dataset, layer: str, units: Sequence[MinedUnit], rule: str = DECONVNET,
+                  lrn: str = LRN_IDENTITY, image_chunk: int = 32, keep_full: bool = False) -> Iterator[UnitProjection]:
     """Deconvnet projection and crops of each unit, batched: each backend call sends as many
     seeds as the memory budget allows (``probe.seed_batch_size``) with only the images they
     belong to (at most ``image_chunk``). Yields in the order of the units' images."""

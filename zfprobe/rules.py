@@ -7,4 +7,5 @@ from __future__ import annotations
 
 DECONVNET, GRADIENT, GUIDED = "deconvnet", "gradient", "guided"
 RULES = (DECONVNET, GRADIENT, GUIDED)
-LRN_MODES = ("identity", "gradient")
+LRN_IDENTITY = "identity"
+LRN_MODES = (LRN_IDENTITY, GRADIENT)

@@ -33,7 +33,7 @@ def occlude(probe, image, layer: str | None, size: int = 8, stride: int = 4, lab
     graph: Graph = probe.graph
     prep = preprocessing if preprocessing is not None else probe.preprocessing
     display, x, image_path = probe.load_input(image, prep)
-    x = probe._check_images(x)
+    x = probe.check_images(x)
     if x.shape[0] != 1:
         raise ImageError(f"occlusion takes one image, not a batch of {x.shape[0]}")
     if x.ndim != 4:
@@ -122,7 +122,7 @@ def occlusion_maps(probe, images: np.ndarray, layer: str | None, size: int, stri
     ``fill`` is in model space (a scalar or one value per channel). ``channels_last``: the image
     is [1, H, W, C].
     """
-    x = probe._check_images(images)
+    x = probe.check_images(images)
     h, w, c = (x.shape[1], x.shape[2], x.shape[3]) if channels_last else (x.shape[2], x.shape[3], x.shape[1])
     check_geometry(h, w, size, stride)
     fill_vec = np.broadcast_to(np.asarray(fill, np.float32).reshape(-1), (c,)).copy()

@@ -62,8 +62,8 @@ def fill_values(fill, prep, channels: int) -> tuple[np.ndarray, str]:
         return np.zeros(channels, np.float32), "zero (0 in model space)"
     if prep is None:
         raise OptionError(f"fill '{fill}' is in pixel space and needs the model's preprocessing; use fill='zero'")
-    mean = prep._per_channel(prep.mean)
-    std = prep._per_channel(prep.std)
+    mean = prep.per_channel(prep.mean)
+    std = prep.per_channel(prep.std)
     if fill == "mean":
         return np.zeros(channels, np.float32), f"mean (the dataset mean {tuple(float(m) for m in mean)}: 0 in model space)"
     pixel = GREY_PIXEL if fill == "grey" else float(fill)
