@@ -171,28 +171,8 @@ class _ClipFn(torch.autograd.Function):
 
 
 class _LeakyFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, d, alpha):
-        ctx.save_for_backward(d)
-        ctx.alpha = alpha
-        return torch.where(x > 0, x, x * alpha)
-
-    @staticmethod
-    def backward(ctx, g):
-        (d,) = ctx.saved_tensors
-        rule = _current_rule()
-        a = ctx.alpha
-        slope = torch.where(d > 0, torch.ones_like(d), torch.full_like(d, a))
-        if rule == "gradient":
-            return g * slope, None, None
-        lg = torch.where(g > 0, g, g * a)
-        if rule == "deconvnet":
-            return lg, None, None
-        return lg * slope, None, None
-
-
-class _PReluFn(torch.autograd.Function):
-    """PReLU with slope ``a`` (broadcast against x): a leaky rectifier whose slope is learned."""
+    """A leaky rectifier with slope ``a`` below 0 (a tensor broadcast against x: one value for
+    LeakyReLU, one per channel for PReLU)."""
 
     @staticmethod
     def forward(ctx, x, d, a):
@@ -224,7 +204,7 @@ def rule_clip(x: torch.Tensor, hi: float | None, ref_name: str | None = None) ->
 
 def rule_leaky(x: torch.Tensor, alpha: float, ref_name: str | None = None) -> torch.Tensor:
     _count()
-    return _LeakyFn.apply(x, _ref(ref_name, x).detach(), float(alpha))
+    return _LeakyFn.apply(x, _ref(ref_name, x).detach(), torch.tensor(float(alpha), dtype=x.dtype))
 
 
 def rule_prelu(x: torch.Tensor, slope: torch.Tensor, ref_name: str | None = None,
@@ -235,7 +215,7 @@ def rule_prelu(x: torch.Tensor, slope: torch.Tensor, ref_name: str | None = None
     a = slope.detach()
     if channel_axis and a.numel() > 1 and x.dim() > 2:
         a = a.reshape((1, -1) + (1,) * (x.dim() - 2))
-    return _PReluFn.apply(x, _ref(ref_name, x).detach(), a.to(x.dtype))
+    return _LeakyFn.apply(x, _ref(ref_name, x).detach(), a.to(x.dtype))
 
 
 class RulePReLUOnnx(nn.Module):
