@@ -135,3 +135,24 @@ def test_incremental_occlusion_through_strided_slice_and_pad(tmp_path):
         engine = build_engine(probe, names["conv2"], cls, size, rows, cols, "incremental", depth=depth)
         totals, probs, _, _ = run_engine(engine, x, fill, size, rows, cols)
         assert_maps_equal((totals, probs, rows, cols), ref)
+
+
+def test_windowed_through_channels_last_layernorm():
+    """ConvNeXt blocks (7x7 depthwise, Transpose, LayerNorm over C, pointwise MatMuls, GELU,
+    Transpose, residual Add): the windowed program passes the channels-last part and equals
+    the full program and torch autograd."""
+    from test_modern_ops import convnext_small
+
+    module = convnext_small()
+    images = np.random.RandomState(6).rand(2, 3, 48, 48).astype(np.float32)
+    probe = zfprobe.attach(module, images[:1])
+    assert "LayerNormalization" in {n.op_type for n in probe.graph.nodes}
+    for layer in ("stage1", "down"):
+        assert probe.windowed_program(layer, "deconvnet", "identity", single_image=False) is not None, layer
+        seeds, which = _corner_seeds(probe.activations(images, layer))
+        want = oracle.oracle_from_module(module, images, layer, seeds, which, rule="gradient")
+        full = probe.project(images, layer, seeds, which, rule="gradient", windowed=False)
+        win = probe.project(images, layer, seeds, which, rule="gradient")
+        scale = float(np.abs(want).max())
+        assert float(np.abs(win - full).max()) <= 1e-5 * scale, layer
+        assert float(np.abs(win - want).max()) <= 1e-4 * scale, layer

@@ -33,7 +33,7 @@ import numpy as np
 from zfprobe.graph import Graph, Node
 from zfprobe.ops.geometry import AxisWindow, axis_windows
 from zfprobe.ops.layout import depth_to_space_steps, undo_permutation
-from zfprobe.ops.spatial import axis_matrices, spatial_rule
+from zfprobe.ops.spatial import axis_matrices, channels_last_pointwise, spatial_rule
 from zfprobe.inverses import INVERSES, InverseContext, check_invertible
 from zfprobe.program import ProgramBuilder
 
@@ -172,11 +172,34 @@ def _is_layout_transpose(graph: Graph, node: Node) -> bool:
     return node.op_type == "Transpose" and node.inputs[0] == graph.inputs[0] and node.attrs.get("perm") == [0, 3, 1, 2]
 
 
-def _check_windowable(graph: Graph, node: Node) -> None:
+TO_LAST, TO_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+def _input_layout(graph: Graph, node: Node, layout: str) -> str:
+    """The layout (NCHW or NHWC) of ``node``'s signal input, given its output's; ConvNeXt's
+    channels-last blocks sit between a TO_LAST and a TO_FIRST Transpose."""
+    if node.op_type == "Transpose" and not _is_layout_transpose(graph, node):
+        perm = list(node.attrs.get("perm", []))
+        if layout == "NHWC" and perm == TO_LAST:
+            return "NCHW"
+        if layout == "NCHW" and perm == TO_FIRST:
+            return "NHWC"
+        raise NotWindowable(node.name)
+    return layout
+
+
+def _check_windowable(graph: Graph, node: Node, layout: str = "NCHW") -> None:
     if _is_layout_transpose(graph, node):
         return
     if check_invertible(graph, node):
         raise NotWindowable(node.name)
+    if node.op_type == "Transpose":
+        _input_layout(graph, node, layout)
+        return
+    if layout == "NHWC":
+        if not channels_last_pointwise(graph, node):
+            raise NotWindowable(node.name)
+        return
     rule = spatial_rule(graph, node)
     op = node.op_type
     if rule is None:
@@ -197,7 +220,7 @@ def _check_windowable(graph: Graph, node: Node) -> None:
         raise NotWindowable(node.name)  # a window over space and a cut over channels at once
 
 
-def plan_windows(graph: Graph, layer: str) -> tuple[list[Node], dict[str, Window]]:
+def plan_windows(graph: Graph, layer: str, layouts: dict[str, str] | None = None) -> tuple[list[Node], dict[str, Window]]:
     """Window of every tensor on the path for a 1x1 seed window at ``layer`` (or NotWindowable).
 
     A channels-last image input is seen through its layout transpose: the windows end at the
@@ -207,23 +230,28 @@ def plan_windows(graph: Graph, layer: str) -> tuple[list[Node], dict[str, Window
         raise NotWindowable(layer)
     forward = graph.ancestors([layer])
     path = [n for n in forward if graph.variable_inputs(n)]
-    for node in path:
-        _check_windowable(graph, node)
     _, _, sh, sw = graph.shape(layer)
     windows: dict[str, Window] = {layer: Window(Span(1, tuple(range(sh))), Span(1, tuple(range(sw))))}
+    layouts = {} if layouts is None else layouts
+    layouts[layer] = "NCHW"
     for node in reversed(path):
         outs = [windows[o] for o in node.outputs if o in windows]
         if not outs or _is_layout_transpose(graph, node):
             continue
+        out_layouts = {layouts[o] for o in node.outputs if o in windows}
+        if len(out_layouts) != 1:
+            raise NotWindowable(node.name)
+        layout = out_layouts.pop()
+        _check_windowable(graph, node, layout)
+        in_layout = _input_layout(graph, node, layout)
         win = outs[0]
         for other in outs[1:]:
             win = win.union(other)
-        inp = _input_window(graph, node, win)
+        inp = win if layout == "NHWC" or node.op_type == "Transpose" else _input_window(graph, node, win)
         for t in graph.variable_inputs(node):
-            if t in windows:
-                windows[t] = windows[t].union(inp)
-            else:
-                windows[t] = inp
+            if layouts.setdefault(t, in_layout) != in_layout:
+                raise NotWindowable(node.name)
+            windows[t] = windows[t].union(inp) if t in windows else inp
     return forward, windows
 
 
@@ -236,16 +264,22 @@ class WindowContext(InverseContext):
         self.seed_hw = seed_hw
         self.n_images_one = n_images_one
         self.window: Window | None = None
+        self.layouts: dict[str, str] = {}          # tensor -> NCHW / NHWC (channels-last blocks)
         self.index_inputs: dict[tuple, str] = {}   # (H, W, window, pad) -> input name
         self.offset_inputs: dict[Window, tuple[str, str]] = {}
         self.plan: list[dict] = []
         self._flat: dict[tuple, str] = {}
         self._gathered: dict[tuple, str] = {}
 
+    def nhwc(self, tensor: str) -> bool:
+        return self.layouts.get(tensor) == "NHWC"
+
     def shape(self, tensor: str) -> tuple[int, ...]:
         full = self.graph.shape(tensor)
         if self.window is None or len(full) != 4:
             return full
+        if self.nhwc(tensor):
+            return (full[0], self.window.h, self.window.w, full[3])
         return (full[0], full[1], self.window.h, self.window.w)
 
     def _pads(self, H: int, W: int, win: Window) -> tuple[int, int, int, int]:
@@ -325,17 +359,30 @@ class WindowContext(InverseContext):
 
     def saved(self, tensor: str) -> str:
         full = self.graph.shape(tensor)
+        if len(full) == 4 and self.nhwc(tensor):  # gathered channels-first, handed back channels-last
+            first = self.b.op("Transpose", tensor, perm=TO_FIRST, hint="to_first")
+            self.b.dtypes[first] = self.b.dtypes.get(tensor, np.dtype(np.float32))
+            n, h, w, c = full
+            win = self.gather_window(first, self.window, shape=(n, c, h, w))
+            return self.b.op("Transpose", win, perm=TO_LAST, hint="to_last")
         if len(full) == 4 and full[2:] != (1, 1):
             return self.gather_window(tensor, self.window)
         return super().saved(tensor)
 
+    def spatial_size(self, tensor: str) -> tuple[int, int]:
+        full = self.graph.shape(tensor)
+        return tuple(full[1:3]) if self.nhwc(tensor) else tuple(full[2:])
+
     def valid(self, tensor: str, win: Window) -> str:
-        """1 where the window lies inside ``tensor``, else 0: [K, 1, h, w]."""
-        _, _, H, W = self.graph.shape(tensor)
-        return self.constant_window(np.ones((1, 1, H, W), np.float32), "inside", win, 0.0)
+        """1 where the window lies inside ``tensor``, else 0: [K, 1, h, w] ([K, h, w, 1] for a
+        channels-last tensor)."""
+        H, W = self.spatial_size(tensor)
+        mask = self.constant_window(np.ones((1, 1, H, W), np.float32), "inside", win, 0.0)
+        return self.b.op("Transpose", mask, perm=TO_LAST, hint="to_last") if self.nhwc(tensor) else mask
 
 
-def _place(ctx: WindowContext, signal: str, have: Window, want: Window, n: tuple[int, int]) -> str:
+def _place(ctx: WindowContext, signal: str, have: Window, want: Window, n: tuple[int, int],
+           channels_last: bool = False) -> str:
     """Re-embed a signal computed in window ``have`` into the window ``want`` of a tensor of
     spatial size ``n``: a constant pad when the offset is the same for every seed, else per-seed
     shift matrices (positions outside the tensor are dropped; they are masked anyway)."""
@@ -345,12 +392,15 @@ def _place(ctx: WindowContext, signal: str, have: Window, want: Window, n: tuple
     if dy is not None and dx is not None:
         bottom, right = want.h - have.h - dy, want.w - have.w - dx
         if min(dy, dx, bottom, right) >= 0:
-            return ctx.b.op("Pad", signal, pads=[0, 0, dy, dx, 0, 0, bottom, right], mode="constant", value=0.0)
+            pads = [0, dy, dx, 0, 0, bottom, right, 0] if channels_last else [0, 0, dy, dx, 0, 0, bottom, right]
+            return ctx.b.op("Pad", signal, pads=pads, mode="constant", value=0.0)
+    if channels_last:
+        signal = ctx.b.op("Transpose", signal, perm=TO_FIRST, hint="to_first")
     if have.rows != want.rows:
         signal = ctx.along_axis(signal, np.eye(n[0], dtype=np.float32), have.rows, want.rows, 2)
     if have.cols != want.cols:
         signal = ctx.along_axis(signal, np.eye(n[1], dtype=np.float32), have.cols, want.cols, 3)
-    return signal
+    return ctx.b.op("Transpose", signal, perm=TO_LAST, hint="to_last") if channels_last else signal
 
 
 def _upsampling_op(ctx: WindowContext, node: Node, g: str, win_out: Window, win_in: Window) -> str:
@@ -432,7 +482,8 @@ def _window_op(ctx: WindowContext, node: Node, g: str, win_out: Window, win_in: 
 def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bool) -> Graph:
     """The windowed program: inputs image, zf_seed_window [K, C, 1, 1], zf_seed_image and the
     window index / origin inputs listed in ``metadata['windows']``; output the image window."""
-    forward, windows = plan_windows(graph, layer)
+    layouts: dict[str, str] = {}
+    forward, windows = plan_windows(graph, layer, layouts)
     image = graph.inputs[0]
     b = ProgramBuilder(graph)
     _, c_layer, sh, sw = graph.shape(layer)
@@ -441,6 +492,7 @@ def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bo
     b.shapes["zf_seed_image"] = (1,)
     b.dtypes["zf_seed_image"] = np.dtype(np.int64)
     ctx = WindowContext(b, graph, options, "zf_seed_image", (sh, sw), n_images_one)
+    ctx.layouts = layouts
     for node in forward:
         ctx.emit_forward(node)
 
@@ -451,7 +503,7 @@ def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bo
         if not parts:
             return None
         want = windows[tensor]
-        placed = [_place(ctx, s, w, want, graph.shape(tensor)[2:]) for s, w in parts]
+        placed = [_place(ctx, s, w, want, ctx.spatial_size(tensor), ctx.nhwc(tensor)) for s, w in parts]
         total = placed[0] if len(placed) == 1 else b.op("Sum", *placed)
         return b.op("Mul", total, ctx.valid(tensor, want), hint="inside")
 
@@ -469,13 +521,13 @@ def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bo
         win_out = out_windows[0]
         for other in out_windows[1:]:
             win_out = win_out.union(other)
-        rule = spatial_rule(graph, node)
-        if rule is None:
+        rule = None if ctx.nhwc(node.outputs[0]) or node.op_type == "Transpose" else spatial_rule(graph, node)
+        if rule is None and node.op_type != "Transpose" and not ctx.nhwc(node.outputs[0]):
             win_in = _input_window(graph, node, win_out)
             kernel = _upsampling_op if node.op_type in _UPSAMPLING else _matrix_op
             contributions.setdefault(node.inputs[0], []).append((kernel(ctx, node, outs[0], win_out, win_in), win_in))
             continue
-        if node.op_type in _WINDOW_KERNELS and not rule.pointwise:
+        if rule is not None and node.op_type in _WINDOW_KERNELS and not rule.pointwise:
             win_in = _input_window(graph, node, win_out)
             contributions.setdefault(node.inputs[0], []).append((_window_op(ctx, node, outs[0], win_out, win_in), win_in))
             continue

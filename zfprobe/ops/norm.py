@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from zfprobe.inverses import check, inverse
+from zfprobe.ops.spatial import CHANNELS_LAST_RULES
 
 
 def normalized_vjp(ctx, x: str, h: str, axes: list[int], eps: float) -> str:
@@ -82,3 +83,10 @@ def _instance_check(graph, node):
     if any(t and not graph.is_constant(t) for t in node.inputs[1:]):
         return "its scale or bias is computed at run time"
     return None
+
+
+@CHANNELS_LAST_RULES.register("LayerNormalization")
+def _layernorm_channels_last(graph, node):
+    """ConvNeXt's LayerNorm over C of an [N, H, W, C] map is pointwise in space; over more axes
+    (or on NCHW, where it includes W) it is global and the fast paths use the full program."""
+    return int(node.attrs.get("axis", -1)) % 4 == 3

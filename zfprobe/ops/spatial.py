@@ -92,6 +92,43 @@ def spatial_rule(graph: Graph, node: Node) -> Optional[SpatialRule]:
     return fn(graph, node)
 
 
+# ``fn(graph, node) -> bool``: is the node pointwise in space when its signals are channels-last
+# ([N, H, W, C], between ConvNeXt's Transposes)? Registered per op family (LayerNorm: norm.py).
+CHANNELS_LAST_RULES: Registry = Registry("channels-last pointwise rule")
+
+
+def channels_last_pointwise(graph: Graph, node: Node) -> bool:
+    """True when ``node`` acts position by position on channels-last 4-D signals."""
+    import zfprobe.inverses  # noqa: F401
+
+    fn = CHANNELS_LAST_RULES.get(node.op_type)
+    if fn is None or any(len(graph.shapes.get(t, ())) != 4 for t in [*graph.variable_inputs(node), *node.outputs] if t):
+        return False
+    return bool(fn(graph, node))
+
+
+@CHANNELS_LAST_RULES.register(*(UNARY_OPS | BINARY_OPS))
+def _channels_last_elementwise(graph: Graph, node: Node) -> bool:
+    """No broadcasting across H, W (axes 1, 2 of the signal; a constant's dims right-aligned)."""
+    out_shape = tuple(graph.shape(node.outputs[0]))
+    for t in node.inputs:
+        if not t:
+            continue
+        if graph.is_constant(t):
+            shape = graph.constants[t].shape
+            if len(shape) > 4 or any(shape[i] != 1 for i in range(len(shape)) if 4 - len(shape) + i in (1, 2)):
+                return False
+        elif tuple(graph.shape(t)) != out_shape:
+            return False
+    return True
+
+
+@CHANNELS_LAST_RULES.register("MatMul")
+def _channels_last_matmul(graph: Graph, node: Node) -> bool:
+    """A dense layer on the channel axis (ConvNeXt's pointwise convs): x [N, H, W, C] @ W [C, D]."""
+    return graph.is_constant(node.inputs[1]) and graph.constants[node.inputs[1]].ndim == 2
+
+
 def axis_matrices(graph: Graph, node: Node) -> Optional[dict[int, np.ndarray]]:
     """The node's per-axis matrices ``{axis: A [n_out, n_in]}``, or None."""
     import zfprobe.inverses  # noqa: F401
