@@ -6,6 +6,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
+from zfprobe.rules import DECONVNET
 from zfprobe.evolution import Recorder
 
 
@@ -21,7 +22,7 @@ class EvolutionCallback(keras.callbacks.Callback):
 
     def __init__(self, probe_images, layers: Sequence[str] | str, channels=None,
                  epochs: Sequence[int] | None = (1, 2, 5, 10, 20, 30, 40, 64), out: str = "evolution",
-                 rule: str = "deconvnet", batch_size: int = 64):
+                 rule: str = DECONVNET, batch_size: int = 64):
         super().__init__()
         self.probe_images = np.asarray(probe_images, np.float32)
         self.layers, self.channels, self.epochs_chosen = layers, channels, epochs

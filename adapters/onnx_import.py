@@ -23,8 +23,8 @@ from zfprobe.ops.registry import ONNX_NORMALIZERS
 import zfprobe.inverses  # noqa: F401,E402  (imports the op modules, which register their normalizers)
 
 # Ops whose outputs depend on nothing but constants and static shapes are folded.
-_SHAPE_OPS = {"Shape", "Size"}
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
+SHAPE_OPS = {"Shape", "Size"}
+NONDETERMINISTIC_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
 
 
 def load_onnx_model(path: str | os.PathLike):
@@ -132,7 +132,7 @@ def _sort_nodes(graph, path: str) -> None:
         graph.node.extend(copies)
 
 
-def _attrs_of(node_proto) -> dict[str, Any]:
+def attrs_of(node_proto) -> dict[str, Any]:
     import onnx
 
     out = {}
@@ -536,8 +536,8 @@ def _constant_tensors(model) -> set[str]:
     const = {i.name for i in model.graph.initializer}
     for proto in model.graph.node:
         ins = list(proto.input) + _implicit_inputs(proto)
-        if (proto.op_type == "Constant" or proto.op_type in _SHAPE_OPS
-                or (proto.op_type not in _NONDETERMINISTIC and all((not i) or i in const for i in ins))):
+        if (proto.op_type == "Constant" or proto.op_type in SHAPE_OPS
+                or (proto.op_type not in NONDETERMINISTIC_OPS and all((not i) or i in const for i in ins))):
             const.update(o for o in proto.output if o)
     return const
 
@@ -650,8 +650,8 @@ def import_onnx(path: str | os.PathLike, input_shape: tuple[int, ...] | None = N
         ins = [i for i in proto.input]
         is_const = (
             proto.op_type == "Constant"
-            or proto.op_type in _SHAPE_OPS
-            or (proto.op_type not in _NONDETERMINISTIC
+            or proto.op_type in SHAPE_OPS
+            or (proto.op_type not in NONDETERMINISTIC_OPS
                 and all((not i) or i in constants for i in ins + _implicit_inputs(proto)))
         )
         if is_const:
@@ -664,7 +664,7 @@ def import_onnx(path: str | os.PathLike, input_shape: tuple[int, ...] | None = N
         while name in used_names:
             name, k = f"{base}_{k}", k + 1
         used_names.add(name)
-        nodes.append(Node(name, proto.op_type, ins, list(proto.output), _attrs_of(proto), source=proto.name or name))
+        nodes.append(Node(name, proto.op_type, ins, list(proto.output), attrs_of(proto), source=proto.name or name))
 
     ctx = _Ctx(opset, values, constants)
     normalized = []

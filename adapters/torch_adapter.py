@@ -307,7 +307,7 @@ def name_nodes(graph: Graph, module_paths: set[str], leaf_paths: set[str]) -> di
         out = next((o for o in graph.nodes[i].outputs if o), None)
         if out is not None:
             aliases.setdefault(p, out)
-    graph._reindex()
+    graph.reindex()
     return aliases
 
 
@@ -327,15 +327,15 @@ class DerivedConstant:
 
 def derived_constants(proto, graph: Graph, param_names: set[str]) -> dict[str, DerivedConstant]:
     """Handles for the graph constants that the importer folded from parameters (see above)."""
-    from zfprobe.adapters.onnx_import import _NONDETERMINISTIC, _SHAPE_OPS, _attrs_of
+    from zfprobe.adapters.onnx_import import NONDETERMINISTIC_OPS, SHAPE_OPS, attrs_of
     from zfprobe.graph import Node
 
     consts = {i.name for i in proto.graph.initializer}
     folded, producer = [], {}
     for idx, node in enumerate(proto.graph.node):
         ins = [i for i in node.input if i]
-        if node.op_type == "Constant" or node.op_type in _SHAPE_OPS or (
-                node.op_type not in _NONDETERMINISTIC and all(i in consts for i in ins)):
+        if node.op_type == "Constant" or node.op_type in SHAPE_OPS or (
+                node.op_type not in NONDETERMINISTIC_OPS and all(i in consts for i in ins)):
             consts.update(o for o in node.output if o)
             folded.append(node)
             for o in node.output:
@@ -362,7 +362,7 @@ def derived_constants(proto, graph: Graph, param_names: set[str]) -> dict[str, D
                 break
         if not ok:
             continue
-        nodes = [Node(n.name or f"derived_{i}", n.op_type, list(n.input), list(n.output), _attrs_of(n), n.name)
+        nodes = [Node(n.name or f"derived_{i}", n.op_type, list(n.input), list(n.output), attrs_of(n), n.name)
                  for i, n in sorted(needed.items())]
         params = {i: i for n in nodes for i in n.inputs if i in param_names}
         handles[target] = DerivedConstant(target, nodes, params)

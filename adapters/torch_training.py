@@ -5,6 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
+from zfprobe.rules import DECONVNET
 from zfprobe.evolution import Recorder
 
 
@@ -29,7 +30,7 @@ class EvolutionRecorder:
 
     def __init__(self, model, probe_images, layers: Sequence[str] | str, channels=None,
                  epochs: Sequence[int] | None = (1, 2, 5, 10, 20, 30, 40, 64), out: str = "evolution",
-                 rule: str = "deconvnet", batch_size: int = 64, device=None):
+                 rule: str = DECONVNET, batch_size: int = 64, device=None):
         import zfprobe
 
         images = _as_array(probe_images)

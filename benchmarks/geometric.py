@@ -6,7 +6,9 @@ Work: one 256x256 image, the strongest unit of each of the 8 channels of the dec
 the deconvnet rule. Captum's NeuronDeconvolution does one projection per call (forward +
 backward each time); zfprobe does one forward and one batched reverse pass through the exact
 adjoints of ConvTranspose (a Conv) and Resize (two MatMuls). The results are checked equal before
-the times are printed. Cold = the first call (zfprobe: ONNX import, program build, onnxruntime
+the times are printed. zfprobe runs twice: the receptive-field-windowed reversal (the default for
+unit seeds; windows follow each op's geometry through ConvTranspose and Resize) and the exact
+full program (``windowed=False``), so the speed-up of the windows is printed too. Cold = the first call (zfprobe: ONNX import, program build, onnxruntime
 session; Captum: its first call); warm = best of ``--repeats`` later calls.
 
 Run:  python benchmarks/geometric.py [--repeats 3]
@@ -70,17 +72,22 @@ def main() -> None:
         names = export_onnx(model, image, path)
         layer = names["dec2"]
 
-        def run_zfprobe(probe):
+        def run_zfprobe(probe, windowed=True):
             acts = probe.activations(x, layer)
             seeds = np.zeros((len(units),) + acts.shape[1:], np.float32)
             for k, (c, y, xx) in enumerate(units):
                 seeds[k, c, y, xx] = 1.0
-            return probe.project(x, layer, seeds, rule="deconvnet")
+            return probe.project(x, layer, seeds, rule="deconvnet", windowed=windowed)
 
         t_zf_cold, ours = timed(lambda: run_zfprobe(zfprobe.load(path)))
         probe = zfprobe.load(path)
         run_zfprobe(probe)
         t_zf, ours = best_of(lambda: run_zfprobe(probe), args.repeats)
+        t_full_cold, full = timed(lambda: run_zfprobe(zfprobe.load(path), False))
+        probe_full = zfprobe.load(path)
+        run_zfprobe(probe_full, False)
+        t_full, full = best_of(lambda: run_zfprobe(probe_full, False), args.repeats)
+        assert probe.windowed_program(layer, "deconvnet", "identity", single_image=True) is not None
 
     deconv = NeuronDeconvolution(model, target)
 
@@ -95,10 +102,14 @@ def main() -> None:
     print(f"workload: U-Net {args.size}x{args.size}, dec2 (after ConvTranspose + bilinear Resize), strongest unit of "
           f"{len(units)} channels, deconvnet rule, {os.cpu_count()} CPU threads, warm = best of {args.repeats}")
     print(f"zfprobe (onnxruntime {probe.backend.device}): cold {t_zf_cold:8.3f} s   warm {t_zf:8.3f} s")
+    print(f"zfprobe full program (no windows): cold {t_full_cold:8.3f} s   warm {t_full:8.3f} s")
     print(f"captum NeuronDeconvolution:        cold {t_cap_cold:8.3f} s   warm {t_captum:8.3f} s")
+    win_err = float(np.abs(ours - full).max() / np.abs(full).max())
+    print(f"windowed vs full program: cold {t_full_cold / t_zf_cold:.2f}x   warm {t_full / t_zf:.2f}x   "
+          f"max relative difference: {win_err:.2e}")
     print(f"speed-up: cold {t_cap_cold / t_zf_cold:.2f}x   warm {t_captum / t_zf:.2f}x   "
           f"max relative difference: {err:.2e}")
-    if err > 1e-4:
+    if err > 1e-4 or win_err > 1e-5:
         raise SystemExit("results differ: the benchmark is not comparing the same work")
 
 

@@ -10,7 +10,7 @@ import click
 
 from zfprobe.errors import OptionError, ZfprobeError
 
-RULES = ["deconvnet", "gradient", "guided"]
+from zfprobe.rules import RULES  # noqa: F401  (the CLI commands import it from here)
 
 
 def parse_size(value: str | None) -> tuple[int, int] | None:

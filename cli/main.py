@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from zfprobe.rules import DECONVNET, LRN_IDENTITY, LRN_MODES
 from zfprobe.cli.common import (RULES, Interrupted, default_layer, open_probe, probe_and_image, parse_unit,
                                 preprocessing_from_options, preprocessing_options, quiet_native_logs,
                                 report_failure)
@@ -116,8 +117,8 @@ def layers(model, input_size, in_channels):
 @click.option("--unit", help="One unit CHANNEL,Y,X instead of each channel's strongest position.")
 @click.option("--mode", type=click.Choice(["unit", "map"]), default="unit", show_default=True,
               help="unit: the strongest position of each channel; map: the whole feature map.")
-@click.option("--rule", type=click.Choice(RULES), default="deconvnet", show_default=True)
-@click.option("--lrn", type=click.Choice(["identity", "gradient"]), default="identity", show_default=True,
+@click.option("--rule", type=click.Choice(RULES), default=DECONVNET, show_default=True)
+@click.option("--lrn", type=click.Choice(LRN_MODES), default=LRN_IDENTITY, show_default=True,
               help="How LRN layers are reversed (the paper: identity).")
 @preprocessing_options
 @click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
@@ -156,8 +157,8 @@ def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset,
 @cli.command("export-deconv")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--layer", "-l", required=True)
-@click.option("--rule", type=click.Choice(RULES), default="deconvnet", show_default=True)
-@click.option("--lrn", type=click.Choice(["identity", "gradient"]), default="identity", show_default=True)
+@click.option("--rule", type=click.Choice(RULES), default=DECONVNET, show_default=True)
+@click.option("--lrn", type=click.Choice(LRN_MODES), default=LRN_IDENTITY, show_default=True)
 @click.option("--input-size", help="HxW, for models without a fixed input size.")
 @click.option("--out", "-o", "out_path", required=True, type=click.Path(dir_okay=False))
 def export_deconv(model, layer, rule, lrn, input_size, out_path):

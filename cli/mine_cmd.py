@@ -6,6 +6,7 @@ import warnings
 
 import click
 
+from zfprobe.rules import DECONVNET, LRN_IDENTITY, LRN_MODES
 from zfprobe.cli.common import RULES, open_probe, preprocessing_from_options, preprocessing_options
 from zfprobe.errors import OptionError
 from zfprobe.render import DEFAULT_PERCENTILE
@@ -23,8 +24,8 @@ MIN_TILE, MAX_TILE = 4, 1024  # tile side on the sheets, in pixels
 @click.option("--top", "-k", "k", type=int, default=9, show_default=True, help="Images kept per channel.")
 @click.option("--channels", "-c", help="Channels to project and show, e.g. 0-15,40 (default: all; mining covers all).")
 @click.option("--per-page", type=int, default=64, show_default=True, help="Channels per contact sheet page.")
-@click.option("--rule", type=click.Choice(RULES), default="deconvnet", show_default=True)
-@click.option("--lrn", type=click.Choice(["identity", "gradient"]), default="identity", show_default=True)
+@click.option("--rule", type=click.Choice(RULES), default=DECONVNET, show_default=True)
+@click.option("--lrn", type=click.Choice(LRN_MODES), default=LRN_IDENTITY, show_default=True)
 @click.option("--batch-size", type=int, help="Images per forward pass (default: from a 256 MB activation budget).")
 @click.option("--limit", type=int, help="Use only the first N images of the dataset.")
 @click.option("--array-key", help="Array to use in a .npz file (default: images, x, or the first).")

@@ -49,6 +49,7 @@ def command(model, image, layer, size, stride, label, fill, channel, labels_file
     """Slide a square over IMAGE; map LAYER's strongest feature map total, the target-class
     probability and the top class per square position; write npz, overlays and a manifest."""
     from zfprobe.occlusion import class_output, occlude
+    from zfprobe.occlusion_render import save_result
 
     from zfprobe.defaults import output_folder
 
@@ -69,7 +70,7 @@ def command(model, image, layer, size, stride, label, fill, channel, labels_file
                      probability=None, progress=progress)
     if names is not None and result.label is not None and len(names) <= result.label:
         click.echo(f"zfprobe: note: the class-name file has {len(names)} names; class {result.label} has none", err=True)
-    files = result.save(out_dir, probe)
+    files = save_result(result, out_dir, probe)
     n = len(result.rows) * len(result.cols)
     what = f"map {result.channel} of {layer} (unoccluded total {result.base_activation:.4g})"
     if result.label is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from zfprobe.rules import LRN_IDENTITY, LRN_MODES
 from zfprobe.cli.common import open_probe, preprocessing_from_options, preprocessing_options
 from zfprobe.errors import ImageError
 
@@ -22,7 +23,7 @@ from zfprobe.errors import ImageError
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--steps", "max_steps", type=click.IntRange(min=1), default=None,
               help="Group the weight layers into at most this many steps [default: one step per layer].")
-@click.option("--lrn", type=click.Choice(["identity", "gradient"]), default="identity", show_default=True)
+@click.option("--lrn", type=click.Choice(LRN_MODES), default=LRN_IDENTITY, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @preprocessing_options
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")

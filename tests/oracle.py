@@ -171,18 +171,19 @@ class _ClipFn(torch.autograd.Function):
 
 
 class _LeakyFn(torch.autograd.Function):
+    """A leaky rectifier with slope ``a`` below 0 (a tensor broadcast against x: one value for
+    LeakyReLU, one per channel for PReLU)."""
+
     @staticmethod
-    def forward(ctx, x, d, alpha):
-        ctx.save_for_backward(d)
-        ctx.alpha = alpha
-        return torch.where(x > 0, x, x * alpha)
+    def forward(ctx, x, d, a):
+        ctx.save_for_backward(d, a)
+        return torch.where(x > 0, x, x * a)
 
     @staticmethod
     def backward(ctx, g):
-        (d,) = ctx.saved_tensors
+        d, a = ctx.saved_tensors
         rule = _current_rule()
-        a = ctx.alpha
-        slope = torch.where(d > 0, torch.ones_like(d), torch.full_like(d, a))
+        slope = torch.where(d > 0, torch.ones_like(d), a.expand_as(d))
         if rule == "gradient":
             return g * slope, None, None
         lg = torch.where(g > 0, g, g * a)
@@ -203,7 +204,29 @@ def rule_clip(x: torch.Tensor, hi: float | None, ref_name: str | None = None) ->
 
 def rule_leaky(x: torch.Tensor, alpha: float, ref_name: str | None = None) -> torch.Tensor:
     _count()
-    return _LeakyFn.apply(x, _ref(ref_name, x).detach(), float(alpha))
+    return _LeakyFn.apply(x, _ref(ref_name, x).detach(), torch.tensor(float(alpha), dtype=x.dtype))
+
+
+def rule_prelu(x: torch.Tensor, slope: torch.Tensor, ref_name: str | None = None,
+               channel_axis: bool = True) -> torch.Tensor:
+    """``channel_axis``: torch's F.prelu convention (a [C] slope over axis 1); else ONNX's
+    (the slope broadcasts right-aligned)."""
+    _count()
+    a = slope.detach()
+    if channel_axis and a.numel() > 1 and x.dim() > 2:
+        a = a.reshape((1, -1) + (1,) * (x.dim() - 2))
+    return _LeakyFn.apply(x, _ref(ref_name, x).detach(), a.to(x.dtype))
+
+
+class RulePReLUOnnx(nn.Module):
+    """onnx2torch's PRelu module (inputs x and slope), rule-aware."""
+
+    def __init__(self, ref_name=None):
+        super().__init__()
+        self.ref_name = ref_name
+
+    def forward(self, x, slope):
+        return rule_prelu(x, slope, self.ref_name, channel_axis=False)
 
 
 class RuleReLU(nn.Module):
@@ -320,7 +343,7 @@ class RefMaxPool2d(nn.Module):
 # patching torch.nn.functional (native-module route)
 
 _ORIG = {name: getattr(F, name) for name in
-         ("relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_")}
+         ("relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "prelu")}
 
 
 def _p_relu(input, inplace=False):  # noqa: A002 - torch's signature
@@ -341,7 +364,12 @@ def _p_leaky(input, negative_slope=0.01, inplace=False):  # noqa: A002
     return rule_leaky(input, negative_slope)
 
 
+def _p_prelu(input, weight):  # noqa: A002
+    return rule_prelu(input, weight)
+
+
 _PATCHES = {
+    "prelu": _p_prelu,
     "relu": _p_relu, "relu_": lambda input: _p_relu(input),
     "relu6": _p_relu6,
     "hardtanh": _p_hardtanh, "hardtanh_": lambda input, min_val=-1.0, max_val=1.0:
@@ -718,6 +746,8 @@ def _swap_modules(module: nn.Module, keep: frozenset = frozenset()) -> tuple[int
             new = RuleClip(None if child.max_val is None else float(child.max_val), ref)
         elif isinstance(child, nn.LeakyReLU):
             new = RuleLeaky(float(child.negative_slope), ref)
+        elif type(child).__name__ == "OnnxPReLU":
+            new = RulePReLUOnnx(ref)
         elif isinstance(child, nn.LocalResponseNorm):
             new = RuleLRN(child)
         elif isinstance(child, nn.MaxPool2d) and ref is not None:

@@ -278,3 +278,74 @@ def test_layernorm_decomposition_fuses():
     fused = fuse(_chain_graph(ln_last))
     assert [n.op_type for n in fused.nodes] == ["Conv", "LayerNormalization"]
     assert fused.nodes[-1].attrs["axis"] == 2 and math.isclose(fused.nodes[-1].attrs["epsilon"], 1e-6, rel_tol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# tf2onnx's "moments" LayerNorm (Keras LayerNormalization through tf.nn.moments)
+
+
+def _keras_layernorm_onnx(tmp_path, rank4: bool = True):
+    tf = pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    tf2onnx = pytest.importorskip("tf2onnx")
+    import onnx
+
+    L = keras.layers
+    keras.utils.set_random_seed(3)
+    if rank4:
+        inp = keras.Input((10, 12, 3))
+        x = L.Conv2D(6, 3, padding="same", activation="relu", name="c1")(inp)
+        x = L.LayerNormalization(epsilon=1e-3, name="ln")(x)
+        out = L.Conv2D(4, 3, padding="same", name="c2")(x)
+    else:  # a sequence: LayerNorm over the trailing axis
+        inp = keras.Input((7, 5))
+        x = L.Dense(6, activation="relu", name="c1")(inp)
+        x = L.LayerNormalization(epsilon=1e-3, name="ln")(x)
+        out = L.Dense(4, name="c2")(x)
+    model = keras.Model(inp, out)
+    ln = model.get_layer("ln")
+    rng = np.random.default_rng(0)
+    ln.gamma.assign(rng.uniform(0.5, 1.5, ln.gamma.shape).astype(np.float32))
+    ln.beta.assign(rng.uniform(-0.5, 0.5, ln.beta.shape).astype(np.float32))
+    spec = (tf.TensorSpec((1,) + tuple(inp.shape[1:]), tf.float32, name="x"),)
+    proto, _ = tf2onnx.convert.from_function(tf.function(lambda t: model(t)), input_signature=spec, opset=13)
+    path = tmp_path / "keras_ln.onnx"
+    onnx.save(proto, str(path))
+    return model, path, proto
+
+
+def test_tf2onnx_moments_layernorm_fuses(tmp_path):
+    """(On a rank-3 sequence tf2onnx writes the means as GlobalAveragePool over a reshape, a
+    form not fused yet.)"""
+    import onnxruntime as ort
+
+    model, path, proto = _keras_layernorm_onnx(tmp_path, True)
+    raw = [n.op_type for n in proto.graph.node]
+    assert raw.count("ReduceMean") == 2 and "Reciprocal" in raw, raw   # the moments form
+    probe = zfprobe.load(path)
+    ops = [n.op_type for n in probe.graph.nodes]
+    assert "LayerNormalization" in ops and "ReduceMean" not in ops and "Reciprocal" not in ops, ops
+    shape = (2,) + tuple(model.inputs[0].shape[1:])
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(2)])
+    got = probe.activations(x, probe.graph.outputs[0])
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_tf2onnx_moments_layernorm_matches_tf_autograd(tmp_path):
+    """Projections through the fused LayerNorm equal tf.GradientTape on the Keras model, under
+    every rule (Keras' relu follows the rule in the oracle)."""
+    pytest.importorskip("tensorflow")
+    from test_keras_adapter import tf_oracle
+
+    model, path, _ = _keras_layernorm_onnx(tmp_path, True)
+    probe = zfprobe.load(path)
+    layer = next(n.outputs[0] for n in probe.graph.nodes if n.op_type == "Conv" and "c2" in n.outputs[0])
+    x = np.random.default_rng(2).uniform(0, 1, (2, 10, 12, 3)).astype(np.float32)
+    acts = probe.activations(x, layer)
+    seeds, seed_image = seeds_for(acts)
+    for rule in ("deconvnet", "gradient", "guided"):
+        got = probe.project(x, layer, seeds, seed_image, rule=rule)
+        want = tf_oracle(model, "c2", x, seeds, seed_image, rule)
+        assert_close(got, want, f"keras layernorm via tf2onnx, {rule}")

@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import zfprobe  # noqa: E402
 from zfprobe.errors import OptionError, ZfprobeError  # noqa: E402
+from zfprobe.occlusion_render import save_result  # noqa: E402
 from zfprobe.occlusion import (NoClassOutputError, build_engine, class_output, local_chain,  # noqa: E402
                                occlude, occlusion_maps, positions, run_engine)
 
@@ -207,7 +208,7 @@ def test_occlude_result_and_files(tmp_path):
     assert res.label_source == "given" and res.class_names[7] == "7"
     assert res.projection is not None and res.projection.shape == (1, 28, 28)
     assert res.class_source.startswith("softmax of the logits")
-    files = res.save(str(tmp_path / "out"), probe)
+    files = save_result(res, str(tmp_path / "out"), probe)
     names = sorted(os.path.basename(f) for f in files)
     assert names == sorted(["input.png", "occlusion.npz", "occlusion_activation.png", "occlusion_probability.png",
                             "occlusion_label.png", "projection.png", "manifest.json"])
@@ -319,7 +320,7 @@ def test_no_class_output(featuremap_model, tmp_path):
     ref = brute_force_activation(path, x, names["1"], 6, 4)
     scale = max(1.0, float(np.abs(ref).max()))
     assert np.abs(res.activation - ref[:, :, res.channel]).max() <= 1e-5 * scale
-    files = res.save(str(tmp_path / "o"), probe)
+    files = save_result(res, str(tmp_path / "o"), probe)
     assert not any("probability" in f or "label" in f for f in files)
     # the layer inside the windowed part, nothing after it to run
     rows = positions(28, 6, 4)

@@ -137,12 +137,14 @@ CASES = {
                ["conv1", "maxpool", "layer1.0", "layer2.0.downsample", "layer2.0", "layer2", "avgpool"]),
     "dilated": (lambda: nets._init_(DilatedNet(), 5), (1, 3, 40, 40),
                 ["conv1", "pool1", "branch_b", "cat", "pad", "conv3", "zpad", "conv4", "gap", "fc"]),
-    # issue 9: ConvTranspose, Resize (bilinear / nearest), Focus slicing, Gather. (Not the
-    # PixelShuffle net: torch exports PixelUnshuffle as a 6-D Reshape / Transpose, which the
-    # receptive-field walk reports conservatively.)
+    # issue 9: ConvTranspose, Resize (bilinear / nearest), Focus slicing, Gather; torch's
+    # PixelUnshuffle (exported as a 6-D Reshape / Transpose / Reshape, fused to SpaceToDepth and
+    # a channel Gather), reflect Pad and PixelShuffle (DepthToSpace).
     "unet": (lambda: geometric_nets.build("unet"), (1, 3, 32, 40), ["up1", "dec1", "dec2", "up3", "head"]),
     "yolo_focus": (lambda: geometric_nets.build("yolo_focus"), (1, 3, 32, 40), ["focus", "b1", "up", "fuse", "head"]),
     "fpn_pan": (lambda: geometric_nets.build("fpn_pan"), (1, 3, 32, 40), ["up", "s4", "s3", "down3", "down4"]),
+    "pixelshuffle_sr": (lambda: geometric_nets.build("pixelshuffle_sr"), (1, 3, 32, 40),
+                        ["unshuffle", "body.0", "body.2", "tail", "shuffle"]),
 }
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zfprobe.rules import DECONVNET
 from zfprobe.filters import FilterError, conv_nodes
 
 
@@ -102,7 +103,7 @@ def mean_power_spectrum(projections: np.ndarray, layout: str = "NCHW") -> np.nda
 
 def aliasing_check(probe, dataset, layer: str, period: int | None = None, channels: list[int] | None = None,
                    batch_size: int = 32, limit: int | None = None, progress: bool = True,
-                   rule: str = "deconvnet") -> AliasingCheck:
+                   rule: str = DECONVNET) -> AliasingCheck:
     """Project the strongest unit of each channel of ``layer`` over ``dataset`` and measure the
     grid of period ``period`` (default: the stride of the layer's receptive field) in their
     averaged spectrum."""

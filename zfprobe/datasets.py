@@ -448,7 +448,7 @@ def _batch_to_tensor(raw: np.ndarray, prep: Preprocessing) -> np.ndarray:
         x = x[..., None]
     if prep.channels == 3 and prep.channel_order.upper() == "BGR":
         x = x[..., ::-1]
-    x = (x * prep.scale - prep._per_channel(prep.mean)) / prep._per_channel(prep.std)
+    x = (x * prep.scale - prep.per_channel(prep.mean)) / prep.per_channel(prep.std)
     if prep.layout == "NCHW":
         x = x.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(x, dtype=np.float32)

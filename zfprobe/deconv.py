@@ -23,8 +23,7 @@ from zfprobe.graph import Graph, Node
 from zfprobe.inverses import INVERSES, InverseContext, check_invertible
 from zfprobe.program import ProgramBuilder
 
-RULES = ("deconvnet", "gradient", "guided")
-LRN_MODES = ("identity", "gradient")
+from zfprobe.rules import DECONVNET, LRN_IDENTITY, LRN_MODES, RULES  # noqa: F401  (RULES re-exported)
 
 SEED = "zf_seed"
 SEED_IMAGE = "zf_seed_image"
@@ -35,8 +34,8 @@ PROJECTION = "zf_projection"
 class DeconvOptions:
     """How rectifiers and LRN are reversed (see docs/methods.md)."""
 
-    rule: str = "deconvnet"
-    lrn: str = "identity"
+    rule: str = DECONVNET
+    lrn: str = LRN_IDENTITY
 
     def __post_init__(self):
         if self.rule not in RULES:

@@ -37,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
+from zfprobe.rules import DECONVNET
 from zfprobe.errors import ZfprobeError
 from zfprobe.outputs import fsync_dir
 
@@ -194,7 +195,7 @@ class Recorder:
 
     def __init__(self, probe, probe_images: np.ndarray, out: str, layers: Sequence[str],
                  channels: Sequence[int] | dict | None = None, epochs: Sequence[int] | None = None,
-                 rule: str = "deconvnet", batch_size: int = 64, model_info: dict | None = None):
+                 rule: str = DECONVNET, batch_size: int = 64, model_info: dict | None = None):
         from zfprobe.errors import ChannelError
 
         self.probe = probe

@@ -31,7 +31,7 @@ from zfprobe.errors import OptionError, ZfprobeError
 
 POOLS = ("avg", "max", "flatten")
 CACHE_LIMIT = 1024**3  # bytes of features a cache entry may hold ("datasets that fit")
-MEMORY_LIMIT = 4 * 1024**3  # bytes of features one extraction may hold in memory
+from zfprobe.memory import FEATURES_MEMORY_LIMIT as MEMORY_LIMIT
 
 
 @dataclass

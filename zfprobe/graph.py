@@ -59,9 +59,9 @@ class Graph:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._reindex()
+        self.reindex()
 
-    def _reindex(self) -> None:
+    def reindex(self) -> None:
         self._producer = {out: node for node in self.nodes for out in node.outputs if out}
         self._consumers: dict[str, list[Node]] = {}
         for node in self.nodes:

@@ -29,7 +29,7 @@ from zfprobe.image_files import image_size
 from zfprobe.image_transforms import IDENTITY, Transform, apply, default_amounts, expand_kinds, fill_pixel, parse_range
 from zfprobe.occlusion import ClassOutput, NoClassOutputError, class_output
 
-DEFAULT_BATCH_BUDGET = 256 * 1024**2
+from zfprobe.memory import BATCH_BUDGET as DEFAULT_BATCH_BUDGET
 NO_CLASS_NOTE = "the model has no class output, so only the feature distances are made (no class probability)"
 
 

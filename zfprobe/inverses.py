@@ -191,40 +191,6 @@ def _clip(ctx, node, gy):
     return [g]
 
 
-@inverse("LeakyRelu")
-def _leaky(ctx, node, gy):
-    x, g = node.inputs[0], gy[0]
-    alpha = float(node.attrs.get("alpha", 0.01))
-    rule = ctx.options.rule
-    pos = ctx.b.op("Greater", ctx.saved(x), ctx.b.const(0.0, "zero"))
-    slope = ctx.b.op("Where", pos, ctx.b.const(1.0, "one"), ctx.b.const(alpha, "alpha"))
-    if rule == "deconvnet":
-        return [_rectify(ctx, g, "LeakyRelu", alpha=alpha)]
-    if rule == "gradient":
-        return [ctx.mul(g, slope)]
-    return [ctx.mul(_rectify(ctx, g, "LeakyRelu", alpha=alpha), slope)]
-
-
-@inverse("PRelu")
-def _prelu(ctx, node, gy):
-    x, slope_t, g = node.inputs[0], node.inputs[1], gy[0]
-    rule = ctx.options.rule
-    pos = ctx.b.op("Greater", ctx.saved(x), ctx.b.const(0.0, "zero"))
-    slope = ctx.b.op("Where", pos, ctx.b.const(1.0, "one"), slope_t)
-    if rule == "deconvnet":
-        return [ctx.b.op("PRelu", g, slope_t), None]
-    if rule == "gradient":
-        return [ctx.mul(g, slope), None]
-    return [ctx.mul(ctx.b.op("PRelu", g, slope_t), slope), None]
-
-
-@check("PRelu")
-def _prelu_check(graph, node):
-    if not graph.is_constant(node.inputs[1]):
-        return "its slope is not a constant"
-    return None
-
-
 # ------------------------------------------------------------------ smooth nonlinearities ---
 @inverse("Sigmoid")
 def _sigmoid(ctx, node, gy):

@@ -35,13 +35,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from zfprobe.rules import DECONVNET, LRN_IDENTITY
 from zfprobe.datasets import Dataset
 from zfprobe.interrupts import pause
 from zfprobe.errors import OptionError, ZfprobeError
 
 STATE_FILE = ".mine-state.npz"
 _NO_IMAGE = np.iinfo(np.int64).max  # sorts after every real image index
-DEFAULT_BATCH_BUDGET = 256 * 1024**2  # bytes of activations one mining batch may hold
+from zfprobe.memory import BATCH_BUDGET as DEFAULT_BATCH_BUDGET
 MAX_RUNS_IN_FLIGHT = 4  # concurrent forward passes on CPU (each holds one batch of activations)
 
 
@@ -306,7 +307,7 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
             for index, reason in batch.skipped:
                 skipped.append((int(index), reason))
                 warnings.warn(f"skipped {dataset.name(int(index))}: {reason}", stacklevel=2)
-            future = runner.submit(run, probe._check_images(batch.tensors)) if len(batch.indices) else None
+            future = runner.submit(run, probe.check_images(batch.tensors)) if len(batch.indices) else None
             pending.append((batch, future))
             while len(pending) > workers:
                 finish(*pending.popleft())
@@ -459,8 +460,8 @@ class UnitProjection:
     box: tuple[tuple[int, int], ...]  # the nominal box, unclipped ((y0, y1), (x0, x1))
 
 
-def project_units(probe, dataset: Dataset, layer: str, units: Sequence[MinedUnit], rule: str = "deconvnet",
-                  lrn: str = "identity", image_chunk: int = 32, keep_full: bool = False) -> Iterator[UnitProjection]:
+def project_units(probe, dataset: Dataset, layer: str, units: Sequence[MinedUnit], rule: str = DECONVNET,
+                  lrn: str = LRN_IDENTITY, image_chunk: int = 32, keep_full: bool = False) -> Iterator[UnitProjection]:
     """Deconvnet projection and crops of each unit, batched: each backend call sends as many
     seeds as the memory budget allows (``probe.seed_batch_size``) with only the images they
     belong to (at most ``image_chunk``). Yields in the order of the units' images."""

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from zfprobe.rules import DECONVNET, LRN_IDENTITY
 from zfprobe.mining import STATE_FILE, MinedUnit, MiningResult, parse_channels, project_units
-from zfprobe.render import DEFAULT_PERCENTILE, _font, describe_mapping, signed_to_uint8, with_legend
+from zfprobe.render import DEFAULT_PERCENTILE, describe_mapping, load_font, signed_to_uint8, with_legend
 
 GAP, BLOCK_GAP, CAPTION_H = 2, 10, 14
 WEAK_FRACTION = 0.05
@@ -69,7 +70,7 @@ def projection_tiles(probe, dataset, layer: str, units, rule: str, lrn: str, per
         yield up.unit, signed_to_uint8(up.projection_crop, percentile), up.patch
 
 
-def render_layer(probe, result: MiningResult, layer: str, rule: str = "deconvnet", lrn: str = "identity",
+def render_layer(probe, result: MiningResult, layer: str, rule: str = DECONVNET, lrn: str = LRN_IDENTITY,
                  channels: list[int] | None = None, percentile: float | None = DEFAULT_PERCENTILE,
                  image_chunk: int = 32, tiles=None) -> LayerPictures:
     """Project every kept unit of ``channels`` (default: all; dead channels are not projected)
@@ -148,9 +149,9 @@ def channel_block(channel: int, tiles, k: int, size: int, caption: bool = True, 
             best = " DEAD: never active on the data"
         elif status == "weak":
             best += " WEAK"
-        draw.text((1, 1), f"c{channel}{best}", fill=(200, 0, 0) if status else "black", font=_font(10))
+        draw.text((1, 1), f"c{channel}{best}", fill=(200, 0, 0) if status else "black", font=load_font(10))
         if status == "dead":
-            draw.text((4, top + left.shape[0] // 2 - 6), "dead", fill=(200, 0, 0), font=_font(14))
+            draw.text((4, top + left.shape[0] // 2 - 6), "dead", fill=(200, 0, 0), font=load_font(14))
         block = np.asarray(im)
     return block
 
@@ -179,7 +180,7 @@ def layer_pages(pics: LayerPictures, k: int, per_page: int = 64, tile: int | Non
         text = f"{title or pics.layer}  ({pics.rule}; RF {'x'.join(map(str, pics.rf_size))}; top {k}: projections | patches)"
         if n_pages > 1:
             text += f"  page {p + 1}/{n_pages}"
-        ImageDraw.Draw(im).text((BLOCK_GAP, 5), text, fill="black", font=_font(13))
+        ImageDraw.Draw(im).text((BLOCK_GAP, 5), text, fill="black", font=load_font(13))
         pages.append(with_legend(np.asarray(im), pics.percentile))
     return pages
 

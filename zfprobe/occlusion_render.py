@@ -104,7 +104,7 @@ def save_result(result, out_dir: str, probe=None) -> list[str]:
 
 def manifest(result, probe=None, files=None) -> dict:
     from zfprobe import __version__
-    from zfprobe.occlusion import POSITION_NOTE, PROBABILITY_NOTE
+    from zfprobe.occlusion.options import POSITION_NOTE, PROBABILITY_NOTE
     from zfprobe.provenance import model_manifest
 
     model = model_manifest(probe) if probe is not None else {}

@@ -75,7 +75,7 @@ class Preprocessing:
         d.pop("labels", None)
         return d
 
-    def _per_channel(self, values: tuple[float, ...]) -> np.ndarray:
+    def per_channel(self, values: tuple[float, ...]) -> np.ndarray:
         v = np.asarray(values, dtype=np.float32).reshape(-1)
         if v.size == 1:
             return np.repeat(v, self.channels)
@@ -88,7 +88,7 @@ class Preprocessing:
         x = pixels.astype(np.float32)
         if self.channels == 3 and self.channel_order.upper() == "BGR":
             x = x[..., ::-1]
-        x = (x * self.scale - self._per_channel(self.mean)) / self._per_channel(self.std)
+        x = (x * self.scale - self.per_channel(self.mean)) / self.per_channel(self.std)
         if self.layout == "NCHW":
             x = x.transpose(2, 0, 1)
         return np.ascontiguousarray(x[None], dtype=np.float32)
@@ -96,7 +96,7 @@ class Preprocessing:
     def to_display(self, tensor: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`to_tensor` for one image: model input -> uint8 RGB [H, W, 3]."""
         x = tensor.transpose(1, 2, 0) if self.layout == "NCHW" else tensor
-        x = (x * self._per_channel(self.std) + self._per_channel(self.mean)) / self.scale
+        x = (x * self.per_channel(self.std) + self.per_channel(self.mean)) / self.scale
         if self.channels == 3 and self.channel_order.upper() == "BGR":
             x = x[..., ::-1]
         x = np.clip(np.round(x), 0, 255).astype(np.uint8)

@@ -12,13 +12,14 @@ from typing import Sequence
 
 import numpy as np
 
+from zfprobe.rules import DECONVNET, LRN_IDENTITY
 from zfprobe.deconv import PROJECTION, SEED, SEED_IMAGE, DeconvOptions, build_deconvnet, build_forward, path_nodes
 from zfprobe.errors import ImageError, LayerNotFoundError, ModelLoadError
 from zfprobe.graph import Graph
 from zfprobe.inverses import check_invertible
 
 # Upper bound on the memory one reverse batch may take; larger seed sets run in chunks.
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+from zfprobe.memory import PROJECTION_MEMORY_BUDGET as DEFAULT_MEMORY_BUDGET
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Probe:
         return infos
 
     # -- computation -----------------------------------------------------------------------
-    def _check_images(self, images: np.ndarray) -> np.ndarray:
+    def check_images(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         want = self.input_shape[1:]
         if images.ndim != len(self.input_shape) or tuple(images.shape[1:]) != tuple(want):
@@ -141,7 +142,7 @@ class Probe:
         :meth:`with_parameters`); the model and its programs are not changed."""
         many = not isinstance(layer, str)
         tensors = [self.resolve(l) for l in ([layer] if not many else layer)]
-        images = self._check_images(images)
+        images = self.check_images(images)
         program, feeds = self.with_parameters(self.forward_program(tensors), constants)
         outs = self.backend.run(program, dict(feeds, **{self.input_name: images}), tensors)
         return outs if many else outs[0]
@@ -177,7 +178,7 @@ class Probe:
             feeds[n] = np.ascontiguousarray(value, dtype=want.dtype)
         return cached[1], feeds
 
-    def deconv_program(self, layer: str, rule: str = "deconvnet", lrn: str = "identity",
+    def deconv_program(self, layer: str, rule: str = DECONVNET, lrn: str = LRN_IDENTITY,
                        single_image: bool = False) -> Graph:
         tensor = self.resolve(layer)
         options = DeconvOptions(rule, lrn)
@@ -187,7 +188,7 @@ class Probe:
         return self._programs[key]
 
     def project(self, images: np.ndarray, layer: str, seeds: np.ndarray, seed_image: np.ndarray | None = None,
-                rule: str = "deconvnet", lrn: str = "identity", batch_size: int | None = None,
+                rule: str = DECONVNET, lrn: str = LRN_IDENTITY, batch_size: int | None = None,
                 windowed: bool = True, constants: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Project each seed row to pixel space ([K, *input]); see zfprobe.deconv for the contract.
 
@@ -195,7 +196,7 @@ class Probe:
         where the network allows it: the same result, computed only where it can be non-zero.
         ``constants`` replaces some weights for this call only (see :meth:`with_parameters`).
         """
-        images = self._check_images(images)
+        images = self.check_images(images)
         seeds = np.ascontiguousarray(seeds, dtype=np.float32)
         tensor = self.resolve(layer)
         if tuple(seeds.shape[1:]) != tuple(self.graph.shape(tensor)[1:]):
@@ -244,7 +245,7 @@ class Probe:
 
         return correspondence(self, images, parts, layers, **options)
 
-    def export_deconv(self, layer: str, path: str, rule: str = "deconvnet", lrn: str = "identity") -> None:
+    def export_deconv(self, layer: str, path: str, rule: str = DECONVNET, lrn: str = LRN_IDENTITY) -> None:
         """Save the deconvnet of ``layer`` as a standalone ONNX model (inputs: image, zf_seed, zf_seed_image)."""
         from zfprobe.adapters.onnx_export import to_onnx
         from zfprobe.outputs import write_file_atomically

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from zfprobe.graph import Graph
+from zfprobe.ops.geometry import axis_windows
 
 _EMPTY_LO = np.iinfo(np.int64).max // 4  # lo > hi marks "sees nothing" (a padding position)
 
@@ -286,13 +287,14 @@ AXIS_MAP_OPS = {"Resize", "ConvTranspose", "DepthToSpace", "SpaceToDepth", "Tile
 def _reads_matrices(graph: Graph, node, x: TensorRF, out_shape) -> dict[int, np.ndarray] | None:
     """Per tensor axis, the boolean [n_out, n_in] relation "output j reads input i"."""
     from zfprobe.ops.axismap import index_matrix
-    from zfprobe.ops.geometry import axis_windows
-    from zfprobe.ops.resize import resize_matrices
+    from zfprobe.ops.spatial import axis_matrices
 
     op, in_shape = node.op_type, x.shape
-    rank = len(in_shape)
-    if op == "Resize":
-        return {a: m != 0 for a, m in resize_matrices(node.attrs, in_shape, out_shape).items()}
+    if op in ("Resize", "Tile", "Gather", "Expand"):
+        m = axis_matrices(graph, node) if len(out_shape) == len(in_shape) else None
+        if m is None and op == "Gather":  # indices not a constant list: fine off the spatial axes
+            return None if x.axes[node.attrs.get("axis", 0) % len(in_shape)] is not None else {}
+        return None if m is None else {a: v != 0 for a, v in m.items()}
     if op == "ConvTranspose":
         nd = len(node.attrs["kernel_shape"])
         out = {}
@@ -314,19 +316,6 @@ def _reads_matrices(graph: Graph, node, x: TensorRF, out_shape) -> dict[int, np.
             out[a] = index_matrix(src, n_in) != 0 if src is not None else \
                 np.kron(np.eye(n_out, dtype=bool), np.ones((1, b), bool))[:, :n_in]
         return out
-    if op == "Tile":
-        return {a: index_matrix(np.tile(np.arange(in_shape[a]), r), in_shape[a]) != 0
-                for a, r in enumerate(node.attrs["repeats"]) if r != 1}
-    if op == "Gather":
-        axis = node.attrs.get("axis", 0) % rank
-        idx = np.asarray(graph.constants.get(node.inputs[1], np.zeros(0)), np.int64)
-        if idx.ndim != 1 or len(out_shape) != rank:
-            return None if x.axes[axis] is not None else {}
-        return {axis: index_matrix(np.where(idx < 0, idx + in_shape[axis], idx), in_shape[axis]) != 0}
-    if op == "Expand":
-        if len(out_shape) != rank:
-            return None
-        return {a: np.ones((out_shape[a], 1), bool) for a in range(rank) if in_shape[a] == 1 and out_shape[a] != 1}
     return None
 
 
@@ -362,33 +351,32 @@ def _replace_axes(x: TensorRF, axes, out_shape) -> TensorRF:
 
 
 def _window(node, x: TensorRF, out_shape) -> TensorRF | None:
-    a = node.attrs
-    kernel = list(a["kernel_shape"])
+    """A sliding window per trailing axis (:class:`~zfprobe.ops.geometry.AxisWindow`): each output
+    sees the union of the inputs under its taps that exist (the padding holds none)."""
+    kernel = list(node.attrs["kernel_shape"])
     nd = len(kernel)
-    strides = list(a.get("strides") or [1] * nd)
-    dilations = list(a.get("dilations") or [1] * nd)
-    pads = list(a.get("pads") or [0] * (2 * nd))
+    attrs = dict(node.attrs)
+    if node.op_type == "AveragePool":
+        attrs.pop("dilations", None)
     rank = len(x.shape)
     if len(out_shape) != rank:
         return None
     axes = list(x.axes)
     first = rank - nd
-    channel_axes_mixed = node.op_type == "Conv"
-    for i in range(nd):
+    for i, w in enumerate(axis_windows(attrs, nd)):
         ax = x.axes[first + i]
         if ax is None:
             return None  # a window over a non-spatial axis: be conservative
         n_in, n_out = x.shape[first + i], out_shape[first + i]
-        k, s, d, pb = kernel[i], strides[i], dilations[i], pads[i]
-        idx = np.arange(n_out, dtype=np.int64)[:, None] * s - pb + np.arange(k, dtype=np.int64)[None, :] * d
+        idx = np.array([w.first_tap(o) for o in range(n_out)], np.int64)[:, None] + \
+            np.arange(w.kernel, dtype=np.int64)[None, :] * w.dilation
         valid = (idx >= 0) & (idx < n_in)
         safe = np.clip(idx, 0, n_in - 1)
         lo = np.where(valid, ax.lo[safe], _EMPTY_LO).min(axis=1)
         hi = np.where(valid, ax.hi[safe], -1).max(axis=1)
         g = ax.nominal
-        nominal = AxisGeometry(g.jump * s, g.start - pb * g.jump, g.size + (k - 1) * d * g.jump)
+        nominal = AxisGeometry(g.jump * w.stride, g.start - w.pad_begin * g.jump, g.size + (w.span - 1) * g.jump)
         axes[first + i] = _Axis(ax.src, lo, hi, nominal)
-    del channel_axes_mixed
     return TensorRF("", tuple(out_shape), x.image_size, axes, dict(x.fixed), x.exact)
 
 

@@ -60,7 +60,7 @@ def signed_to_uint8(x: np.ndarray, percentile: float | None = None) -> np.ndarra
     return out
 
 
-def _font(size: int):
+def load_font(size: int):
     from PIL import ImageFont
 
     try:
@@ -81,13 +81,13 @@ def contact_sheet(tiles: list[np.ndarray], captions: list[str], columns: int | N
     sheet = Image.new("RGB", (columns * (tile_size + pad) + pad, title_h + rows * (tile_size + caption_h + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
     if title:
-        draw.text((pad, 3), title, fill="black", font=_font(14))
+        draw.text((pad, 3), title, fill="black", font=load_font(14))
     for i, (tile, caption) in enumerate(zip(tiles, captions)):
         r, c = divmod(i, columns)
         x0, y0 = pad + c * (tile_size + pad), title_h + pad + r * (tile_size + caption_h + pad)
         im = Image.fromarray(tile).resize((tile_size, tile_size), Image.NEAREST if tile.shape[0] < tile_size else Image.BILINEAR)
         sheet.paste(im, (x0, y0))
-        draw.text((x0, y0 + tile_size + 1), caption[:28], fill="black", font=_font(11))
+        draw.text((x0, y0 + tile_size + 1), caption[:28], fill="black", font=load_font(11))
     return np.asarray(sheet)
 
 
@@ -102,7 +102,7 @@ def legend(width: int, percentile: float | None, height: int = 46) -> np.ndarray
     ramp = np.round(np.linspace(1, 255, ramp_w)).astype(np.uint8)
     im.paste(Image.fromarray(np.repeat(np.repeat(ramp[None, :, None], 12, 0), 3, 2)), (x0, 4))
     draw.rectangle((x0 - 1, 3, x0 + ramp_w, 16), outline="black")
-    font = _font(10)
+    font = load_font(10)
     draw.text((x0, 18), "-s", fill="black", font=font)
     draw.text((x0 + ramp_w // 2 - 3, 18), "0", fill="black", font=font)
     draw.text((x0 + ramp_w - 12, 18), "+s", fill="black", font=font)

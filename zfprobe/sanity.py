@@ -24,7 +24,7 @@ from zfprobe.graph import Graph
 from zfprobe.seeds import strongest_unit, top_channels
 from zfprobe.similarity import METRICS, compare, mean_pairwise
 
-RULES = ("deconvnet", "gradient", "guided")
+from zfprobe.rules import LRN_IDENTITY, RULES
 MODES = ("cascade", "independent")
 INITS = ("matched", "he", "glorot")
 # Op types whose constant inputs are the layer's learned weights: (weight input, bias input).
@@ -328,7 +328,7 @@ def _unit_boxes(probe, tensor: str, described: list[dict], layout: str) -> list:
 
 def run_sanity(probe, images, layer: str, rules: Sequence[str] | str = RULES, units: str = "top:8",
                modes: Sequence[str] | str = MODES, init: str = "matched", seed: int = 0,
-               max_steps: int | None = None, lrn: str = "identity", preprocessing=None,
+               max_steps: int | None = None, lrn: str = LRN_IDENTITY, preprocessing=None,
                progress: bool = True) -> SanityResult:
     """Cascading and independent weight randomization for the units of ``layer``; see module doc."""
     rules = parse_choices(rules, RULES, "rule")

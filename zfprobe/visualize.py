@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from zfprobe.rules import DECONVNET, LRN_IDENTITY
 from zfprobe.preprocess import Preprocessing
 from zfprobe.provenance import file_sha256, model_manifest  # noqa: F401 (file_sha256: re-exported)
 from zfprobe.render import (DEFAULT_PERCENTILE, contact_sheet, describe_mapping, projection_to_hwc,
@@ -162,8 +163,8 @@ class Visualization:
 
 
 def visualize(probe, image, layer: str, channels: list[int] | None = None, top: int | None = None,
-              mode: str = "unit", position: tuple[int, ...] | None = None, rule: str = "deconvnet",
-              lrn: str = "identity", percentile: float | None = DEFAULT_PERCENTILE,
+              mode: str = "unit", position: tuple[int, ...] | None = None, rule: str = DECONVNET,
+              lrn: str = LRN_IDENTITY, percentile: float | None = DEFAULT_PERCENTILE,
               preprocessing: Preprocessing | None = None, frame: str = "rf") -> Visualization:
     """Project units of ``image`` (a path, or a preprocessed array [1, ...]) at ``layer``.
 

@@ -12,9 +12,17 @@ offsets with index tensors the host computes (:class:`WindowPlan`).
 The result is exact: translation commutes with every windowed reversal, positions outside a
 tensor are masked to zero at every tensor, and the final window is pasted into the image. The
 conv5 units of a 224x224 ZFNet need about a quarter of the full reverse work this way.
-Applies when the seeds are single units and every op on the path is spatial and local (conv,
-pooling, elementwise, BatchNorm, LRN, concat / split over channels, residual adds, spatial
-pad / slice); otherwise the full program is used.
+
+Window starts are tables, one start per seed row (column) position, so they need not be an
+affine function of the seed's position: upsampling ops (Resize, ConvTranspose, DepthToSpace)
+map a window's start to ``floor(start / factor)``. Where two windows of one tensor differ by an
+offset that depends on the seed, and for the ops that act along an axis as a fixed matrix
+(Resize, reflect / edge Pad, strided Slice, spatial Gather, Tile), the program applies per-seed
+sub-blocks of the axis matrices (host-computed inputs), which are exact at the borders too.
+Each op's geometry is its rule in :mod:`zfprobe.ops.spatial` (sliding windows, pointwise) or its
+per-axis matrix (``AXIS_MATRICES``). Applies when the seeds are single units and every op on the
+path is local in space; global ops (Instance- / Group- / LayerNorm over space, pools to 1x1,
+dense layers) use the full program.
 """
 from __future__ import annotations
 
@@ -22,38 +30,79 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zfprobe.ops.geometry import AxisWindow
 from zfprobe.graph import Graph, Node
+from zfprobe.ops.geometry import AxisWindow, axis_windows
+from zfprobe.ops.layout import depth_to_space_steps, undo_permutation
+from zfprobe.ops.spatial import axis_matrices, channels_last_pointwise, spatial_rule
 from zfprobe.inverses import INVERSES, InverseContext, check_invertible
 from zfprobe.program import ProgramBuilder
 
 SEED_WINDOW = "zf_seed_window"
 OUTPUT_WINDOW = "zf_projection_window"
 
-_ELEMENTWISE = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
-                "BatchNormalization", "LRN", "Identity", "Dropout", "Cast", "Add", "Sum", "Sub", "Mul", "Div", "Neg",
-                "Gelu", "Swish", "Mish", "Softplus", "Elu", "Selu", "Celu", "Exp", "Log", "Erf", "Sqrt", "Reciprocal"}
-_LOCAL = {"Conv", "MaxPool", "AveragePool"}
+# Window ops with an in-window reversal here (the geometry itself is each op's spatial rule).
+_WINDOW_KERNELS = {"Conv", "MaxPool", "AveragePool", "Pad", "Slice", "SpaceToDepth"}
+_UPSAMPLING = {"ConvTranspose", "DepthToSpace"}
+
+
+@dataclass(frozen=True)
+class Span:
+    """Along one axis: the window size and its start for each seed position along that axis."""
+
+    size: int
+    starts: tuple[int, ...]
+
+    def union(self, other: "Span") -> "Span":
+        lo = np.minimum(self.starts, other.starts)
+        hi = np.maximum(np.asarray(self.starts) + self.size, np.asarray(other.starts) + other.size)
+        return Span(int((hi - lo).max()), tuple(int(v) for v in lo))
+
+    def delta(self, other: "Span") -> int | None:
+        """``self.start - other.start`` when it is the same for every seed, else None."""
+        d = np.asarray(self.starts) - np.asarray(other.starts)
+        return int(d[0]) if (d == d[0]).all() else None
+
+    def through(self, window: AxisWindow) -> "Span":
+        """The input span a sliding window's outputs in this span read."""
+        lo, hi = window.input_span(0, self.size)
+        return Span(hi - lo, tuple(window.first_tap(s) for s in self.starts))
+
+    def through_matrix(self, m: np.ndarray) -> "Span":
+        """The input span that rows ``[start, start + size)`` of ``m [n_out, n_in]`` read."""
+        n_out = m.shape[0]
+        los, his = [], []
+        for s in self.starts:
+            rows = m[max(s, 0):min(s + self.size, n_out)]
+            cols = np.flatnonzero(np.abs(rows).sum(0)) if len(rows) else np.zeros(0, np.int64)
+            los.append(int(cols[0]) if len(cols) else 0)
+            his.append(int(cols[-1]) + 1 if len(cols) else 1)
+        return Span(max(h - l for l, h in zip(los, his)), tuple(los))
 
 
 @dataclass(frozen=True)
 class Window:
-    """Per spatial axis: size, stride factor a and offset b (window starts at a * p + b)."""
+    """A per-seed window of a 4-D tensor: rows and columns."""
 
-    h: int
-    w: int
-    ay: int
-    by: int
-    ax: int
-    bx: int
+    rows: Span
+    cols: Span
+
+    @property
+    def h(self) -> int:
+        return self.rows.size
+
+    @property
+    def w(self) -> int:
+        return self.cols.size
 
     def union(self, other: "Window") -> "Window":
-        by, bx = min(self.by, other.by), min(self.bx, other.bx)
-        return Window(max(self.by + self.h, other.by + other.h) - by, max(self.bx + self.w, other.bx + other.w) - bx,
-                      self.ay, by, self.ax, bx)
+        return Window(self.rows.union(other.rows), self.cols.union(other.cols))
 
     def offsets(self, py: np.ndarray, px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.ay * py + self.by, self.ax * px + self.bx
+        return np.asarray(self.rows.starts, np.int64)[py], np.asarray(self.cols.starts, np.int64)[px]
+
+    def bounds(self) -> tuple[int, int, int, int]:
+        """Smallest and largest start over the seeds: (min row, max row, min col, max col)."""
+        return min(self.rows.starts), max(self.rows.starts), min(self.cols.starts), max(self.cols.starts)
 
 
 class NotWindowable(Exception):
@@ -64,30 +113,58 @@ def _is_spatial4(graph: Graph, t: str) -> bool:
     return len(graph.shape(t)) == 4
 
 
+def _upsampling_spans(graph: Graph, node: Node, win: Window) -> Window:
+    """ConvTranspose and DepthToSpace: the inputs that the outputs in ``win`` read."""
+    if node.op_type == "DepthToSpace":
+        b = int(node.attrs["blocksize"])
+        windows = [AxisWindow(1, 1, 1, 0, 0)] * 2
+        factor = [b, b]
+    else:
+        windows = axis_windows(node.attrs, 2)
+        factor = [w.stride for w in windows]
+    spans = []
+    for span, w, f in zip((win.rows, win.cols), windows, factor):
+        if node.op_type == "DepthToSpace":
+            lo = [s // f for s in span.starts]
+            hi = [(s + span.size - 1) // f + 1 for s in span.starts]
+        else:  # input i writes outputs i*s - p + t*d: the inputs writing into [s, s + size)
+            lo = [-(-(s + w.pad_begin - w.span + 1) // w.stride) for s in span.starts]
+            hi = [(s + span.size - 1 + w.pad_begin) // w.stride + 1 for s in span.starts]
+        spans.append(Span(max(h - l for l, h in zip(lo, hi)), tuple(lo)))
+    return Window(spans[0], spans[1])
+
+
+def _aligned(graph: Graph, node: Node, win_in: Window) -> Window:
+    """The output-side window an upsampling op's reversal reads, aligned to the input window."""
+    if node.op_type == "DepthToSpace":
+        b = int(node.attrs["blocksize"])
+        return Window(Span(win_in.h * b, tuple(s * b for s in win_in.rows.starts)),
+                      Span(win_in.w * b, tuple(s * b for s in win_in.cols.starts)))
+    wy, wx = axis_windows(node.attrs, 2)
+    return Window(win_in.rows.through(wy), win_in.cols.through(wx))
+
+
+def _matrices(graph: Graph, node: Node) -> dict[int, np.ndarray] | None:
+    if spatial_rule(graph, node) is not None:
+        return None
+    m = axis_matrices(graph, node)
+    return m if m is not None and m and set(m) <= {2, 3} else None
+
+
 def _input_window(graph: Graph, node: Node, win: Window) -> Window:
-    op, a = node.op_type, node.attrs
-    if op in _LOCAL:
-        k = a["kernel_shape"]
-        s = a["strides"]
-        d = a.get("dilations", [1, 1]) if op != "AveragePool" else [1, 1]
-        pads = a["pads"]
-        wy, wx = (AxisWindow(k[i], s[i], d[i], pads[i], pads[i + 2]) for i in range(2))
-        # the window of win.h outputs starting at a*p + b reads span inputs from (a*p + b)*s - pad
-        h0, h1 = wy.input_span(0, win.h)
-        w0, w1 = wx.input_span(0, win.w)
-        return Window(h1 - h0, w1 - w0, win.ay * s[0], wy.first_tap(win.by), win.ax * s[1], wx.first_tap(win.bx))
-    if op == "Pad":
-        p = a["pads"]
-        return Window(win.h, win.w, win.ay, win.by - p[2], win.ax, win.bx - p[3])
-    if op == "Slice":
-        by, bx = win.by, win.bx
-        for start, axis in zip(a["starts"], a["axes"]):
-            if axis == 2:
-                by += start
-            elif axis == 3:
-                bx += start
-        return Window(win.h, win.w, win.ay, by, win.ax, bx)
-    return win
+    """The window of ``node``'s signal input that the outputs in ``win`` read (its geometry rule)."""
+    rule = spatial_rule(graph, node)
+    if rule is not None:
+        if rule.pointwise:
+            return win
+        wy, wx = rule.windows
+        return Window(win.rows.through(wy), win.cols.through(wx))
+    if node.op_type in _UPSAMPLING:
+        return _upsampling_spans(graph, node, win)
+    m = _matrices(graph, node)
+    rows = win.rows.through_matrix(m[2]) if 2 in m else win.rows
+    cols = win.cols.through_matrix(m[3]) if 3 in m else win.cols
+    return Window(rows, cols)
 
 
 def _is_layout_transpose(graph: Graph, node: Node) -> bool:
@@ -95,49 +172,55 @@ def _is_layout_transpose(graph: Graph, node: Node) -> bool:
     return node.op_type == "Transpose" and node.inputs[0] == graph.inputs[0] and node.attrs.get("perm") == [0, 3, 1, 2]
 
 
-def _check_windowable(graph: Graph, node: Node) -> None:
-    op = node.op_type
+TO_LAST, TO_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+def _input_layout(graph: Graph, node: Node, layout: str) -> str:
+    """The layout (NCHW or NHWC) of ``node``'s signal input, given its output's; ConvNeXt's
+    channels-last blocks sit between a TO_LAST and a TO_FIRST Transpose."""
+    if node.op_type == "Transpose" and not _is_layout_transpose(graph, node):
+        perm = list(node.attrs.get("perm", []))
+        if layout == "NHWC" and perm == TO_LAST:
+            return "NCHW"
+        if layout == "NCHW" and perm == TO_FIRST:
+            return "NHWC"
+        raise NotWindowable(node.name)
+    return layout
+
+
+def _check_windowable(graph: Graph, node: Node, layout: str = "NCHW") -> None:
     if _is_layout_transpose(graph, node):
         return
     if check_invertible(graph, node):
         raise NotWindowable(node.name)
-    for t in [*graph.variable_inputs(node), *[o for o in node.outputs if o]]:
-        if t in graph.shapes and not _is_spatial4(graph, t):
-            raise NotWindowable(node.name)
-    if op in _LOCAL:
-        if op == "MaxPool" and node.attrs.get("dilations", [1, 1]) != [1, 1]:
+    if node.op_type == "Transpose":
+        _input_layout(graph, node, layout)
+        return
+    if layout == "NHWC":
+        if not channels_last_pointwise(graph, node):
             raise NotWindowable(node.name)
         return
-    if op in ("Concat", "Split"):
-        if node.attrs["axis"] != 1:
+    rule = spatial_rule(graph, node)
+    op = node.op_type
+    if rule is None:
+        if any(len(graph.shapes.get(t, ())) != 4 for t in [*graph.variable_inputs(node), *node.outputs] if t):
             raise NotWindowable(node.name)
-        return
-    if op == "Pad":
-        p = node.attrs["pads"]
-        if p[1] or p[5] or any(v < 0 for v in p) or node.attrs.get("mode", "constant") != "constant":
-            raise NotWindowable(node.name)
-        return
-    if op == "Slice":
-        if 1 in node.attrs["axes"] or any(st != 1 for st in node.attrs.get("steps") or []):
-            raise NotWindowable(node.name)
-        return
-    if op not in _ELEMENTWISE:
+        if op in _UPSAMPLING or _matrices(graph, node) is not None:
+            return
         raise NotWindowable(node.name)
-    out_shape = graph.shape(node.outputs[0])
-    for t in node.inputs:
-        if not t:
-            continue
-        shape = graph.shape(t)
-        if graph.is_constant(t):
-            if len(shape) >= 2 and any(s != 1 for s in shape[-2:]) and op not in ("BatchNormalization", "PRelu"):
-                raise NotWindowable(node.name)  # a constant with spatial extent would need gathering
-            if op == "PRelu" and len(shape) >= 2 and any(s != 1 for s in shape[-2:]):
-                raise NotWindowable(node.name)
-        elif tuple(shape) != tuple(out_shape):
-            raise NotWindowable(node.name)  # spatial broadcasting between signals
+    if rule.pointwise:
+        if op == "Slice" and any(a in (2, 3) for a in node.attrs["axes"]):
+            raise NotWindowable(node.name)
+        return
+    if op not in _WINDOW_KERNELS:
+        raise NotWindowable(node.name)
+    if op == "MaxPool" and any(d != 1 for d in node.attrs.get("dilations") or [1, 1]):
+        raise NotWindowable(node.name)  # the in-window unpool reads dense switches
+    if op == "Slice" and 1 in node.attrs["axes"]:
+        raise NotWindowable(node.name)  # a window over space and a cut over channels at once
 
 
-def plan_windows(graph: Graph, layer: str) -> tuple[list[Node], dict[str, Window]]:
+def plan_windows(graph: Graph, layer: str, layouts: dict[str, str] | None = None) -> tuple[list[Node], dict[str, Window]]:
     """Window of every tensor on the path for a 1x1 seed window at ``layer`` (or NotWindowable).
 
     A channels-last image input is seen through its layout transpose: the windows end at the
@@ -147,24 +230,28 @@ def plan_windows(graph: Graph, layer: str) -> tuple[list[Node], dict[str, Window
         raise NotWindowable(layer)
     forward = graph.ancestors([layer])
     path = [n for n in forward if graph.variable_inputs(n)]
-    for node in path:
-        _check_windowable(graph, node)
-    windows: dict[str, Window] = {layer: Window(1, 1, 1, 0, 1, 0)}
+    _, _, sh, sw = graph.shape(layer)
+    windows: dict[str, Window] = {layer: Window(Span(1, tuple(range(sh))), Span(1, tuple(range(sw))))}
+    layouts = {} if layouts is None else layouts
+    layouts[layer] = "NCHW"
     for node in reversed(path):
         outs = [windows[o] for o in node.outputs if o in windows]
         if not outs or _is_layout_transpose(graph, node):
             continue
+        out_layouts = {layouts[o] for o in node.outputs if o in windows}
+        if len(out_layouts) != 1:
+            raise NotWindowable(node.name)
+        layout = out_layouts.pop()
+        _check_windowable(graph, node, layout)
+        in_layout = _input_layout(graph, node, layout)
         win = outs[0]
         for other in outs[1:]:
             win = win.union(other)
-        inp = _input_window(graph, node, win)
+        inp = win if layout == "NHWC" or node.op_type == "Transpose" else _input_window(graph, node, win)
         for t in graph.variable_inputs(node):
-            if t in windows:
-                if (windows[t].ay, windows[t].ax) != (inp.ay, inp.ax):
-                    raise NotWindowable(node.name)
-                windows[t] = windows[t].union(inp)
-            else:
-                windows[t] = inp
+            if layouts.setdefault(t, in_layout) != in_layout:
+                raise NotWindowable(node.name)
+            windows[t] = windows[t].union(inp) if t in windows else inp
     return forward, windows
 
 
@@ -177,24 +264,27 @@ class WindowContext(InverseContext):
         self.seed_hw = seed_hw
         self.n_images_one = n_images_one
         self.window: Window | None = None
+        self.layouts: dict[str, str] = {}          # tensor -> NCHW / NHWC (channels-last blocks)
         self.index_inputs: dict[tuple, str] = {}   # (H, W, window, pad) -> input name
         self.offset_inputs: dict[Window, tuple[str, str]] = {}
         self.plan: list[dict] = []
         self._flat: dict[tuple, str] = {}
         self._gathered: dict[tuple, str] = {}
 
+    def nhwc(self, tensor: str) -> bool:
+        return self.layouts.get(tensor) == "NHWC"
+
     def shape(self, tensor: str) -> tuple[int, ...]:
         full = self.graph.shape(tensor)
         if self.window is None or len(full) != 4:
             return full
+        if self.nhwc(tensor):
+            return (full[0], self.window.h, self.window.w, full[3])
         return (full[0], full[1], self.window.h, self.window.w)
 
     def _pads(self, H: int, W: int, win: Window) -> tuple[int, int, int, int]:
-        sh, sw = self.seed_hw
-        top, left = max(0, -win.by), max(0, -win.bx)
-        bottom = max(0, win.ay * (sh - 1) + win.by + win.h - H)
-        right = max(0, win.ax * (sw - 1) + win.bx + win.w - W)
-        return top, left, bottom, right
+        r0, r1, c0, c1 = win.bounds()
+        return max(0, -r0), max(0, -c0), max(0, r1 + win.h - H), max(0, c1 + win.w - W)
 
     def window_index(self, H: int, W: int, win: Window, per_image: bool) -> str:
         """Program input: flat indices [K, h*w] of each seed's window in the padded tensor
@@ -249,6 +339,17 @@ class WindowContext(InverseContext):
         self._gathered[key] = out
         return out
 
+    def along_axis(self, g: str, matrix: np.ndarray, src: Span, dst: Span, axis: int) -> str:
+        """``dst[i] = sum_j matrix[dst_i, src_j] g[src_j]`` along ``axis`` (2: rows, 3: cols), with
+        absolute indices ``start + i`` per seed (out of range: 0): a per-seed sub-block of
+        ``matrix [n_dst, n_src]``, a program input the host fills (:class:`WindowPlan`)."""
+        name = f"zf_window_matrix/{len(self.plan)}"
+        shape = (1, 1, dst.size, src.size) if axis == 2 else (1, 1, src.size, dst.size)
+        self.b.shapes[name] = shape
+        self.b.dtypes[name] = np.dtype(np.float32)
+        self.plan.append({"input": name, "kind": "matrix", "axis": axis, "matrix": matrix, "src": src, "dst": dst})
+        return self.b.op("MatMul", name, g, hint="axis_T") if axis == 2 else self.b.op("MatMul", g, name, hint="axis_T")
+
     def constant_window(self, value: np.ndarray, hint: str, win: Window, pad_value: float) -> str:
         """Per-seed window of a constant map [1, C, H, W]."""
         name = f"zf_{hint}/{'x'.join(map(str, value.shape))}/{pad_value}"
@@ -258,27 +359,91 @@ class WindowContext(InverseContext):
 
     def saved(self, tensor: str) -> str:
         full = self.graph.shape(tensor)
+        if len(full) == 4 and self.nhwc(tensor):  # gathered channels-first, handed back channels-last
+            first = self.b.op("Transpose", tensor, perm=TO_FIRST, hint="to_first")
+            self.b.dtypes[first] = self.b.dtypes.get(tensor, np.dtype(np.float32))
+            n, h, w, c = full
+            win = self.gather_window(first, self.window, shape=(n, c, h, w))
+            return self.b.op("Transpose", win, perm=TO_LAST, hint="to_last")
         if len(full) == 4 and full[2:] != (1, 1):
             return self.gather_window(tensor, self.window)
         return super().saved(tensor)
 
+    def spatial_size(self, tensor: str) -> tuple[int, int]:
+        full = self.graph.shape(tensor)
+        return tuple(full[1:3]) if self.nhwc(tensor) else tuple(full[2:])
+
     def valid(self, tensor: str, win: Window) -> str:
-        """1 where the window lies inside ``tensor``, else 0: [K, 1, h, w]."""
-        _, _, H, W = self.graph.shape(tensor)
-        return self.constant_window(np.ones((1, 1, H, W), np.float32), "inside", win, 0.0)
+        """1 where the window lies inside ``tensor``, else 0: [K, 1, h, w] ([K, h, w, 1] for a
+        channels-last tensor)."""
+        H, W = self.spatial_size(tensor)
+        mask = self.constant_window(np.ones((1, 1, H, W), np.float32), "inside", win, 0.0)
+        return self.b.op("Transpose", mask, perm=TO_LAST, hint="to_last") if self.nhwc(tensor) else mask
 
 
-def _place(ctx: WindowContext, signal: str, have: Window, want: Window) -> str:
-    """Re-embed a signal computed in window ``have`` into the larger window ``want``."""
+def _place(ctx: WindowContext, signal: str, have: Window, want: Window, n: tuple[int, int],
+           channels_last: bool = False) -> str:
+    """Re-embed a signal computed in window ``have`` into the window ``want`` of a tensor of
+    spatial size ``n``: a constant pad when the offset is the same for every seed, else per-seed
+    shift matrices (positions outside the tensor are dropped; they are masked anyway)."""
     if have == want:
         return signal
-    top, left = have.by - want.by, have.bx - want.bx
-    bottom, right = want.by + want.h - have.by - have.h, want.bx + want.w - have.bx - have.w
-    return ctx.b.op("Pad", signal, pads=[0, 0, top, left, 0, 0, bottom, right], mode="constant", value=0.0)
+    dy, dx = have.rows.delta(want.rows), have.cols.delta(want.cols)
+    if dy is not None and dx is not None:
+        bottom, right = want.h - have.h - dy, want.w - have.w - dx
+        if min(dy, dx, bottom, right) >= 0:
+            pads = [0, dy, dx, 0, 0, bottom, right, 0] if channels_last else [0, 0, dy, dx, 0, 0, bottom, right]
+            return ctx.b.op("Pad", signal, pads=pads, mode="constant", value=0.0)
+    if channels_last:
+        signal = ctx.b.op("Transpose", signal, perm=TO_FIRST, hint="to_first")
+    if have.rows != want.rows:
+        signal = ctx.along_axis(signal, np.eye(n[0], dtype=np.float32), have.rows, want.rows, 2)
+    if have.cols != want.cols:
+        signal = ctx.along_axis(signal, np.eye(n[1], dtype=np.float32), have.cols, want.cols, 3)
+    return ctx.b.op("Transpose", signal, perm=TO_LAST, hint="to_last") if channels_last else signal
 
 
-def _conv_like(ctx: WindowContext, node: Node, g: str, win_out: Window, win_in: Window) -> str:
+def _upsampling_op(ctx: WindowContext, node: Node, g: str, win_out: Window, win_in: Window) -> str:
+    """ConvTranspose's reversal is a strided convolution, DepthToSpace's the inverse permutation:
+    both read an output window aligned to the input window, which the signal is shifted into
+    (per seed; outputs beyond the tensor read zero)."""
+    aligned = _aligned(ctx.graph, node, win_in)
+    n = tuple(ctx.graph.shape(node.outputs[0])[2:])
+    g = _place(ctx, g, win_out, aligned, n)
     a = node.attrs
+    if node.op_type == "ConvTranspose":
+        return ctx.b.op("Conv", g, node.inputs[1], kernel_shape=list(a["kernel_shape"]), strides=list(a["strides"]),
+                        dilations=list(a["dilations"]), pads=[0, 0, 0, 0], group=int(a["group"]), hint="convT_adjoint")
+    in_shape = ctx.graph.shape(node.inputs[0])
+    mid, perm, _ = depth_to_space_steps((1, in_shape[1], win_in.h, win_in.w), int(a["blocksize"]), a.get("mode", "DCR"))
+    return undo_permutation(ctx, g, mid, perm, (1, in_shape[1], win_in.h, win_in.w))
+
+
+def _matrix_op(ctx: WindowContext, node: Node, g: str, win_out: Window, win_in: Window) -> str:
+    """An op that acts along H and W as fixed matrices ``A``: per-seed sub-blocks of ``A^T``."""
+    m = _matrices(ctx.graph, node)
+    if 2 in m:
+        g = ctx.along_axis(g, np.ascontiguousarray(m[2].T), win_out.rows, win_in.rows, 2)
+    if 3 in m:
+        g = ctx.along_axis(g, np.ascontiguousarray(m[3].T), win_out.cols, win_in.cols, 3)
+    return g
+
+
+def _window_op(ctx: WindowContext, node: Node, g: str, win_out: Window, win_in: Window) -> str:
+    """The reversal of a window op from its output window to its input window."""
+    a = node.attrs
+    if node.op_type == "Pad":
+        return g  # the signal stays; only its window moves
+    if node.op_type == "Slice":
+        wy, wx = spatial_rule(ctx.graph, node).windows
+        if (wy.stride, wx.stride) == (1, 1):
+            return g
+        c = ctx.graph.shape(node.inputs[0])[1]
+        ones = ctx.b.const(np.ones((c, 1, 1, 1), np.float32), "scatter")
+        return ctx.b.op("ConvTranspose", g, ones, kernel_shape=[1, 1], strides=[wy.stride, wx.stride],
+                        dilations=[1, 1], pads=[0, 0, 0, 0], output_padding=[0, 0], group=c, hint="slice_T")
+    if node.op_type == "SpaceToDepth":  # DCR DepthToSpace is SpaceToDepth's inverse permutation
+        return ctx.b.op("DepthToSpace", g, blocksize=int(a["blocksize"]), mode="DCR", hint="s2d_T")
     k, s = a["kernel_shape"], a["strides"]
     if node.op_type == "Conv":
         return ctx.b.op("ConvTranspose", g, node.inputs[1], kernel_shape=list(k), strides=list(s),
@@ -318,7 +483,8 @@ def _conv_like(ctx: WindowContext, node: Node, g: str, win_out: Window, win_in: 
 def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bool) -> Graph:
     """The windowed program: inputs image, zf_seed_window [K, C, 1, 1], zf_seed_image and the
     window index / origin inputs listed in ``metadata['windows']``; output the image window."""
-    forward, windows = plan_windows(graph, layer)
+    layouts: dict[str, str] = {}
+    forward, windows = plan_windows(graph, layer, layouts)
     image = graph.inputs[0]
     b = ProgramBuilder(graph)
     _, c_layer, sh, sw = graph.shape(layer)
@@ -327,6 +493,7 @@ def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bo
     b.shapes["zf_seed_image"] = (1,)
     b.dtypes["zf_seed_image"] = np.dtype(np.int64)
     ctx = WindowContext(b, graph, options, "zf_seed_image", (sh, sw), n_images_one)
+    ctx.layouts = layouts
     for node in forward:
         ctx.emit_forward(node)
 
@@ -337,7 +504,7 @@ def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bo
         if not parts:
             return None
         want = windows[tensor]
-        placed = [_place(ctx, s, w, want) for s, w in parts]
+        placed = [_place(ctx, s, w, want, ctx.spatial_size(tensor), ctx.nhwc(tensor)) for s, w in parts]
         total = placed[0] if len(placed) == 1 else b.op("Sum", *placed)
         return b.op("Mul", total, ctx.valid(tensor, want), hint="inside")
 
@@ -355,15 +522,19 @@ def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bo
         win_out = out_windows[0]
         for other in out_windows[1:]:
             win_out = win_out.union(other)
-        if node.op_type in _LOCAL:
+        rule = None if ctx.nhwc(node.outputs[0]) or node.op_type == "Transpose" else spatial_rule(graph, node)
+        if rule is None and node.op_type != "Transpose" and not ctx.nhwc(node.outputs[0]):
             win_in = _input_window(graph, node, win_out)
-            contributions.setdefault(node.inputs[0], []).append((_conv_like(ctx, node, outs[0], win_out, win_in), win_in))
+            kernel = _upsampling_op if node.op_type in _UPSAMPLING else _matrix_op
+            contributions.setdefault(node.inputs[0], []).append((kernel(ctx, node, outs[0], win_out, win_in), win_in))
             continue
-        if node.op_type in ("Pad", "Slice"):
-            contributions.setdefault(node.inputs[0], []).append((outs[0], _input_window(graph, node, win_out)))
+        if rule is not None and node.op_type in _WINDOW_KERNELS and not rule.pointwise:
+            win_in = _input_window(graph, node, win_out)
+            contributions.setdefault(node.inputs[0], []).append((_window_op(ctx, node, outs[0], win_out, win_in), win_in))
             continue
         if len(out_windows) > 1:  # Split: outputs may come back in different windows
-            outs = [_place(ctx, g, windows[o], win_out) if g is not None else None for g, o in zip(outs, node.outputs)]
+            outs = [_place(ctx, g, windows[o], win_out, graph.shape(o)[2:]) if g is not None else None
+                    for g, o in zip(outs, node.outputs)]
         ctx.window = win_out
         in_grads = INVERSES[node.op_type](ctx, node, outs)
         ctx.window = None
@@ -384,6 +555,21 @@ def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bo
     return program
 
 
+def _sub_blocks(entry: dict, pos: np.ndarray) -> np.ndarray:
+    """Per seed, rows ``dst.start + i`` and columns ``src.start + j`` of the entry's matrix
+    (zero outside it), as [K, 1, dst, src] (rows axis) or [K, 1, src, dst] (columns axis)."""
+    m, src, dst = entry["matrix"], entry["src"], entry["dst"]
+    big = np.pad(m, ((dst.size + 1, dst.size + 1), (src.size + 1, src.size + 1)))  # zero borders
+    ds = np.asarray(dst.starts, np.int64)[pos] + dst.size + 1
+    ss = np.asarray(src.starts, np.int64)[pos] + src.size + 1
+    ri = np.clip(ds[:, None] + np.arange(dst.size)[None, :], 0, big.shape[0] - 1)
+    ci = np.clip(ss[:, None] + np.arange(src.size)[None, :], 0, big.shape[1] - 1)
+    blocks = big[ri[:, :, None], ci[:, None, :]]                                    # [K, dst, src]
+    if entry["axis"] == 3:
+        blocks = blocks.transpose(0, 2, 1)
+    return np.ascontiguousarray(blocks[:, None]).astype(np.float32)
+
+
 class WindowPlan:
     """Host side: the window index / origin inputs for a batch of unit seeds."""
 
@@ -394,6 +580,9 @@ class WindowPlan:
         py, px = positions[:, 0].astype(np.int64), positions[:, 1].astype(np.int64)
         out: dict[str, np.ndarray] = {}
         for entry in self.program.metadata["windows"]:
+            if entry["kind"] == "matrix":
+                out[entry["input"]] = _sub_blocks(entry, py if entry["axis"] == 2 else px)
+                continue
             win: Window = entry["window"]
             oy, ox = win.offsets(py, px)
             if entry["kind"] == "index":

@@ -15,6 +15,7 @@ import numpy as np
 from zfprobe.inverses import check, inverse
 from zfprobe.ops.registry import DECOMPOSITIONS
 from zfprobe.program import Decomposition
+from zfprobe.rules import DECONVNET, GRADIENT
 
 SELU_ALPHA = 1.67326319217681884765625
 SELU_GAMMA = 1.05070102214813232421875
@@ -225,4 +226,47 @@ def _div(ctx, node, gy):
 def _div_check(graph, node):
     if np.dtype(graph.dtypes.get(node.outputs[0], np.float32)).kind != "f":
         return "it divides integers"
+    return None
+
+
+# ------------------------------------------------------------------ leaky rectifiers ----------
+# LeakyReLU(a) and PReLU (a per channel) are piecewise linear with a switch at 0, like ReLU, so
+# they follow the rule (docs/methods.md, "rectifiers"): the deconvnet rule applies the leaky
+# function to the signal (positive signal kept, negative signal scaled by a: the same
+# rectification ReLU's deconvnet applies, with ReLU the case a = 0), the gradient rule
+# multiplies by the local slope (1 where x > 0, a elsewhere), guided does both. Reversing them
+# by their derivative alone, as the smooth nonlinearities are, would make a LeakyReLU(0) net
+# disagree with the identical ReLU net under the deconvnet and guided rules.
+def _leaky_slope(ctx, x: str, negative: str) -> str:
+    pos = ctx.b.op("Greater", ctx.saved(x), ctx.b.const(0.0, "zero"))
+    return ctx.b.op("Where", pos, ctx.b.const(1.0, "one"), negative)
+
+
+@inverse("LeakyRelu")
+def _leaky(ctx, node, gy):
+    alpha = float(node.attrs.get("alpha", 0.01))
+    g, rule = gy[0], ctx.options.rule
+    if rule == GRADIENT:
+        return [ctx.mul(g, _leaky_slope(ctx, node.inputs[0], ctx.b.const(alpha, "alpha")))]
+    leaky = ctx.b.op("LeakyRelu", g, alpha=alpha, hint="rectify")
+    if rule == DECONVNET:
+        return [leaky]
+    return [ctx.mul(leaky, _leaky_slope(ctx, node.inputs[0], ctx.b.const(alpha, "alpha")))]
+
+
+@inverse("PRelu")
+def _prelu(ctx, node, gy):
+    x, slope_t, g, rule = node.inputs[0], node.inputs[1], gy[0], ctx.options.rule
+    if rule == GRADIENT:
+        return [ctx.mul(g, _leaky_slope(ctx, x, slope_t)), None]
+    leaky = ctx.b.op("PRelu", g, slope_t, hint="rectify")
+    if rule == DECONVNET:
+        return [leaky, None]
+    return [ctx.mul(leaky, _leaky_slope(ctx, x, slope_t)), None]
+
+
+@check("PRelu")
+def _prelu_check(graph, node):
+    if not graph.is_constant(node.inputs[1]):
+        return "its slope is not a constant"
     return None

@@ -13,7 +13,9 @@ import numpy as np
 from zfprobe.inverses import check, inverse
 from zfprobe.ops.axismap import apply_transposed, index_matrix
 from zfprobe.ops.onnx_semantics import CONSTANT_PAD, COPY_PAD_MODES
+from zfprobe.ops.geometry import AxisWindow
 from zfprobe.ops.registry import ONNX_NORMALIZERS
+from zfprobe.ops.spatial import AXIS_MATRICES, SPATIAL_RULES, SpatialRule
 
 
 
@@ -203,7 +205,7 @@ def space_to_depth_steps(shape, block: int):
     return [n, c, h // block, block, w // block, block], [0, 3, 5, 1, 2, 4], [n, c * block ** 2, h // block, w // block]
 
 
-def _undo_permutation(ctx, g: str, mid, perm, in_shape) -> str:
+def undo_permutation(ctx, g: str, mid, perm, in_shape) -> str:
     """Adjoint (= inverse) of Reshape(mid) -> Transpose(perm) -> Reshape(out)."""
     inv = [0] * len(perm)
     for i, p in enumerate(perm):
@@ -227,14 +229,14 @@ def _normalize_s2d(ctx, node):
 def _depth_to_space(ctx, node, gy):
     in_shape = ctx.shape(node.inputs[0])
     mid, perm, _ = depth_to_space_steps(in_shape, node.attrs["blocksize"], node.attrs.get("mode", "DCR"))
-    return [_undo_permutation(ctx, gy[0], mid, perm, in_shape)]
+    return [undo_permutation(ctx, gy[0], mid, perm, in_shape)]
 
 
 @inverse("SpaceToDepth")
 def _space_to_depth(ctx, node, gy):
     in_shape = ctx.shape(node.inputs[0])
     mid, perm, _ = space_to_depth_steps(in_shape, node.attrs["blocksize"])
-    return [_undo_permutation(ctx, gy[0], mid, perm, in_shape)]
+    return [undo_permutation(ctx, gy[0], mid, perm, in_shape)]
 
 
 @check("DepthToSpace", "SpaceToDepth")
@@ -242,3 +244,96 @@ def _s2d_check(graph, node):
     if len(graph.shape(node.inputs[0])) != 4:
         return "it is not on a 4-D [N, C, H, W] tensor"
     return None
+
+
+# ------------------------------------------------------------------ spatial geometry --------
+@SPATIAL_RULES.register("Slice")
+def _slice_geometry(graph, node):
+    """A Slice of positive step ``st`` from ``start`` along H or W is a 1-tap window of stride
+    ``st`` whose first tap is ``start`` (YOLO's Focus: step 2); along channels it is pointwise."""
+    a = node.attrs
+    steps = a.get("steps") or [1] * len(a["starts"])
+    windows = [AxisWindow(), AxisWindow()]
+    local = {"starts": list(a["starts"]), "ends": list(a["ends"])}
+    for i, (start, axis, step) in enumerate(zip(a["starts"], a["axes"], steps)):
+        if axis in (2, 3):
+            if step < 1:
+                return None
+            windows[axis - 2] = AxisWindow(1, int(step), 1, -int(start))
+            local["starts"][i], local["ends"][i] = 0, np.iinfo(np.int32).max  # clamped to the window
+        elif axis != 1:
+            return None
+    return SpatialRule(tuple(windows), 0.0, local)
+
+
+@SPATIAL_RULES.register("Pad")
+def _pad_geometry(graph, node):
+    """A constant Pad of H and W is a 1-tap window with that begin pad; it reads its value
+    outside the map. Reflect, edge and wrap copy far positions: no window."""
+    p = list(node.attrs["pads"])
+    if node.attrs.get("mode", "constant") != "constant" or p[0] or p[1] or p[4] or p[5] or min(p) < 0:
+        return None
+    windows = (AxisWindow(1, 1, 1, p[2], p[6]), AxisWindow(1, 1, 1, p[3], p[7]))
+    return SpatialRule(windows, float(node.attrs.get("value", 0.0) or 0.0), {"pads": [0] * 8})
+
+
+@SPATIAL_RULES.register("SpaceToDepth")
+def _space_to_depth_geometry(graph, node):
+    """Output (y, x) holds the ``b x b`` block at (b*y, b*x): a b-tap window of stride b."""
+    b = int(node.attrs["blocksize"])
+    return SpatialRule((AxisWindow(b, b), AxisWindow(b, b)), 0.0, {})
+
+
+@AXIS_MATRICES.register("Slice")
+def _slice_matrices(graph, node):
+    a, shape = node.attrs, graph.shape(node.inputs[0])
+    steps = a.get("steps") or [1] * len(a["starts"])
+    return {ax: index_matrix(slice_index(s, e, st), shape[ax]) for s, e, ax, st in zip(a["starts"], a["ends"], a["axes"], steps)}
+
+
+@AXIS_MATRICES.register("Pad")
+def _pad_matrices(graph, node):
+    """Every mode as a copy matrix (a constant Pad's padding rows are zero: it adds a constant)."""
+    shape, pads = graph.shape(node.inputs[0]), list(node.attrs["pads"])
+    mode, rank = node.attrs.get("mode", "constant"), len(shape)
+    out = {}
+    for ax in range(rank):
+        b, e = pads[ax], pads[ax + rank]
+        if not (b or e):
+            continue
+        if mode == "constant":
+            src = np.arange(-b, shape[ax] + e, dtype=np.int64)
+            m = np.zeros((len(src), shape[ax]), np.float32)
+            keep = (src >= 0) & (src < shape[ax])
+            m[np.flatnonzero(keep), src[keep]] = 1.0
+            out[ax] = m
+        elif mode in _PAD_MODES and b >= 0 and e >= 0:
+            out[ax] = index_matrix(pad_index(shape[ax], b, e, mode), shape[ax])
+        else:
+            return None
+    return out
+
+
+@AXIS_MATRICES.register("Gather")
+def _gather_matrices(graph, node):
+    shape = graph.shape(node.inputs[0])
+    axis = node.attrs.get("axis", 0) % len(shape)
+    if not graph.is_constant(node.inputs[1]) or np.asarray(graph.constants[node.inputs[1]]).ndim != 1:
+        return None
+    idx = np.asarray(graph.constants[node.inputs[1]], np.int64)
+    return {axis: index_matrix(np.where(idx < 0, idx + shape[axis], idx), shape[axis])}
+
+
+@AXIS_MATRICES.register("Tile")
+def _tile_matrices(graph, node):
+    shape = graph.shape(node.inputs[0])
+    return {ax: index_matrix(np.tile(np.arange(shape[ax], dtype=np.int64), r), shape[ax])
+            for ax, r in enumerate(node.attrs.get("repeats", [])) if r != 1}
+
+
+@AXIS_MATRICES.register("Expand")
+def _expand_matrices(graph, node):
+    shape, out = graph.shape(node.inputs[0]), graph.shape(node.outputs[0])
+    if len(shape) != len(out):
+        return None
+    return {ax: np.ones((out[ax], 1), np.float32) for ax in range(len(shape)) if shape[ax] == 1 and out[ax] != 1}

@@ -14,6 +14,7 @@ import numpy as np
 from zfprobe.inverses import check, inverse
 from zfprobe.ops.registry import DECOMPOSITIONS
 from zfprobe.program import Decomposition
+from zfprobe.ops.spatial import CHANNELS_LAST_RULES
 
 
 def normalized_vjp(ctx, x: str, h: str, axes: list[int], eps: float) -> str:
@@ -99,3 +100,10 @@ def _instance_check(graph, node):
     if any(t and not graph.is_constant(t) for t in node.inputs[1:]):
         return "its scale or bias is computed at run time"
     return None
+
+
+@CHANNELS_LAST_RULES.register("LayerNormalization")
+def _layernorm_channels_last(graph, node):
+    """ConvNeXt's LayerNorm over C of an [N, H, W, C] map is pointwise in space; over more axes
+    (or on NCHW, where it includes W) it is global and the fast paths use the full program."""
+    return int(node.attrs.get("axis", -1)) % 4 == 3

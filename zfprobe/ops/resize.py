@@ -17,6 +17,7 @@ import numpy as np
 from zfprobe.inverses import check, inverse
 from zfprobe.ops.axismap import apply_transposed
 from zfprobe.ops.registry import ONNX_NORMALIZERS
+from zfprobe.ops.spatial import AXIS_MATRICES
 
 _TRANSFORMS = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
                "tf_half_pixel_for_nn"}
@@ -179,3 +180,8 @@ def _resize_check(graph, node):
     if in_shape[0] != out_shape[0] or a["scales"][0] != 1.0:
         return "it resizes the batch axis"
     return None
+
+
+@AXIS_MATRICES.register("Resize")
+def _resize_matrices(graph, node):
+    return resize_matrices(node.attrs, graph.shape(node.inputs[0]), graph.shape(node.outputs[0]))

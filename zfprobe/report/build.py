@@ -21,7 +21,7 @@ import numpy as np
 from zfprobe.errors import OptionError
 from zfprobe.report.html import ASSETS, esc, graph_svg, page, table
 
-RULES = ("deconvnet", "gradient", "guided")
+from zfprobe.rules import RULES
 THUMB_TILE = 40   # px per tile in the layer-page thumbnails
 UNIT_TILE = 128   # px per tile on unit pages
 
