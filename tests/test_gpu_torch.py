@@ -153,3 +153,19 @@ def test_mining_on_cuda_equals_cpu(tmp_path):
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.positions, b.positions)
     np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-6)
+
+
+def test_occlusion_on_cuda_takes_plain_batches_and_equals_incremental_on_the_cpu():
+    """``auto`` occlusion on a GPU runs plain batches; its probability map equals the CPU's
+    incremental one (onnxruntime: an independent runtime and plan)."""
+    from pathlib import Path
+
+    from zfprobe.occlusion import occlude
+
+    path = str(Path(zfprobe.__file__).parent / "data" / "mnist_cnn.onnx")
+    x = np.random.default_rng(1).random((1, 1, 28, 28), dtype=np.float32)
+    cpu = occlude(zfprobe.load(path, device="cpu"), x, None, size=6, stride=2, method="incremental", project=False)
+    gpu = occlude(zfprobe.load(path, backend="torch", device=DEVICE), x, None, size=6, stride=2, project=False)
+    if DEVICE == "cuda":
+        assert gpu.method == "plain"
+    np.testing.assert_allclose(gpu.probability, cpu.probability, rtol=0, atol=1e-5)

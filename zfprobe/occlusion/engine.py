@@ -95,6 +95,13 @@ class Engine:
         return "incremental" if self.end else "plain"
 
 
+def runs_on_gpu(probe) -> bool:
+    """Whether the probe's backend computes on a GPU. There, ``auto`` means plain batches: on one
+    H200, ZFNet's 625-square map took 0.17-0.18 s plain and 0.49-0.64 s incremental, whose small
+    per-window programs and host-side caches cost more than the multiply-adds they save."""
+    return str(getattr(probe.backend, "device", "cpu")).startswith("cuda")
+
+
 def build_engine(probe, layer: str | None, cls: ClassOutput | None, size: int, rows: list[int], cols: list[int],
                  method: str = "auto", channels_last: bool = False, depth: int | None = None) -> Engine:
     """The plan and programs for one geometry, cached on the probe (so backend sessions are reused).
@@ -104,6 +111,8 @@ def build_engine(probe, layer: str | None, cls: ClassOutput | None, size: int, r
     cache = getattr(probe, "_programs", None)
     if cache is not None and key in cache:
         return cache[key]
+    if method == "auto" and runs_on_gpu(probe):
+        method = "plain"
     engine = _build_engine(probe, layer, cls, size, rows, cols, "plain" if channels_last else method, depth)
     engine.channels_last = channels_last
     if cache is not None:
