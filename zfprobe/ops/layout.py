@@ -301,13 +301,13 @@ def _pad_matrices(graph, node):
         b, e = pads[ax], pads[ax + rank]
         if not (b or e):
             continue
-        if mode == "constant":
+        if mode == CONSTANT_PAD:
             src = np.arange(-b, shape[ax] + e, dtype=np.int64)
             m = np.zeros((len(src), shape[ax]), np.float32)
             keep = (src >= 0) & (src < shape[ax])
             m[np.flatnonzero(keep), src[keep]] = 1.0
             out[ax] = m
-        elif mode in _PAD_MODES and b >= 0 and e >= 0:
+        elif mode in COPY_PAD_MODES and b >= 0 and e >= 0:
             out[ax] = index_matrix(pad_index(shape[ax], b, e, mode), shape[ax])
         else:
             return None
