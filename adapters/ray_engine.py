@@ -43,7 +43,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from zfprobe.errors import OptionError, ZfprobeError
-from zfprobe.mining import (LayerTopK, MiningResult, auto_batch_size, layer_shapes, load_state, run_fingerprint,
+from zfprobe.mining import (LayerTopK, MiningResult, load_state, run_fingerprint, run_setup,
                             save_state, state_meta)
 
 INSTALL_HINT = "pip install 'zfprobe[ray]'"
@@ -258,19 +258,8 @@ def mine_ray(probe, dataset, layers: Sequence[str] | str, k: int = 9, batch_size
     if not ray.is_initialized():
         raise RayUnavailableError("Ray is not connected; use zfprobe.adapters.ray_engine.connected()")
     _quiet_ray_data(ray)
-    if isinstance(layers, str):
-        layers = [layers]
-    if not layers:
-        raise OptionError("give at least one layer to mine (--layer)")
-    if k < 1:
-        raise OptionError("--top must be at least 1")
     say = log or (lambda m: None)
-    shapes = layer_shapes(probe, layers)
-    tops = {l: LayerTopK(l, t, s, k) for l, (t, s) in shapes.items()}
-    n_total = len(dataset) if limit is None else min(len(dataset), int(limit))
-    batch_size = int(batch_size or auto_batch_size(probe, list(layers)))
-    if batch_size < 1:
-        raise OptionError("--batch-size must be at least 1")
+    shapes, tops, n_total, batch_size = run_setup(probe, dataset, layers, k, batch_size, limit)
     spec = model_spec(probe, device)
     resources = plan(ray, workers, gpus_per_worker)
     fingerprint = run_fingerprint(probe, dataset, shapes, k) + f"|limit={n_total}|engine=ray|batch={batch_size}"

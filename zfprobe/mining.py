@@ -232,15 +232,23 @@ def run_fingerprint(probe, dataset: Dataset, layers: dict, k: int) -> str:
     return json.dumps(parts, sort_keys=True)
 
 
-def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch_size: int | None = None,
-         progress: bool = False, state_path: str | None = None, resume: bool = True,
-         checkpoint_every: float = 30.0, limit: int | None = None, log=None) -> MiningResult:
-    """Find, for each channel of each layer, the ``k`` images with the strongest activation.
+@dataclass
+class RunSetup:
+    """What every mining engine derives from its arguments, checked the same way."""
 
-    ``state_path``: where to checkpoint (atomically, every ``checkpoint_every`` seconds and at the
-    end or on interruption); with ``resume`` a matching state continues, a stale one is ignored.
-    ``limit``: use only the first ``limit`` items of the dataset.
-    """
+    shapes: dict
+    tops: dict
+    n_total: int
+    batch_size: int
+
+    def __iter__(self):
+        return iter((self.shapes, self.tops, self.n_total, self.batch_size))
+
+
+def run_setup(probe, dataset: Dataset, layers: Sequence[str] | str, k: int, batch_size: int | None,
+              limit: int | None) -> RunSetup:
+    """The layers' shapes, an empty top-k per layer, the number of items to use and the batch
+    size; a bad layer list, ``k`` or batch size is an :class:`OptionError`."""
     if isinstance(layers, str):
         layers = [layers]
     if not layers:
@@ -253,6 +261,19 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
     batch_size = int(batch_size or auto_batch_size(probe, list(layers)))
     if batch_size < 1:
         raise OptionError("--batch-size must be at least 1")
+    return RunSetup(shapes, tops, n_total, batch_size)
+
+
+def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch_size: int | None = None,
+         progress: bool = False, state_path: str | None = None, resume: bool = True,
+         checkpoint_every: float = 30.0, limit: int | None = None, log=None) -> MiningResult:
+    """Find, for each channel of each layer, the ``k`` images with the strongest activation.
+
+    ``state_path``: where to checkpoint (atomically, every ``checkpoint_every`` seconds and at the
+    end or on interruption); with ``resume`` a matching state continues, a stale one is ignored.
+    ``limit``: use only the first ``limit`` items of the dataset.
+    """
+    shapes, tops, n_total, batch_size = run_setup(probe, dataset, layers, k, batch_size, limit)
     # only a checkpoint needs it (hashing an in-memory array costs as much as mining a few % of it)
     fingerprint = run_fingerprint(probe, dataset, shapes, k) + f"|limit={n_total}" if state_path else ""
     start, skipped = 0, []
@@ -265,7 +286,7 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
         else:
             start, skipped = loaded
             (log or (lambda m: None))(f"resuming after {start} of {n_total} images")
-    tensors = [shapes[l][0] for l in layers]
+    tensors = [shapes[l][0] for l in shapes]
     program = probe.forward_program(tensors)
     workers, threads = forward_parallelism(probe.backend)
     consumed = start
@@ -282,7 +303,7 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
         """Merge a finished batch into the top-k (runs while the backend computes the next)."""
         nonlocal consumed, last_save
         if future is not None:
-            for layer, (acts, maxima) in zip(layers, future.result()):
+            for layer, (acts, maxima) in zip(shapes, future.result()):
                 tops[layer].update(acts, batch.indices, maxima)
         done = int(batch.indices.max() + 1) if len(batch.indices) else 0
         done = max(done, max((i + 1 for i, _ in batch.skipped), default=0))
