@@ -389,3 +389,20 @@ def test_array_shards_and_path_lists(tmp_path, probe, mnist):
     batch = next(ds.batches(5))
     assert list(batch.indices) == [0, 2, 3, 4] and batch.skipped[0][0] == 1
     np.testing.assert_array_equal(batch.tensors[1], ImageFolder(SAMPLES, probe.preprocessing).load(1)[1][0])
+
+
+def test_zero_projection_tiles_are_labelled():
+    """A projection that is exactly zero (a unit at a ReLU6 ceiling) is marked 'zero' in red on the
+    sheet; a tile with structure is left alone."""
+    from zfprobe.mining_render import GAP, channel_block
+
+    size, k = 64, 4
+    unit = MinedUnit(layer="l", channel=0, rank=0, image=0, position=(0, 0), value=6.0)
+    flat = np.full((8, 8, 3), 128, np.uint8)
+    structured = np.repeat(np.random.default_rng(0).integers(0, 255, (8, 8, 1)), 3, axis=2).astype(np.uint8)  # grey
+    patch = np.full((8, 8, 3), 90, np.uint8)
+    block = channel_block(0, [(unit, flat, patch), (unit, structured, patch)], k, size)
+    top = block.shape[0] - (2 * size + GAP)
+    red = (block[..., 0] > 150) & (block[..., 1] < 60) & (block[..., 2] < 60)
+    assert red[top: top + size, :size].sum() > 5                          # the flat tile: labelled
+    assert red[top: top + size, size + GAP: 2 * size + GAP].sum() == 0   # the structured tile: not

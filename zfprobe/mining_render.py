@@ -153,7 +153,25 @@ def channel_block(channel: int, tiles, k: int, size: int, caption: bool = True, 
         if status == "dead":
             draw.text((4, top + left.shape[0] // 2 - 6), "dead", fill=(200, 0, 0), font=load_font(14))
         block = np.asarray(im)
-    return block
+    return mark_zero_projections(block, [t[1] for t in tiles], k, size, top)
+
+
+def mark_zero_projections(block: np.ndarray, projections: list[np.ndarray], k: int, size: int, top: int) -> np.ndarray:
+    """Label each projection tile that is one flat value (a projection of exactly zero, e.g. of a
+    unit held at a ReLU6 ceiling, whose local derivative is 0 under every rule), so a reader does
+    not take an empty grey tile for a rendering fault."""
+    from PIL import Image, ImageDraw
+
+    flat = [i for i, p in enumerate(projections) if p.size and p.min() == p.max()]
+    if not flat:
+        return block
+    cols = int(np.ceil(np.sqrt(k)))
+    im = Image.fromarray(block)
+    draw = ImageDraw.Draw(im)
+    for i in flat:
+        r, c = divmod(i, cols)
+        draw.text((c * (size + GAP) + 3, top + r * (size + GAP) + 3), "zero", fill=(200, 0, 0), font=load_font(10))
+    return np.asarray(im)
 
 
 def layer_pages(pics: LayerPictures, k: int, per_page: int = 64, tile: int | None = None, title: str = "") -> list[np.ndarray]:
