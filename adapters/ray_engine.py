@@ -13,6 +13,12 @@ A Ray Data pipeline carries one row per batch through two stages:
    its GPU build when ``--gpus-per-worker`` gives it one) and returns the batch's own top-k per
    layer (:class:`~zfprobe.mining.LayerTopK` arrays: values, image ids, positions).
 
+When the forward actors take every CPU (and have no GPU), one actor does both stages for its
+batches (:class:`_ReadForwardTopK`): the decoded batch then never crosses the object store. On 2
+cores with 2 workers that lifted MNIST (1,000-digit batches) from 0.41 to 0.80 of the local
+engine after the first batch, and EfficientNet-Lite0 on JPEGs from 0.72 to 1.09; where CPUs are
+left over, separate readers use them.
+
 The driver merges those per-batch top-k as they arrive, in any order: the order (value
 descending, then image index ascending) is total, so the merge is exact and deterministic and the
 result equals the local engine's, ties included. Memory: Ray Data streams with backpressure
@@ -147,6 +153,8 @@ class _ReadBatch:
 
     def __init__(self, dataset):
         self.dataset = dataset
+        if hasattr(dataset, "decoders"):
+            dataset.decoders = 0  # decode in this actor: Ray's actors are the parallelism, not a pool per call
 
     def __call__(self, rows: dict) -> dict:
         payloads = []
@@ -195,6 +203,21 @@ class _ForwardTopK:
                     tops[layer] = top.state()
             payloads.append(pickle.dumps((tops, skipped), protocol=5))
         return _rows(payloads, {"lo": rows["lo"], "hi": rows["hi"]})
+
+
+class _ReadForwardTopK:
+    """Stages 1 and 2 in one actor, for CPU workers: the decoded batch never crosses the object
+    store. On 2 cores, MNIST batches of 1,000 digits cost 47 ms each beyond the local engine's
+    work through two stages (the tensors' trip through the object store and a second actor's
+    scheduling); decoding and the forward pass share the worker's core either way."""
+
+    def __init__(self, dataset, spec: ModelSpec, layers: dict, k: int, device: str, threads: int,
+                 kill_once: str = ""):
+        self.read = _ReadBatch(dataset)
+        self.forward = _ForwardTopK(spec, layers, k, device, threads, kill_once)
+
+    def __call__(self, rows: dict) -> dict:
+        return self.forward(self.read(rows))
 
 
 class _ProjectUnits:
@@ -333,13 +356,18 @@ def _run_forward(ray, dataset, todo, spec: ModelSpec, shapes: dict, k: int, res:
     """(lo, hi, pickled (per-layer top-k states, skipped)) of each batch, as they finish."""
     ds = ray.data.from_items([{"lo": lo, "hi": hi} for lo, hi in todo],
                              override_num_blocks=max(1, min(len(todo), 8 * (res.workers + res.readers))))
-    ds = _stage(ray, ds, _ReadBatch, (dataset,),
-                ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(res.readers, len(todo)))),
-                res.cpus_per_reader, None)
-    ds = _stage(ray, ds, _ForwardTopK, (spec, shapes, k, _worker_device(res.gpus_per_worker, spec.device),
-                                        max(1, int(res.cpus_per_worker)), os.environ.get(KILL_ONCE_ENV, "")),
-                ray.data.ActorPoolStrategy(size=min(res.workers, len(todo))), res.cpus_per_worker,
-                res.gpus_per_worker or None)
+    forward_args = (spec, shapes, k, _worker_device(res.gpus_per_worker, spec.device),
+                    max(1, int(res.cpus_per_worker)), os.environ.get(KILL_ONCE_ENV, ""))
+    workers = ray.data.ActorPoolStrategy(size=min(res.workers, len(todo)))
+    if not res.gpus_per_worker and res.cpus_per_reader < 1:
+        # CPU workers on every CPU read their own batches (see _ReadForwardTopK); where CPUs are
+        # left over (or the workers have GPUs), reader actors on them decode alongside
+        ds = _stage(ray, ds, _ReadForwardTopK, (dataset,) + forward_args, workers, res.cpus_per_worker, None)
+    else:
+        ds = _stage(ray, ds, _ReadBatch, (dataset,),
+                    ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(res.readers, len(todo)))),
+                    res.cpus_per_reader, None)
+        ds = _stage(ray, ds, _ForwardTopK, forward_args, workers, res.cpus_per_worker, res.gpus_per_worker or None)
     for rows in _results(ds):
         yield int(rows["lo"][0]), int(rows["hi"][0]), rows["payload"][0]
 

