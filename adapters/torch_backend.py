@@ -90,7 +90,7 @@ class _Float32Math:
             for obj, attr, _ in self.saved:
                 setattr(obj, attr, "ieee")
         except (AttributeError, RuntimeError):
-            self.saved = []
+            self.__exit__()  # put back whatever the newer API had already switched
             for backend, part in self._LEGACY:
                 obj = self._switch(backend, part)
                 self.saved.append((obj, "allow_tf32", obj.allow_tf32))

@@ -59,11 +59,13 @@ def test_attached_module_on_cuda_equals_cpu_autograd_oracle(zoo, name):
             assert _rel_err(ours, refs[rule]) <= TOL, (name, layer, rule, _rel_err(ours, refs[rule]))
 
 
-def _lite0_photos(n=2):
+@pytest.fixture(scope="module")
+def lite0_photos():
+    """Two real ImageNet photos, preprocessed as the EfficientNet-Lite0 file says (loaded once)."""
     from efficientnet_lite0 import imagenet_photos, onnx_path
 
     probe = zfprobe.load(str(onnx_path()))
-    return np.concatenate([probe.load_input(str(p))[1] for p, _ in imagenet_photos()[:n]])
+    return np.concatenate([probe.load_input(str(p))[1] for p, _ in imagenet_photos()[:2]])
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def lite0_export(tmp_path_factory):
 
 
 @pytest.mark.parametrize("layer", ["_blocks.3"])
-def test_efficientnet_lite0_on_cuda_equals_cpu_autograd_oracle(lite0_export, layer):
+def test_efficientnet_lite0_on_cuda_equals_cpu_autograd_oracle(lite0_export, lite0_photos, layer):
     """A real ImageNet net (ReLU6, depthwise convs, asymmetric SAME pads) on real photos, attached
     live. Deeper layers are in tests/test_exactness.py's torch-cuda rows, judged against float64
     with boundary flips proven: there, float32 on the GPU and on the CPU can put a ReLU6 input on
@@ -86,7 +88,7 @@ def test_efficientnet_lite0_on_cuda_equals_cpu_autograd_oracle(lite0_export, lay
     from efficientnet_lite0 import build_module
 
     path, tensors = lite0_export
-    images = _lite0_photos()
+    images = lite0_photos
     probe = zfprobe.attach(_on_cuda(build_module()), images[:1])
     acts = probe.activations(images, layer)
     seeds, seed_image = oracle.unit_seeds(acts, [0, 7, acts.shape[1] - 1], [0, 1, 1])
@@ -97,14 +99,14 @@ def test_efficientnet_lite0_on_cuda_equals_cpu_autograd_oracle(lite0_export, lay
         assert _rel_err(ours, refs[rule]) <= TOL, (layer, rule, _rel_err(ours, refs[rule]))
 
 
-def test_onnx_file_on_torch_cuda_equals_onnxruntime_cpu():
+def test_onnx_file_on_torch_cuda_equals_onnxruntime_cpu(lite0_photos):
     """The same ONNX file: torch kernels on the GPU against onnxruntime on the CPU (independent).
     Two float32 programs 30 convolutions deep can take a ReLU6 boundary differently (measured
     1.2e-4 between torch and onnxruntime on the CPU), hence 1e-3 here; the oracle tests above
     hold 1e-4."""
     from efficientnet_lite0 import onnx_path
 
-    images = _lite0_photos()
+    images = lite0_photos
     cpu = zfprobe.load(str(onnx_path()), device="cpu")
     gpu = zfprobe.load(str(onnx_path()), backend="torch", device=DEVICE)
     assert gpu.backend.device.startswith(DEVICE) and cpu.backend.name == "onnxruntime"

@@ -31,7 +31,7 @@ import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -235,17 +235,13 @@ def run_fingerprint(probe, dataset: Dataset, layers: dict, k: int) -> str:
     return json.dumps(parts, sort_keys=True)
 
 
-@dataclass
-class RunSetup:
+class RunSetup(NamedTuple):
     """What every mining engine derives from its arguments, checked the same way."""
 
     shapes: dict
     tops: dict
     n_total: int
     batch_size: int
-
-    def __iter__(self):
-        return iter((self.shapes, self.tops, self.n_total, self.batch_size))
 
 
 def run_setup(probe, dataset: Dataset, layers: Sequence[str] | str, k: int, batch_size: int | None,

@@ -113,8 +113,13 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(im.resize((size, size), method))
 
 
+def _grid_cols(k: int) -> int:
+    """Columns of a channel's k-tile grid (shared by the grid and the labels drawn on it)."""
+    return int(np.ceil(np.sqrt(k)))
+
+
 def _grid(images: list[np.ndarray], k: int, size: int) -> np.ndarray:
-    cols = int(np.ceil(np.sqrt(k)))
+    cols = _grid_cols(k)
     rows = int(np.ceil(k / cols))
     out = np.full((rows * size + (rows - 1) * GAP, cols * size + (cols - 1) * GAP, 3), 255, np.uint8)
     for i in range(rows * cols):
@@ -141,9 +146,9 @@ def channel_block(channel: int, tiles, k: int, size: int, caption: bool = True, 
     block = np.full((h + top, w, 3), 255, np.uint8)
     block[top:, : left.shape[1]] = left
     block[top:, left.shape[1] + BLOCK_GAP // 2:] = right
+    im = Image.fromarray(block)
+    draw = ImageDraw.Draw(im)
     if caption:
-        im = Image.fromarray(block)
-        draw = ImageDraw.Draw(im)
         best = f" max {tiles[0][0].value:.3g}" if tiles else " (no images)"
         if status == "dead":
             best = " DEAD: never active on the data"
@@ -152,25 +157,14 @@ def channel_block(channel: int, tiles, k: int, size: int, caption: bool = True, 
         draw.text((1, 1), f"c{channel}{best}", fill=(200, 0, 0) if status else "black", font=load_font(10))
         if status == "dead":
             draw.text((4, top + left.shape[0] // 2 - 6), "dead", fill=(200, 0, 0), font=load_font(14))
-        block = np.asarray(im)
-    return mark_zero_projections(block, [t[1] for t in tiles], k, size, top)
-
-
-def mark_zero_projections(block: np.ndarray, projections: list[np.ndarray], k: int, size: int, top: int) -> np.ndarray:
-    """Label each projection tile that is one flat value (a projection of exactly zero, e.g. of a
-    unit held at a ReLU6 ceiling, whose local derivative is 0 under every rule), so a reader does
-    not take an empty grey tile for a rendering fault."""
-    from PIL import Image, ImageDraw
-
-    flat = [i for i, p in enumerate(projections) if p.size and p.min() == p.max()]
-    if not flat:
-        return block
-    cols = int(np.ceil(np.sqrt(k)))
-    im = Image.fromarray(block)
-    draw = ImageDraw.Draw(im)
-    for i in flat:
-        r, c = divmod(i, cols)
-        draw.text((c * (size + GAP) + 3, top + r * (size + GAP) + 3), "zero", fill=(200, 0, 0), font=load_font(10))
+    # A projection tile of one flat value is a projection of exactly zero (e.g. of a unit held at a
+    # ReLU6 ceiling, whose local derivative is 0 under every rule): say so, so that a reader does
+    # not take the empty grey tile for a rendering fault.
+    cols = _grid_cols(k)
+    for i, (_, projection, _) in enumerate(tiles):
+        if projection.size and projection.min() == projection.max():
+            r, c = divmod(i, cols)
+            draw.text((c * (size + GAP) + 3, top + r * (size + GAP) + 3), "zero", fill=(200, 0, 0), font=load_font(10))
     return np.asarray(im)
 
 
