@@ -47,7 +47,7 @@ def main() -> None:
     from captum.attr import NeuronDeconvolution
 
     import zfprobe
-    from zfprobe.adapters.onnxruntime_backend import OnnxRuntimeBackend
+    from zfprobe.adapters.backends.onnxruntime_backend import OnnxRuntimeBackend
     from tests.nets import export_onnx, zfnet, zfnet_torch_lrn
 
     torch.set_num_threads(args.threads)

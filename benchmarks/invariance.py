@@ -55,8 +55,8 @@ def zfnet_onnx(seed: int = 0) -> tuple[str, list[str]]:
 
 def user_loop(session, input_name: str, layers: list[str], logits: str | None, photos, prep, plan, fill):
     """What a user writes: every transformed image alone through the whole network."""
-    from zfprobe.image_transforms import apply
-    from zfprobe.preprocess import read_pixels
+    from zfprobe.studies.invariance.transforms import apply
+    from zfprobe.io.preprocess import read_pixels
 
     outputs = list(layers) + ([logits] if logits else [])
     dist, prob = [], []
@@ -88,9 +88,9 @@ def main() -> None:
 
     import zfprobe
     from assets import foolbox_samples
-    from zfprobe.adapters.onnxruntime_backend import OnnxRuntimeBackend
-    from zfprobe.image_transforms import fill_pixel
-    from zfprobe.invariance import invariance, resolve_transforms
+    from zfprobe.adapters.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from zfprobe.studies.invariance.transforms import fill_pixel
+    from zfprobe.studies.invariance.compute import invariance, resolve_transforms
 
     if args.model:
         path, layers = args.model, args.layers.split(",")

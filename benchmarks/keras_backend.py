@@ -89,7 +89,7 @@ def main() -> None:
     import tensorflow as tf
 
     import zfprobe
-    from zfprobe.adapters.onnxruntime_backend import OnnxRuntimeBackend
+    from zfprobe.adapters.backends.onnxruntime_backend import OnnxRuntimeBackend
     from zfprobe.probe import Probe
 
     model = keras_zfnet(args.size)

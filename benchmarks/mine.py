@@ -31,8 +31,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import zfprobe  # noqa: E402
-from zfprobe.datasets import ArrayDataset, Batch, Dataset  # noqa: E402
-from zfprobe.mining import mine  # noqa: E402
+from zfprobe.io.datasets import ArrayDataset, Batch, Dataset  # noqa: E402
+from zfprobe.studies.mining.compute import mine  # noqa: E402
 
 MODEL = str(files("zfprobe") / "data" / "mnist_cnn.onnx")
 LAYERS = ["conv1", "conv2", "conv3"]
@@ -53,7 +53,7 @@ def _digits(n: int) -> tuple[np.ndarray, str]:
 def throughput(n: int, batch: int, repeats: int = 3) -> dict:
     import onnxruntime as ort
 
-    from zfprobe.adapters.onnx_export import to_onnx
+    from zfprobe.adapters.backends.onnx_export import to_onnx
 
     probe = zfprobe.load(MODEL)
     imgs, what = _digits(n)
@@ -148,7 +148,7 @@ def projection(n_images: int, captum_units: int, size: int = 224) -> dict:
     from captum.attr import NeuronDeconvolution
 
     import nets
-    from zfprobe.mining_render import render_layer
+    from zfprobe.studies.mining.render import render_layer
 
     torch.set_num_threads(os.cpu_count() or 1)
     module = nets.zfnet(0).eval()
@@ -190,7 +190,7 @@ def projection(n_images: int, captum_units: int, size: int = 224) -> dict:
         captum_total = per_unit * len(units)
         captum_total_cpu = per_unit_cpu * len(units)
         # correctness: the same units through zfprobe (full projections)
-        from zfprobe.mining import project_units
+        from zfprobe.studies.mining.compute import project_units
 
         mine_full = {(p.unit.channel, p.unit.rank): p.projection for p in
                      project_units(probe, ds, layer, sample[:6], "deconvnet", "gradient", keep_full=True)}

@@ -41,8 +41,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import zfprobe  # noqa: E402
-from zfprobe.datasets import ArrayDataset, ImageFolder  # noqa: E402
-from zfprobe.mining import auto_batch_size, forward_parallelism, mine  # noqa: E402
+from zfprobe.io.datasets import ArrayDataset, ImageFolder  # noqa: E402
+from zfprobe.studies.mining.compute import auto_batch_size, forward_parallelism, mine  # noqa: E402
 
 MNIST_MODEL = str(files("zfprobe") / "data" / "mnist_cnn.onnx")
 
@@ -50,7 +50,7 @@ MNIST_MODEL = str(files("zfprobe") / "data" / "mnist_cnn.onnx")
 def _session(probe, tensors, threads: int | None = None):
     import onnxruntime as ort
 
-    from zfprobe.adapters.onnx_export import to_onnx
+    from zfprobe.adapters.backends.onnx_export import to_onnx
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -192,7 +192,7 @@ def _plain_decode(path: str, size: int = 224) -> np.ndarray:
 def efficientnet(n: int, repeats: int) -> dict:
     from efficientnet_lite0 import onnx_path
 
-    from zfprobe.defaults import spread_layers
+    from zfprobe.studies.defaults import spread_layers
 
     model = str(onnx_path())
     probe = zfprobe.load(model)

@@ -33,8 +33,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import zfprobe  # noqa: E402
-from zfprobe.datasets import ArrayDataset, ImageFolder  # noqa: E402
-from zfprobe.mining import LayerTopK, mine  # noqa: E402
+from zfprobe.io.datasets import ArrayDataset, ImageFolder  # noqa: E402
+from zfprobe.studies.mining.compute import LayerTopK, mine  # noqa: E402
 
 MNIST = str(files("zfprobe") / "data" / "mnist_cnn.onnx")
 EFF_LAYERS = ["/_blocks.9/relu__bn0/Clip", "/Clip_1"]
@@ -75,7 +75,7 @@ def _same(a, b) -> bool:
 
 
 def workload(name: str, model: str, ds_factory, layers, batch: int, n: int) -> dict:
-    from zfprobe.adapters.ray_engine import mine_ray
+    from zfprobe.adapters.engines.ray_engine import mine_ray
 
     probe = zfprobe.load(model)
     ds = ds_factory(probe)
@@ -150,7 +150,7 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from zfprobe.adapters.ray_engine import connected
+    from zfprobe.adapters.engines.ray_engine import connected
 
     tmp = tempfile.mkdtemp(prefix="zfprobe-bench-ray-")
     try:

@@ -55,7 +55,7 @@ def zfnet_files(seed: int = 0, torch_lrn: bool = False):
 
 def image_and_prep(probe):
     from assets import foolbox_samples
-    from zfprobe.preprocess import load_image
+    from zfprobe.io.preprocess import load_image
 
     prep = probe.preprocessing.with_preset("imagenet")
     path, _ = foolbox_samples("imagenet")[0]
@@ -79,8 +79,8 @@ def main() -> None:
     from captum.attr import Occlusion
 
     import zfprobe
-    from zfprobe.adapters.onnxruntime_backend import OnnxRuntimeBackend
-    from zfprobe.occlusion import build_engine, class_output, fill_values, multiply_adds, occlude
+    from zfprobe.adapters.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from zfprobe.studies.occlusion import build_engine, class_output, fill_values, multiply_adds, occlude
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

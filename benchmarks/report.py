@@ -70,7 +70,7 @@ def main() -> None:
     if args.skip_effnet:
         return
     from efficientnet_lite0 import imagenet_photos, onnx_path
-    from zfprobe.defaults import PHOTOS
+    from zfprobe.studies.defaults import PHOTOS
 
     photos = tempfile.mkdtemp(prefix="zfprobe-bench-photos-")
     for path, _ in imagenet_photos():

@@ -41,7 +41,7 @@ def main() -> None:
 
     import zfprobe
     from tests.nets import export_onnx, zfnet
-    from zfprobe.sanity import plan_steps, reinitialize, weight_layers
+    from zfprobe.studies.sanity.compute import plan_steps, reinitialize, weight_layers
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = zfnet().eval()

@@ -29,8 +29,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import zfprobe  # noqa: E402
-from zfprobe.datasets import ArrayDataset  # noqa: E402
-from zfprobe.features import extract  # noqa: E402
+from zfprobe.io.datasets import ArrayDataset  # noqa: E402
+from zfprobe.studies.transfer.features import extract  # noqa: E402
 
 MNIST = os.path.join(REPO, "zfprobe", "data", "mnist_cnn.onnx")
 

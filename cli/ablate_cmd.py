@@ -12,7 +12,7 @@ from zfprobe.errors import OptionError
 
 def parse_channel_spec(spec: str, probe) -> tuple[str, tuple[int, ...]]:
     """'conv2:0-15,20' -> ('conv2', (0, ..., 15, 20))."""
-    from zfprobe.mining import parse_channels
+    from zfprobe.studies.mining.compute import parse_channels
 
     if ":" not in spec:
         raise OptionError(f"cannot read --channels '{spec}'; write LAYER:CHANNELS, e.g. conv2:0-15")
@@ -59,14 +59,14 @@ def command(model, data, labels_file, layers, channel_specs, branches, mode, imp
     images and labels; labels are the model's class indices. The model file is never changed:
     the edits are made on a copy of its graph.
     """
-    from zfprobe import __version__
-    from zfprobe.ablation import (Edit, ablate, apply_edits, channel_importance, check_ablatable,
+    from zfprobe.io.provenance import __version__
+    from zfprobe.studies.ablation.compute import (Edit, ablate, apply_edits, channel_importance, check_ablatable,
                                   check_labels, dataset_means, retrain_head as retrain)
-    from zfprobe.ablation_render import (comparison_plot, importance_csv, importance_pictures, importance_plot,
+    from zfprobe.studies.ablation.render import (comparison_plot, importance_csv, importance_pictures, importance_plot,
                                          markdown_table, metrics_csv, mine_links)
-    from zfprobe.labelled import open_labelled
-    from zfprobe.outputs import OutputStage
-    from zfprobe.provenance import model_manifest
+    from zfprobe.io.labelled import open_labelled
+    from zfprobe.io.outputs import OutputStage
+    from zfprobe.io.provenance import model_manifest
 
     import numpy as np
 
@@ -88,7 +88,7 @@ def command(model, data, labels_file, layers, channel_specs, branches, mode, imp
     if importance_layer:
         check_ablatable(probe.graph, probe.resolve(importance_layer), importance_layer)
     if retrain_head:
-        from zfprobe.heads import find_head
+        from zfprobe.engine.heads import find_head
 
         find_head(probe.graph)
     labelled = open_labelled(data, prep, probe.input_shape, labels_file, array_key, label_key)

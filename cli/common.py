@@ -10,7 +10,7 @@ import click
 
 from zfprobe.errors import OptionError, ZfprobeError
 
-from zfprobe.rules import RULES  # noqa: F401  (the CLI commands import it from here)
+from zfprobe.engine.rules import RULES  # noqa: F401  (the CLI commands import it from here)
 
 
 def parse_size(value: str | None) -> tuple[int, int] | None:
@@ -93,7 +93,7 @@ def _image_size(path: str) -> tuple[int, int] | None:
 
 def default_image(model: str, input_size: str | None, device: str):
     """(probe, image path) when no --image is given: a bundled sample that suits the model."""
-    from zfprobe.defaults import PHOTOS, sample_images
+    from zfprobe.studies.defaults import PHOTOS, sample_images
 
     first_photo = sorted(os.path.join(PHOTOS, f) for f in os.listdir(PHOTOS) if f.endswith(".jpg"))[0]
     probe = open_probe(model, input_size, device, image=first_photo)
@@ -111,7 +111,7 @@ def probe_and_image(model: str, image: str | None, input_size: str | None, devic
 
 
 def default_layer(probe, layer: str | None, command: str) -> str:
-    from zfprobe.defaults import deepest_layer
+    from zfprobe.studies.defaults import deepest_layer
     from zfprobe.errors import OptionError
 
     if layer:
@@ -183,7 +183,7 @@ class Interrupted(BaseException):
 def report_failure(exc: BaseException) -> int:
     """Print one line for any failure and return the exit status (2 for anything a user can
     cause or meet; 1, with a request to report it, for a bug; 130 / 143 for SIGINT / SIGTERM)."""
-    from zfprobe.interrupts import Terminated, take_notes
+    from zfprobe.io.interrupts import Terminated, take_notes
 
     if isinstance(exc, Interrupted):
         exc = exc.original
@@ -214,7 +214,7 @@ def report_failure(exc: BaseException) -> int:
             pass
         return 0
     if isinstance(exc, OSError):
-        from zfprobe.outputs import os_error_message
+        from zfprobe.io.outputs import os_error_message
 
         where = f"'{exc.filename}'" if exc.filename else "a file"
         _say("zfprobe: error: " + os_error_message(exc, f"cannot use {where}", writing=False))

@@ -27,9 +27,9 @@ def command(model, images, parts_file, layers, n_random, size, fill, seed, progr
     """Occlude each part of PARTS in every one of IMAGES (files or folders) and measure, per LAYER,
     how consistently the features change (Delta, lower = more consistent) against random squares;
     writes table.csv, table.md, parts.png, delta.png, summary.md and manifest.json."""
-    from zfprobe.correspondence import correspondence
-    from zfprobe.correspondence_render import table_md
-    from zfprobe.image_files import expand_images
+    from zfprobe.studies.correspondence.compute import correspondence
+    from zfprobe.studies.correspondence.render import table_md
+    from zfprobe.io.image_files import expand_images
 
     probe = open_probe(model, input_size, device)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)

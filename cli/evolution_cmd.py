@@ -20,7 +20,7 @@ def command(store, out_dir, tile):
     Writes one figure per layer (feature maps as rows, epochs as columns), the strongest
     activation against the epoch, strongest.csv, summary.md and manifest.json.
     """
-    from zfprobe.evolution_render import render
+    from zfprobe.studies.evolution.render import render
 
     if tile < 8:
         raise OptionError("--tile must be at least 8")

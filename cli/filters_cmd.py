@@ -52,9 +52,9 @@ def command(paths, layer, dead_norm, inactive_rate, saturated_rate, aliasing_lay
     .npy / .npz array) filters never active or always saturated over it also count as dead.
     Two models are diagnosed side by side (the paper's AlexNet vs ZFNet, Fig. 6).
     """
-    from zfprobe.datasets import open_dataset
-    from zfprobe.filters import DeadThresholds, diagnose
-    from zfprobe.filters_render import save_diagnosis
+    from zfprobe.io.datasets import open_dataset
+    from zfprobe.studies.filters.compute import DeadThresholds, diagnose
+    from zfprobe.studies.filters.render import save_diagnosis
 
     models, data = split_arguments(paths)
     if dead_norm < 0 or not 0 <= inactive_rate <= 1 or not 0 <= saturated_rate <= 1:
@@ -78,7 +78,7 @@ def command(paths, layer, dead_norm, inactive_rate, saturated_rate, aliasing_lay
         d = diagnose(probe, layer, dataset, thresholds, batch_size, limit, progress=not quiet, fft=fft_size)
         items.append((label, probe, d))
         if aliasing_layer:
-            from zfprobe.aliasing import aliasing_check
+            from zfprobe.studies.filters.aliasing import aliasing_check
 
             checks.append((label, aliasing_check(probe, dataset, aliasing_layer, period, batch_size=batch_size,
                                                  limit=limit, progress=not quiet)))

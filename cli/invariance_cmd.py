@@ -30,9 +30,10 @@ def command(model, images, layers, transforms, range_, labels, fill, batch_size,
     """Transform each of IMAGES (files or folders) and plot, against the amount, the distance of
     each LAYER's features to the original's and the probability of the true class; writes
     curves.csv, invariance.png, invariance_raw.png, examples.png, summary.md and manifest.json."""
-    from zfprobe.image_files import expand_images
-    from zfprobe.invariance import NO_CLASS_NOTE, invariance
-    from zfprobe.occlusion import class_output
+    from zfprobe.io.image_files import expand_images
+    from zfprobe.studies.invariance.compute import invariance
+    from zfprobe.studies.invariance.render import NO_CLASS_NOTE
+    from zfprobe.studies.occlusion import class_output
 
     if batch_size is not None and batch_size < 1:
         raise OptionError("--batch-size must be at least 1")

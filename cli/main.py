@@ -11,14 +11,14 @@ from pathlib import Path
 
 import click
 
-from zfprobe.rules import DECONVNET, LRN_IDENTITY, LRN_MODES
+from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY, LRN_MODES
 from zfprobe.cli.common import (RULES, Interrupted, default_layer, open_probe, probe_and_image, parse_unit,
                                 preprocessing_from_options, preprocessing_options, quiet_native_logs,
                                 report_failure)
 from zfprobe.errors import OptionError
-from zfprobe.interrupts import install_handlers, take_notes
-from zfprobe.outputs import check_output_file, check_output_path, output_lock
-from zfprobe.render import DEFAULT_PERCENTILE
+from zfprobe.io.interrupts import install_handlers, take_notes
+from zfprobe.io.outputs import check_output_file, check_output_path, output_lock
+from zfprobe.io.pictures import DEFAULT_PERCENTILE
 
 # Commands that live in their own modules: every cli/<name>_cmd.py defines ``command`` and is
 # registered here, so adding a command means adding one file.
@@ -65,7 +65,7 @@ def _check_outputs_first(cmd: click.Command) -> None:
         if kwargs.get("out_path") is not None:
             check_output_file(kwargs["out_path"])
         if "out_dir" in kwargs and kwargs["out_dir"] is None and kwargs.get("model"):
-            from zfprobe.defaults import output_folder  # without -o: a named folder, checked and locked too
+            from zfprobe.studies.defaults import output_folder  # without -o: a named folder, checked and locked too
 
             kwargs["out_dir"] = output_folder(cmd.name, kwargs["model"])
         if kwargs.get("out_dir") is None:
@@ -90,7 +90,7 @@ def cli():
 @click.option("--channels", "in_channels", type=int, help="Input channels, with --input-size.")
 def layers(model, input_size, in_channels):
     """List the layers of MODEL you can probe, with shapes and whether the deconvnet passes."""
-    from zfprobe.receptive_field import describe, receptive_fields
+    from zfprobe.engine.receptive_field import describe, receptive_fields
 
     probe = open_probe(model, input_size, "cpu", in_channels)
     infos = probe.layers()
@@ -134,7 +134,7 @@ def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset,
 
     Only MODEL is required: without --image a bundled sample image is used, without --layer the
     deepest spatial layer, without -o a folder named after the model."""
-    from zfprobe.defaults import output_folder
+    from zfprobe.studies.defaults import output_folder
 
     probe, image = probe_and_image(model, image, input_size, device)
     layer = default_layer(probe, layer, "visualize")

@@ -6,10 +6,10 @@ import warnings
 
 import click
 
-from zfprobe.rules import DECONVNET, LRN_IDENTITY, LRN_MODES
+from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY, LRN_MODES
 from zfprobe.cli.common import RULES, open_probe, preprocessing_from_options, preprocessing_options
 from zfprobe.errors import OptionError
-from zfprobe.render import DEFAULT_PERCENTILE
+from zfprobe.io.pictures import DEFAULT_PERCENTILE
 
 MAX_TOP = 1000          # images kept per channel (the paper shows 9)
 MAX_PER_PAGE = 1024     # channels per contact sheet page
@@ -58,9 +58,9 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
     mining, OUT/.mine-state.npz is checkpointed: rerunning the same command resumes (a finished
     mining pass is reused), other inputs start clean, --restart always starts clean.
     """
-    from zfprobe.datasets import open_dataset
-    from zfprobe.mining import STATE_FILE, layer_shapes, parse_channels
-    from zfprobe.outputs import check_output_path, output_lock
+    from zfprobe.io.datasets import open_dataset
+    from zfprobe.studies.mining.compute import STATE_FILE, layer_shapes, parse_channels
+    from zfprobe.io.outputs import check_output_path, output_lock
 
     # every option is checked here, before the mining pass, never after it
     check_output_path(out_dir)
@@ -88,10 +88,10 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
             raise OptionError("--workers must be at least 1")
         if gpus_per_worker is not None and not 0 <= gpus_per_worker <= 64:
             raise OptionError("--gpus-per-worker must be between 0 and 64")
-        from zfprobe.adapters.ray_engine import import_ray
+        from zfprobe.adapters.engines.ray_engine import import_ray
 
         import_ray()  # without Ray: one line that says how to install it, before any work
-    from zfprobe.defaults import PHOTOS, output_folder, sample_dataset, spread_layers
+    from zfprobe.studies.defaults import PHOTOS, output_folder, sample_dataset, spread_layers
 
     probe = open_probe(model, input_size, device, image=os.path.join(PHOTOS, "chelsea.jpg") if data is None else None)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
@@ -120,7 +120,7 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
         args = (probe, prep, dataset, out_dir, state, layers, k, channels, per_page, rule, lrn,
                 batch_size, limit, tile, percentile, no_project, no_channel_pngs, restart, quiet)
         if engine == "ray":
-            from zfprobe.adapters.ray_engine import connected
+            from zfprobe.adapters.engines.ray_engine import connected
 
             with connected(address):
                 files, result = _mine_and_save(*args, ray={"workers": workers or 1, "device": device,
@@ -137,15 +137,15 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
 def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, per_page, rule, lrn, batch_size, limit,
                    tile, percentile, no_project, no_channel_pngs, restart, quiet, ray=None):
     """Mine, project and publish; ``ray``: the Ray engine's settings (None: the local engine)."""
-    from zfprobe.mining import mine, parse_channels
-    from zfprobe.mining_render import render_layer, save_mining, units_to_project
+    from zfprobe.studies.mining.compute import mine, parse_channels
+    from zfprobe.studies.mining.render import render_layer, save_mining, units_to_project
 
     skipped_msgs = []
     engine_mine = mine
     if ray is not None:
         from functools import partial
 
-        from zfprobe.adapters.ray_engine import mine_ray
+        from zfprobe.adapters.engines.ray_engine import mine_ray
 
         engine_mine = partial(mine_ray, **ray)
     with warnings.catch_warnings(record=True) as caught:
@@ -165,15 +165,15 @@ def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, pe
         chans = {layer: parse_channels(channels, result.layers[layer].channels) for layer in layers}
         tiles = {layer: None for layer in layers}
         if ray is not None:  # the projection stage on the cluster, every layer in one pipeline
-            from zfprobe.adapters.ray_engine import project_layers
+            from zfprobe.adapters.engines.ray_engine import project_layers
 
             tiles = project_layers(probe, result.dataset, {l: units_to_project(result, l, chans[l]) for l in layers},
                                    rule, lrn, percentile, progress=not quiet, **ray)
         for layer in layers:
             pictures[layer] = render_layer(probe, result, layer, rule, lrn, chans[layer], percentile, tiles=tiles[layer])
     else:
-        from zfprobe.mining_render import LayerPictures
-        from zfprobe.receptive_field import receptive_field
+        from zfprobe.studies.mining.render import LayerPictures
+        from zfprobe.engine.receptive_field import receptive_field
 
         for layer in layers:
             top = result.layers[layer]

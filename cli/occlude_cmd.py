@@ -48,10 +48,10 @@ def command(model, image, layer, size, stride, label, fill, channel, labels_file
             preset, input_size, mean, std, scale, bgr, resize, device, out_dir):
     """Slide a square over IMAGE; map LAYER's strongest feature map total, the target-class
     probability and the top class per square position; write npz, overlays and a manifest."""
-    from zfprobe.occlusion import class_output, occlude
-    from zfprobe.occlusion_render import save_result
+    from zfprobe.studies.occlusion import class_output, occlude
+    from zfprobe.studies.occlusion.render import save_result
 
-    from zfprobe.defaults import output_folder
+    from zfprobe.studies.defaults import output_folder
 
     probe, image = probe_and_image(model, image, input_size, device)
     layer = default_layer(probe, layer, "occlude")

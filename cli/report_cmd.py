@@ -31,7 +31,7 @@ def command(model, data, layers, limit, unit_pages, occlusion_images, includes, 
     filter box), unit pages (three rules, occlusion maps) and pages for analysis folders."""
     import os
 
-    from zfprobe.defaults import PHOTOS, output_folder
+    from zfprobe.studies.defaults import PHOTOS, output_folder
     from zfprobe.report import ReportOptions, build_report
     from zfprobe.report.folders import find_analyses
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from zfprobe.rules import LRN_IDENTITY, LRN_MODES
+from zfprobe.engine.rules import LRN_IDENTITY, LRN_MODES
 from zfprobe.cli.common import open_probe, preprocessing_from_options, preprocessing_options
 from zfprobe.errors import ImageError
 
@@ -32,13 +32,13 @@ def command(model, images, layer, rules, units, modes, init, seed, max_steps, lr
     """Randomize MODEL's weights (cascading from LAYER down, and one layer at a time) and measure
     how much the projections of LAYER's units for IMAGES change; also how alike different units'
     projections are. Writes curves, strips, CSV tables, summary.md and a manifest."""
-    from zfprobe.sanity import MODES, RULES, parse_choices, parse_units, run_sanity
-    from zfprobe.sanity_render import save
+    from zfprobe.studies.sanity.compute import MODES, RULES, parse_choices, parse_units, run_sanity
+    from zfprobe.studies.sanity.render import save
 
     rules_list = parse_choices(rules, RULES, "rule")  # validate options before any work
     modes_list = parse_choices(modes, MODES, "mode")
     parse_units(units)
-    from zfprobe.image_files import expand_images, image_size
+    from zfprobe.io.image_files import expand_images, image_size
 
     paths = expand_images(images)
     if not paths:

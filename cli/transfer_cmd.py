@@ -56,12 +56,12 @@ def _test_labels_in_train_space(train, test) -> np.ndarray:
 def run_study(command: str, model, data, layers, test_data, per_class, splits, pool, seed, labels_file,
               test_labels_file, array_key, label_key, batch_size, cache_dir, no_cache, quiet, prep_options,
               out_dir, scratch: bool = False, epochs: int = 60):
-    from zfprobe.features import default_cache_dir, extract
-    from zfprobe.labelled import open_labelled
-    from zfprobe.outputs import OutputStage
-    from zfprobe.transfer import check_classes, evaluate_transfer, parse_per_class
-    from zfprobe.transfer_render import bar_plot, depth_plot, markdown_table, scores_csv, summary_markdown, table_csv
-    from zfprobe.provenance import model_manifest
+    from zfprobe.studies.transfer.features import default_cache_dir, extract
+    from zfprobe.io.labelled import open_labelled
+    from zfprobe.io.outputs import OutputStage
+    from zfprobe.studies.transfer.compute import check_classes, evaluate_transfer, parse_per_class
+    from zfprobe.studies.transfer.render import bar_plot, depth_plot, markdown_table, scores_csv, summary_markdown, table_csv
+    from zfprobe.io.provenance import model_manifest
 
     per_class = parse_per_class(per_class)
     if splits < 1:
@@ -79,7 +79,7 @@ def run_study(command: str, model, data, layers, test_data, per_class, splits, p
     test_y = _test_labels_in_train_space(train, test) if test else None
     check_classes(train.labels, train.names, per_class, test is not None)
     if scratch:
-        from zfprobe.heads import find_head
+        from zfprobe.engine.heads import find_head
 
         find_head(probe.graph)
         n_img = len(train) + (len(test) if test else 0)
@@ -97,8 +97,8 @@ def run_study(command: str, model, data, layers, test_data, per_class, splits, p
         test_pair = (tf.matrices, test_y[tf.indices])
     scratch_fn = None
     if scratch:
-        from zfprobe.adapters.graph_trainer import train_from_scratch
-        from zfprobe.labelled import subset_dataset
+        from zfprobe.adapters.training.graph_trainer import train_from_scratch
+        from zfprobe.io.labelled import subset_dataset
 
         images = subset_dataset(train, probe.input_shape, feats.indices)
         test_images = subset_dataset(test, probe.input_shape, tf.indices) if test is not None else None
@@ -122,7 +122,7 @@ def run_study(command: str, model, data, layers, test_data, per_class, splits, p
         else:
             plot = stage.write_bytes("transfer.png", bar_plot(result, f"{model_name} features + new softmax vs from scratch, on {data_name}"))
         stage.write_bytes("summary.md", summary_markdown(result, command, model_name, data_name, pool).encode())
-        from zfprobe import __version__
+        from zfprobe.io.provenance import __version__
 
         manifest = {
             "zfprobe_version": __version__, "command": command,

@@ -1,6 +1,6 @@
-"""The exactness table of issue 17 from the JSON lines tests/test_exactness.py writes.
+"""The exactness table of issue 17 from the JSON lines tests/engine/test_exactness.py writes.
 
-    ZFPROBE_EXACTNESS_LOG=/tmp/exact.jsonl python -m pytest -q --runslow tests/test_exactness.py
+    ZFPROBE_EXACTNESS_LOG=/tmp/exact.jsonl python -m pytest -q --runslow tests/engine/test_exactness.py
     python scripts/exactness_table.py /tmp/exact.jsonl [--by backend]
 
 One row per net x rule x seed kind (over every layer, input set, LRN mode and backend logged):

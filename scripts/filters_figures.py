@@ -20,9 +20,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 IMG = os.path.join(ROOT, "docs", "img")
 
 import zfprobe  # noqa: E402
-from zfprobe.datasets import open_dataset  # noqa: E402
-from zfprobe.filters import diagnose  # noqa: E402
-from zfprobe.filters_render import save_diagnosis  # noqa: E402
+from zfprobe.io.datasets import open_dataset  # noqa: E402
+from zfprobe.studies.filters.compute import diagnose  # noqa: E402
+from zfprobe.studies.filters.render import save_diagnosis  # noqa: E402
 
 
 def imagenet_array(path):

@@ -11,8 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import zfprobe  # noqa: E402
-from zfprobe.filters import diagnose  # noqa: E402
-from zfprobe.filters_render import HIGH, LOW  # noqa: E402
+from zfprobe.studies.filters.compute import diagnose  # noqa: E402
+from zfprobe.studies.filters.render import HIGH, LOW  # noqa: E402
 
 
 def probes():

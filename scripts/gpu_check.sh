@@ -22,8 +22,8 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
   [ -d "$carry/assets" ] && export ZFPROBE_ASSET_CACHE="$PWD/$carry/assets"
   python3 -c "import sys, torch, onnxruntime as ort, numpy, zfprobe; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA', 'onnxruntime', ort.__version__, ort.get_available_providers(), 'numpy', numpy.__version__)"
   echo "== tests (-m gpu)"
-  timeout 360 python3 -m pytest -q -m gpu -p no:cacheprovider -rs --durations=5 tests/test_gpu_torch.py tests/test_gpu.py \
-    tests/test_exactness.py
+  timeout 360 python3 -m pytest -q -m gpu -p no:cacheprovider -rs --durations=5 tests/adapters/test_gpu_torch.py tests/adapters/test_gpu.py \
+    tests/engine/test_exactness.py
   echo "== benchmark: 64 conv5 projections, torch backend vs Captum, cuda"
   timeout 120 python3 benchmarks/torch_backend.py --device cuda --repeats 5 --captum-repeats 2
   echo "== benchmark: occlusion probability map, torch backend vs Captum, cuda"

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 import zfprobe
-from zfprobe.render import contact_sheet, projection_to_hwc, signed_to_uint8
+from zfprobe.io.pictures import contact_sheet, projection_to_hwc, signed_to_uint8
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "zfprobe", "data")

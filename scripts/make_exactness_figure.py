@@ -48,7 +48,7 @@ def main() -> None:
     import zfprobe
     from conftest import IMAGENET_MEAN, IMAGENET_STD, natural_images
     from test_exactness import make_seeds, program_forward_values
-    from zfprobe.receptive_field import receptive_field
+    from zfprobe.engine.receptive_field import receptive_field
 
     path = _model(args.onnx)
     images = natural_images(2, 224, 224)

@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import zfprobe  # noqa: E402
-from zfprobe.render import projection_to_hwc, signed_to_uint8  # noqa: E402
+from zfprobe.io.pictures import projection_to_hwc, signed_to_uint8  # noqa: E402
 
 
 def text_line() -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 import zfprobe
-from zfprobe.render import contact_sheet
+from zfprobe.io.pictures import contact_sheet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMG = os.path.join(ROOT, "docs", "img")
@@ -24,7 +24,7 @@ LAYER = "/_blocks.5/pad__depthwise_conv/Pad"
 
 def _old_read(path: str, prep) -> np.ndarray:
     """What zfprobe did before: Pillow's convert('RGB') (clips 16-bit, truncates float)."""
-    from zfprobe.images import fit_image
+    from zfprobe.io.images import fit_image
 
     with Image.open(path) as im:
         return np.asarray(fit_image(im.convert("RGB"), prep.size, prep.resize), np.uint8)

@@ -26,7 +26,7 @@ def main(report: str, prefix: str) -> None:
     first = next(iter(m["layers"].values()))
     pages = {"model": "index.html", "layer": first["page"]}
     if first["unit_pages"]:
-        from zfprobe.mining_render import safe_name
+        from zfprobe.studies.mining.render import safe_name
 
         layer = next(iter(m["layers"]))
         pages["unit"] = f"units/{safe_name(layer)}/c{first['unit_pages'][0]:04d}.html"

@@ -1,13 +1,46 @@
 """zfprobe: look inside trained CNNs the way Zeiler & Fergus did (ECCV 2014).
 
-The core (this package) is framework-free: the graph, the deconvnet builder, seeds, rendering and
-analyses. Framework code lives in ``zfprobe.adapters`` and is imported only when used.
+The core (this package) is framework-free: the engine (graph, deconvnet builder, op table), I/O,
+and the studies. Framework code lives in ``zfprobe.adapters`` and is imported only when used:
+:func:`load` and :func:`attach` pick the front-end for a file or a live model.
 """
-from zfprobe.errors import ZfprobeError
-from zfprobe.probe import LayerInfo, Probe, load
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import os
+
+from zfprobe import legacy_paths
+from zfprobe.errors import ModelLoadError, ZfprobeError
+from zfprobe.io.provenance import __version__
+from zfprobe.probe import LayerInfo, Probe
+
 __all__ = ["load", "attach", "Probe", "LayerInfo", "ZfprobeError", "__version__"]
+
+legacy_paths.install()
+
+
+def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None, device: str = "auto",
+         backend: str | None = None) -> Probe:
+    """Open a model file (.onnx; .keras/.h5 through the Keras adapter) as a :class:`Probe`."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".keras", ".h5", ".hdf5"):
+        from zfprobe.adapters.frontends import keras_adapter  # loaded only when used
+
+        return keras_adapter.load(path, device=device, input_shape=input_shape, backend=backend)
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"model file '{path}' does not exist")
+    from zfprobe.adapters.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from zfprobe.adapters.frontends.onnx_import import import_onnx
+    from zfprobe.io.preprocess import default_preprocessing
+
+    graph = import_onnx(path, input_shape)
+    shape = graph.shape(graph.inputs[0])
+    prep = default_preprocessing(shape, path) if len(shape) == 4 else None
+    if backend == "torch":  # torch kernels instead of onnxruntime (weights from the file)
+        from zfprobe.adapters.backends.torch_backend import TorchBackend
+
+        return Probe(graph, TorchBackend(device=device), source=path, preprocessing=prep)
+    return Probe(graph, OnnxRuntimeBackend(device), source=path, preprocessing=prep)
 
 
 def attach(model, example=None, **options) -> Probe:
@@ -15,11 +48,11 @@ def attach(model, example=None, **options) -> Probe:
     or input shape) or a Keras model. The adapter is imported only here, when used."""
     kind = type(model).__module__.split(".")[0]
     if kind == "torch" or any(c.__module__.startswith("torch.nn") for c in type(model).__mro__):
-        from zfprobe.adapters import torch_adapter
+        from zfprobe.adapters.frontends import torch_adapter
 
         return torch_adapter.attach(model, example, **options)
     if kind in ("keras", "tf_keras", "tensorflow") or any(c.__module__.startswith("keras") for c in type(model).__mro__):
-        from zfprobe.adapters import keras_adapter
+        from zfprobe.adapters.frontends import keras_adapter
 
         return keras_adapter.attach(model, **options)
     raise TypeError(f"zfprobe.attach takes a torch nn.Module or a Keras model, not {type(model).__name__}; "

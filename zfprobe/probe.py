@@ -12,14 +12,14 @@ from typing import Sequence
 
 import numpy as np
 
-from zfprobe.rules import DECONVNET, LRN_IDENTITY
-from zfprobe.deconv import PROJECTION, SEED, SEED_IMAGE, DeconvOptions, build_deconvnet, build_forward, path_nodes
-from zfprobe.errors import ImageError, LayerNotFoundError, ModelLoadError
-from zfprobe.graph import Graph
-from zfprobe.inverses import check_invertible
+from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY
+from zfprobe.engine.deconv import PROJECTION, SEED, SEED_IMAGE, DeconvOptions, build_deconvnet, build_forward, path_nodes
+from zfprobe.errors import ImageError, LayerNotFoundError
+from zfprobe.engine.graph import Graph
+from zfprobe.engine.inverses import check_invertible
 
 # Upper bound on the memory one reverse batch may take; larger seed sets run in chunks.
-from zfprobe.memory import PROJECTION_MEMORY_BUDGET as DEFAULT_MEMORY_BUDGET
+from zfprobe.io.memory import PROJECTION_MEMORY_BUDGET as DEFAULT_MEMORY_BUDGET
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class Probe:
     def load_input(self, image, preprocessing=None) -> tuple[np.ndarray | None, np.ndarray, str | None]:
         """One image as (display RGB uint8 or None, model input [1, ...], path or None), from a
         file path (preprocessed) or an already preprocessed array ([1, ...] or without batch)."""
-        from zfprobe.preprocess import load_image
+        from zfprobe.io.preprocess import load_image
 
         prep = preprocessing or self.preprocessing
         if isinstance(image, (str, os.PathLike)):
@@ -190,9 +190,9 @@ class Probe:
     def project(self, images: np.ndarray, layer: str, seeds: np.ndarray, seed_image: np.ndarray | None = None,
                 rule: str = DECONVNET, lrn: str = LRN_IDENTITY, batch_size: int | None = None,
                 windowed: bool = True, constants: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """Project each seed row to pixel space ([K, *input]); see zfprobe.deconv for the contract.
+        """Project each seed row to pixel space ([K, *input]); see zfprobe.engine.deconv for the contract.
 
-        Rows that keep a single unit take the receptive-field-windowed path (zfprobe.windowed)
+        Rows that keep a single unit take the receptive-field-windowed path (zfprobe.engine.windowed)
         where the network allows it: the same result, computed only where it can be non-zero.
         ``constants`` replaces some weights for this call only (see :meth:`with_parameters`).
         """
@@ -222,39 +222,39 @@ class Probe:
         return results[0] if len(results) == 1 else np.concatenate(results)
 
     def visualize(self, image, layer: str, **options):
-        """Project units of one image at ``layer``; see :func:`zfprobe.visualize.visualize`."""
-        from zfprobe.visualize import visualize
+        """Project units of one image at ``layer``; see :func:`zfprobe.studies.visualize.compute.visualize`."""
+        from zfprobe.studies.visualize.compute import visualize
 
         return visualize(self, image, layer, **options)
 
     def occlude(self, image, layer: str, **options):
-        """Occlusion sensitivity maps (paper, Fig. 7); see :func:`zfprobe.occlusion.occlude`."""
-        from zfprobe.occlusion import occlude
+        """Occlusion sensitivity maps (paper, Fig. 7); see :func:`zfprobe.studies.occlusion.occlude`."""
+        from zfprobe.studies.occlusion import occlude
 
         return occlude(self, image, layer, **options)
 
     def invariance(self, images, layers, **options):
-        """Invariance curves (paper, Fig. 5); see :func:`zfprobe.invariance.invariance`."""
-        from zfprobe.invariance import invariance
+        """Invariance curves (paper, Fig. 5); see :func:`zfprobe.studies.invariance.compute.invariance`."""
+        from zfprobe.studies.invariance.compute import invariance
 
         return invariance(self, images, layers, **options)
 
     def correspondence(self, images, parts, layers, **options):
-        """Correspondence analysis (paper, Table 1); see :func:`zfprobe.correspondence.correspondence`."""
-        from zfprobe.correspondence import correspondence
+        """Correspondence analysis (paper, Table 1); see :func:`zfprobe.studies.correspondence.compute.correspondence`."""
+        from zfprobe.studies.correspondence.compute import correspondence
 
         return correspondence(self, images, parts, layers, **options)
 
     def export_deconv(self, layer: str, path: str, rule: str = DECONVNET, lrn: str = LRN_IDENTITY) -> None:
         """Save the deconvnet of ``layer`` as a standalone ONNX model (inputs: image, zf_seed, zf_seed_image)."""
-        from zfprobe.adapters.onnx_export import to_onnx
-        from zfprobe.outputs import write_file_atomically
+        from zfprobe.adapters.backends.onnx_export import to_onnx
+        from zfprobe.io.outputs import write_file_atomically
 
         write_file_atomically(path, to_onnx(self.deconv_program(layer, rule, lrn)).SerializeToString())
 
     def windowed_program(self, layer: str, rule: str, lrn: str, single_image: bool) -> Graph | None:
         """The windowed deconvnet of ``layer``, or None where the path does not allow windows."""
-        from zfprobe.windowed import NotWindowable, build_windowed_deconvnet
+        from zfprobe.engine.windowed import NotWindowable, build_windowed_deconvnet
 
         tensor = self.resolve(layer)
         options = DeconvOptions(rule, lrn)
@@ -268,7 +268,7 @@ class Probe:
 
     def _project_windowed(self, program: Graph, images: np.ndarray, seeds: np.ndarray, units: np.ndarray,
                           seed_image: np.ndarray, chunk: int, weights: dict | None = None) -> np.ndarray:
-        from zfprobe.windowed import OUTPUT_WINDOW, SEED_WINDOW, WindowPlan
+        from zfprobe.engine.windowed import OUTPUT_WINDOW, SEED_WINDOW, WindowPlan
 
         plan = WindowPlan(program)
         seed_hw = tuple(seeds.shape[2:])
@@ -301,28 +301,3 @@ def unit_positions(seeds: np.ndarray) -> np.ndarray | None:
     idx = np.argmax(flat != 0, axis=1)
     _, y, x = np.unravel_index(idx, seeds.shape[1:])
     return np.stack([y, x], axis=1).astype(np.int64)
-
-
-def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None, device: str = "auto",
-         backend: str | None = None) -> Probe:
-    """Open a model file (.onnx now; .keras/.h5 through the Keras adapter) as a :class:`Probe`."""
-    path = os.fspath(path)
-    ext = os.path.splitext(path)[1].lower()
-    if ext in (".keras", ".h5", ".hdf5"):
-        from zfprobe.adapters import keras_adapter  # noqa: WPS433 (loaded only when used)
-
-        return keras_adapter.load(path, device=device, input_shape=input_shape, backend=backend)
-    if not os.path.isfile(path):
-        raise ModelLoadError(f"model file '{path}' does not exist")
-    from zfprobe.adapters.onnx_import import import_onnx
-    from zfprobe.adapters.onnxruntime_backend import OnnxRuntimeBackend
-    from zfprobe.preprocess import default_preprocessing
-
-    graph = import_onnx(path, input_shape)
-    shape = graph.shape(graph.inputs[0])
-    prep = default_preprocessing(shape, path) if len(shape) == 4 else None
-    if backend == "torch":  # torch kernels instead of onnxruntime (weights from the file)
-        from zfprobe.adapters.torch_backend import TorchBackend
-
-        return Probe(graph, TorchBackend(device=device), source=path, preprocessing=prep)
-    return Probe(graph, OnnxRuntimeBackend(device), source=path, preprocessing=prep)

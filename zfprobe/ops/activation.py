@@ -3,7 +3,7 @@ rule (docs/methods.md, "Policy for other nonlinearities").
 
 Each reversal multiplies the arriving signal by f'(x), written as canonical ops on the forward
 value ``x`` (or the forward output ``y`` where that is cheaper: exp, sqrt, reciprocal, ELU). The
-fused forms of exporters' decompositions (:mod:`zfprobe.fusion`) land here too: ``Gelu``
+fused forms of exporters' decompositions (:mod:`zfprobe.engine.fusion`) land here too: ``Gelu``
 (both approximations), ``Mish`` and ``Swish`` (SiLU is Swish with alpha 1).
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ import math
 
 import numpy as np
 
-from zfprobe.inverses import check, inverse
+from zfprobe.engine.op_table import check, inverse
 from zfprobe.ops.registry import DECOMPOSITIONS
-from zfprobe.program import Decomposition
-from zfprobe.rules import DECONVNET, GRADIENT
+from zfprobe.engine.program import Decomposition
+from zfprobe.engine.rules import DECONVNET, GRADIENT
 
 SELU_ALPHA = 1.67326319217681884765625
 SELU_GAMMA = 1.05070102214813232421875

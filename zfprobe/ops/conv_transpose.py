@@ -9,7 +9,7 @@ resolved from the static shapes), ``kernel_shape``, ``strides``, ``dilations``, 
 """
 from __future__ import annotations
 
-from zfprobe.inverses import check, inverse
+from zfprobe.engine.op_table import check, inverse
 from zfprobe.ops.geometry import (NOTSET, SAME_MODES, SAME_UPPER, VALID, AxisWindow, axis_windows,
                                   conv_transpose_length, split_pad)
 from zfprobe.ops.registry import ONNX_NORMALIZERS

@@ -4,7 +4,7 @@ A window op (Conv, pools, a strided Slice, ConvTranspose's adjoint) maps an axis
 positions to ``out_length(n)`` outputs; output ``o`` reads the taps ``o*stride - pad_begin +
 t*dilation`` for ``t < kernel``. Receptive fields, the windowed reversal, incremental occlusion and
 the transposed convolutions of the reversal all need the same few facts about such a window,
-stated once here (pure integer arithmetic, no arrays, no framework). ``tests/test_geometry.py``
+stated once here (pure integer arithmetic, no arrays, no framework). ``tests/engine/test_geometry.py``
 checks every method by brute force against indicator convolutions.
 """
 from __future__ import annotations

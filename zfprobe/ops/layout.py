@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zfprobe.inverses import check, inverse
+from zfprobe.engine.op_table import check, inverse
 from zfprobe.ops.axismap import apply_transposed, index_matrix
 from zfprobe.ops.onnx_semantics import CONSTANT_PAD, COPY_PAD_MODES
 from zfprobe.ops.geometry import AxisWindow

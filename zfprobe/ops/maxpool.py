@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from zfprobe.graph import Node
-from zfprobe.inverses import check, inverse
+from zfprobe.engine.graph import Node
+from zfprobe.engine.op_table import check, inverse
 from zfprobe.ops.registry import DECOMPOSITIONS
-from zfprobe.program import Decomposition
+from zfprobe.engine.program import Decomposition
 
 UNPOOL = "Unpool"
 

@@ -5,15 +5,15 @@ of the whole normalization, transposed), under every rule.
 With x_hat = (x - mean) / sqrt(var + eps) over the normalized axes and h = g * scale, the
 vector-Jacobian product is ``(h - mean(h) - x_hat * mean(h * x_hat)) / sqrt(var + eps)``.
 The statistics are recomputed in the program from the saved forward input.
-(BatchNormalization at inference is affine and lives in :mod:`zfprobe.inverses`.)
+(BatchNormalization at inference is affine and lives in :mod:`zfprobe.engine.inverses`.)
 """
 from __future__ import annotations
 
 import numpy as np
 
-from zfprobe.inverses import check, inverse
+from zfprobe.engine.op_table import check, inverse
 from zfprobe.ops.registry import DECOMPOSITIONS
-from zfprobe.program import Decomposition
+from zfprobe.engine.program import Decomposition
 from zfprobe.ops.spatial import CHANNELS_LAST_RULES
 
 

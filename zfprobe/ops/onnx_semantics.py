@@ -4,7 +4,7 @@ torch and TensorFlow pool and convolve with symmetric (or 'SAME') padding, anoth
 other average-pool divisors and other max-pool index layouts than ONNX. Their backends turn the
 numbers here into framework calls; the numbers themselves (plain ints and numpy) are stated
 once. The index helpers use only ``+ - * // %``, so they apply to numpy arrays, torch tensors
-and TensorFlow tensors alike. ``tests/test_onnx_semantics.py`` checks each against onnxruntime.
+and TensorFlow tensors alike. ``tests/engine/test_onnx_semantics.py`` checks each against onnxruntime.
 """
 from __future__ import annotations
 

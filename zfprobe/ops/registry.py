@@ -40,5 +40,5 @@ ONNX_NORMALIZERS: Registry = Registry("ONNX normalizer")
 # Canonical ops that only zfprobe defines (no ONNX op has their semantics), each with its default
 # decomposition into standard canonical ops: ``fn(node) -> (nodes, constants)``. A backend with a
 # kernel of its own runs the op; the others, and the ONNX exporter (so onnxruntime and
-# ``zfprobe export-deconv``), run the decomposition (:func:`zfprobe.program.decompose`).
+# ``zfprobe export-deconv``), run the decomposition (:func:`zfprobe.engine.inverses.decompose`).
 DECOMPOSITIONS: Registry = Registry("default decomposition")

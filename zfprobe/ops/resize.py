@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zfprobe.inverses import check, inverse
+from zfprobe.engine.op_table import check, inverse
 from zfprobe.ops.axismap import apply_transposed
 from zfprobe.ops.registry import ONNX_NORMALIZERS
 from zfprobe.ops.spatial import AXIS_MATRICES

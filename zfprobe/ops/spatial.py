@@ -1,7 +1,7 @@
 """Each op's spatial geometry rule: how it maps the H and W axes of an NCHW signal to its output.
 
-Receptive fields, the windowed reversal (:mod:`zfprobe.windowed`) and incremental occlusion
-(:mod:`zfprobe.occlusion`) all ask one question of an op on a 4-D map: which input positions
+Receptive fields, the windowed reversal (:mod:`zfprobe.engine.windowed`) and incremental occlusion
+(:mod:`zfprobe.studies.occlusion`) all ask one question of an op on a 4-D map: which input positions
 does an output position read? They read the answer here, one rule per op, instead of keeping
 their own op lists. A rule is one of
 
@@ -20,7 +20,7 @@ their own op lists. A rule is one of
 Rules for the ops whose reversal lives elsewhere are registered by their own module
 (:mod:`zfprobe.ops.layout` registers Slice, Pad and SpaceToDepth); the families declared below
 (pointwise ops, sliding windows) live here because their reversals are spread over
-:mod:`zfprobe.inverses` and :mod:`zfprobe.ops.activation`.
+:mod:`zfprobe.engine.inverses` and :mod:`zfprobe.ops.activation`.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from zfprobe.graph import Graph, Node
+from zfprobe.engine.graph import Graph, Node
 from zfprobe.ops.geometry import AxisWindow, axis_windows
 from zfprobe.ops.registry import Registry
 
@@ -81,7 +81,7 @@ WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool", "LpPool"})
 
 def spatial_rule(graph: Graph, node: Node) -> Optional[SpatialRule]:
     """The node's rule, or None when it is not local in space (or its signal is not 4-D)."""
-    import zfprobe.inverses  # noqa: F401  (imports every op module, which registers its rules)
+    import zfprobe.engine.inverses  # noqa: F401  (imports every op module, which registers its rules)
 
     fn = SPATIAL_RULES.get(node.op_type)
     if fn is None:
@@ -99,7 +99,7 @@ CHANNELS_LAST_RULES: Registry = Registry("channels-last pointwise rule")
 
 def channels_last_pointwise(graph: Graph, node: Node) -> bool:
     """True when ``node`` acts position by position on channels-last 4-D signals."""
-    import zfprobe.inverses  # noqa: F401
+    import zfprobe.engine.inverses  # noqa: F401
 
     fn = CHANNELS_LAST_RULES.get(node.op_type)
     if fn is None or any(len(graph.shapes.get(t, ())) != 4 for t in [*graph.variable_inputs(node), *node.outputs] if t):
@@ -131,7 +131,7 @@ def _channels_last_matmul(graph: Graph, node: Node) -> bool:
 
 def axis_matrices(graph: Graph, node: Node) -> Optional[dict[int, np.ndarray]]:
     """The node's per-axis matrices ``{axis: A [n_out, n_in]}``, or None."""
-    import zfprobe.inverses  # noqa: F401
+    import zfprobe.engine.inverses  # noqa: F401
 
     fn = AXIS_MATRICES.get(node.op_type)
     return None if fn is None else fn(graph, node)

@@ -5,7 +5,7 @@ checkpoint kept in a cache folder keyed by the model's sha256, so a rerun reuses
 pass), projections of every kept unit (thumbnails for layer pages), unit pages for the
 strongest channels (the top-9 large under the three rules, occlusion maps of sample images),
 analysis pages (any output folder inside the report folder or given with --include), and the
-HTML. Everything is written through :class:`zfprobe.outputs.OutputStage`: all or nothing.
+HTML. Everything is written through :class:`zfprobe.io.outputs.OutputStage`: all or nothing.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np
 from zfprobe.errors import OptionError
 from zfprobe.report.html import ASSETS, esc, graph_svg, page, table
 
-from zfprobe.rules import RULES
+from zfprobe.engine.rules import RULES
 THUMB_TILE = 40   # px per tile in the layer-page thumbnails
 UNIT_TILE = 128   # px per tile on unit pages
 
@@ -74,7 +74,7 @@ def _heatmap(values: np.ndarray, image: np.ndarray, size: int) -> np.ndarray:
 
 class ReportBuilder:
     def __init__(self, probe, out_dir: str, options: ReportOptions, log=None):
-        from zfprobe.defaults import spread_layers
+        from zfprobe.studies.defaults import spread_layers
 
         self.probe, self.out_dir, self.opt = probe, out_dir, options
         self.log = log or (lambda m: None)
@@ -101,13 +101,13 @@ class ReportBuilder:
 
     # -- build -----------------------------------------------------------------------------
     def build(self) -> dict:
-        from zfprobe.datasets import open_dataset
-        from zfprobe.defaults import sample_dataset, sample_images
-        from zfprobe.mining import mine
-        from zfprobe.mining_render import render_layer, safe_name
-        from zfprobe.outputs import OutputStage
+        from zfprobe.io.datasets import open_dataset
+        from zfprobe.studies.defaults import sample_dataset, sample_images
+        from zfprobe.studies.mining.compute import mine
+        from zfprobe.studies.mining.render import render_layer, safe_name
+        from zfprobe.io.outputs import OutputStage
         from zfprobe.report.folders import analysis_page, find_analyses
-        from zfprobe.provenance import model_sha256
+        from zfprobe.io.provenance import model_sha256
 
         probe, opt = self.probe, self.opt
         t0 = time.perf_counter()
@@ -200,9 +200,9 @@ class ReportBuilder:
         the same model (hash), data, layer, k and display were rendered before."""
         import hashlib
 
-        from zfprobe.mining_render import LayerPictures, channel_status, render_layer
-        from zfprobe.receptive_field import receptive_field
-        from zfprobe.render import DEFAULT_PERCENTILE
+        from zfprobe.studies.mining.render import LayerPictures, channel_status, render_layer
+        from zfprobe.engine.receptive_field import receptive_field
+        from zfprobe.io.pictures import DEFAULT_PERCENTILE
 
         top = result.layers[layer]
         key = hashlib.sha256(json.dumps([self.sha, layer, dataset.fingerprint(), result.k, result.images_seen,
@@ -226,7 +226,7 @@ class ReportBuilder:
         pics = render_layer(self.probe, result, layer)
         flat = [(c, u.rank, proj, patch) for c, ts in pics.tiles.items() for u, proj, patch in ts]
         if flat:
-            from zfprobe.outputs import write_file_atomically
+            from zfprobe.io.outputs import write_file_atomically
 
             buf = io.BytesIO()
             np.savez(buf, channel=np.array([f[0] for f in flat]), rank=np.array([f[1] for f in flat]),
@@ -237,8 +237,8 @@ class ReportBuilder:
     # -- pages -----------------------------------------------------------------------------
     def _unit_pages(self, stage, result, layer, pics, d, samples) -> dict[int, str]:
         """Unit pages for the ``unit_pages`` strongest live channels of ``layer``."""
-        from zfprobe.mining import project_units
-        from zfprobe.render import DEFAULT_PERCENTILE, signed_to_uint8
+        from zfprobe.studies.mining.compute import project_units
+        from zfprobe.io.pictures import DEFAULT_PERCENTILE, signed_to_uint8
 
         top = result.layers[layer]
         best = top.values[:, 0]
@@ -285,7 +285,7 @@ class ReportBuilder:
         return out
 
     def _occlusions(self, layer, chans, samples) -> dict[int, list[tuple[str, np.ndarray]]]:
-        from zfprobe.occlusion import occlude
+        from zfprobe.studies.occlusion import occlude
 
         out: dict[int, list] = {c: [] for c in chans}
         side = min(self.prep.size)
@@ -298,7 +298,7 @@ class ReportBuilder:
         return out
 
     def _layer_page(self, stage, layer, pics, d, units, result) -> None:
-        from zfprobe.mining_render import channel_block
+        from zfprobe.studies.mining.render import channel_block
 
         figures = []
         for c in pics.channels:
@@ -328,7 +328,7 @@ class ReportBuilder:
         stage.write_bytes(f"layers/{d}.html", page(f"Layer {layer}", body, depth=1, script=True).encode())
 
     def _model_page(self, stage, layer_rows, links, result, data) -> None:
-        from zfprobe.receptive_field import describe, receptive_fields
+        from zfprobe.engine.receptive_field import describe, receptive_fields
 
         probe = self.probe
         infos = probe.layers()
@@ -358,8 +358,8 @@ class ReportBuilder:
         stage.write_bytes("index.html", page(f"zfprobe report: {os.path.basename(probe.source or 'model')}", body).encode())
 
     def _manifest(self, result, data, layer_rows, links) -> dict:
-        from zfprobe import __version__
-        from zfprobe.render import describe_mapping, DEFAULT_PERCENTILE
+        from zfprobe.io.provenance import __version__
+        from zfprobe.io.pictures import describe_mapping, DEFAULT_PERCENTILE
 
         probe = self.probe
         return {"zfprobe_version": __version__, "command": "report",

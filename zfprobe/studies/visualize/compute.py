@@ -1,0 +1,199 @@
+"""``visualize``: project chosen units of one image to pixel space, and save the pictures.
+
+This is the paper's basic experiment (section 1): pick units (or whole feature maps) at a
+layer, send each down the deconvnet alone, and look at the result beside the input.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY
+from zfprobe.io.preprocess import Preprocessing
+from zfprobe.io.provenance import file_sha256, model_manifest  # noqa: F401 (file_sha256: re-exported)
+from zfprobe.io.pictures import (DEFAULT_PERCENTILE, contact_sheet, describe_mapping, projection_to_hwc,
+                            signed_to_uint8, with_legend)
+from zfprobe.engine.seeds import Seed, SeedRequest, seed_tensor
+
+DISPLAY_MAPPING = ("each projection p is shown as 128 + 127 * clip(p / s, -1, 1) per pixel and colour channel, "
+                   "s = max |p| of that projection, or (default) a percentile of its non-zero |p|: grey = 0, "
+                   "brighter = positive")
+FRAMES = ("rf", "full")
+RF_MARGIN = 0.25  # the crop extends the receptive field by this fraction of its size on each side
+
+
+def crop_box(box, image_hw: tuple[int, int], margin: float = RF_MARGIN):
+    """A nominal RF box ((y0, y1), (x0, x1)) widened by ``margin`` of its size on each side and
+    clipped to the image (an RF larger than the image shows the whole image)."""
+    out = []
+    for (lo, hi), n in zip(box, image_hw):
+        extra = int(round((hi - lo + 1) * margin))
+        out.append((max(0, lo - extra), min(n - 1, hi + extra)))
+    return tuple(out)
+
+
+def draw_box(image: np.ndarray, box, colour=(255, 40, 40)) -> np.ndarray:
+    """``image`` with the outline of ``box`` ((y0, y1), (x0, x1)) drawn on it (clipped)."""
+    from PIL import Image, ImageDraw
+
+    (y0, y1), (x0, x1) = box
+    im = Image.fromarray(image)
+    h, w = image.shape[:2]
+    width = max(1, round(max(h, w) / 112))
+    ImageDraw.Draw(im).rectangle((max(x0, 0), max(y0, 0), min(x1, w - 1), min(y1, h - 1)), outline=colour, width=width)
+    return np.asarray(im)
+
+
+@dataclass
+class Visualization:
+    """The projections of one image's seeds at one layer, ready to save or inspect."""
+
+    layer: str
+    tensor: str
+    rule: str
+    lrn: str
+    seeds: list[Seed]
+    projections: np.ndarray
+    image: np.ndarray              # display RGB uint8 [H, W, 3]
+    preprocessing: Preprocessing | None
+    image_path: str | None = None
+    percentile: float | None = DEFAULT_PERCENTILE
+    timings: dict = field(default_factory=dict)
+    frame: str = "rf"
+    boxes: list | None = None      # per seed: nominal RF box ((y0, y1), (x0, x1)), None for maps / global RFs
+
+    def _hwc(self, p: np.ndarray) -> np.ndarray:
+        prep = self.preprocessing
+        return projection_to_hwc(p, prep.layout if prep else "NCHW", prep.channel_order if prep else "RGB")
+
+    def _box(self, i: int):
+        return self.boxes[i] if self.boxes else None
+
+    def tiles(self) -> list[np.ndarray]:
+        """One picture per seed: cropped at the unit's receptive field (with a margin) when the
+        frame is 'rf' and the unit has one, else the whole frame (with the RF box drawn)."""
+        from zfprobe.studies.mining.compute import crop
+
+        out = []
+        for i, p in enumerate(self.projections):
+            hwc, box = self._hwc(p), self._box(i)
+            if box is not None and self.frame == "rf":
+                out.append(signed_to_uint8(crop(hwc, crop_box(box, hwc.shape[:2]), 0.0), self.percentile))
+            else:
+                tile = signed_to_uint8(hwc, self.percentile)
+                out.append(draw_box(tile, box) if box is not None else tile)
+        return out
+
+    def image_tiles(self) -> list[np.ndarray]:
+        """The input image under the same frame as each tile (crop, or whole with the RF box)."""
+        from zfprobe.studies.mining.compute import crop
+
+        out = []
+        for i in range(len(self.seeds)):
+            box = self._box(i)
+            if box is None:
+                out.append(self.image)
+            elif self.frame == "rf":
+                out.append(crop(self.image, crop_box(box, self.image.shape[:2]), 128).astype(np.uint8))
+            else:
+                out.append(draw_box(self.image, box))
+        return out
+
+    def sheet(self) -> np.ndarray:
+        """The contact sheet: each projection beside the same view of the image, with a legend."""
+        tiles, views = self.tiles(), self.image_tiles()
+        pictures, captions = [], []
+        for s, t, v in zip(self.seeds, tiles, views):
+            where = " map" if s.position is None else (f" @{','.join(map(str, s.position))}" if s.position else "")
+            pictures += [v, t]
+            captions += [f"c{s.channel}{where} image", f"c{s.channel} {s.value:.3g}"]
+        if not pictures:
+            pictures, captions = [self.image], ["input"]
+        view = "receptive field (+25% margin)" if self.frame == "rf" and self.boxes and any(self.boxes) else "full frame"
+        sheet = contact_sheet(pictures, captions, columns=min(6, len(pictures)), tile_size=160,
+                              title=f"{self.layer} - {self.rule} - {view}: image | projection")
+        return with_legend(sheet, self.percentile)
+
+    @staticmethod
+    def file_name(seed: Seed) -> str:
+        where = "map" if seed.position is None else "_".join(str(p) for p in seed.position) or "unit"
+        return f"projection_c{seed.channel:04d}_{where}.png"
+
+    def save(self, out_dir: str, probe=None) -> list[str]:
+        """Write per-seed PNGs, a contact sheet and manifest.json, all or nothing."""
+        from zfprobe.io.outputs import OutputStage
+
+        tiles = [signed_to_uint8(self._hwc(p), self.percentile) for p in self.projections]  # full frame, per seed
+        sheet = self.sheet()
+        with OutputStage(out_dir) as stage:
+            files = [stage.write_png(self.file_name(s), t) for s, t in zip(self.seeds, tiles)]
+            files.append(stage.write_png("contact_sheet.png", sheet))
+            files.append(stage.write_png("input.png", self.image))
+            stage.write_json("manifest.json", self.manifest(probe, files + ["manifest.json"]))
+            return stage.commit()
+
+    def manifest(self, probe=None, files: list[str] | None = None) -> dict:
+        from zfprobe.io.provenance import __version__
+
+        model = {}
+        if probe is not None:
+            model = model_manifest(probe)
+            shape = probe.graph.shape(self.tensor)
+            node = probe.graph.producer(self.tensor)
+            model["layer_op_type"] = node.op_type if node else "input"
+            model["layer_shape"] = list(shape)
+        return {
+            "zfprobe_version": __version__,
+            "command": "visualize",
+            "model": model,
+            "image": self.image_path,
+            "layer": self.layer,
+            "tensor": self.tensor,
+            "rule": self.rule,
+            "lrn": self.lrn,
+            "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
+            "display": {"mapping": describe_mapping(self.percentile), "percentile": self.percentile,
+                        "frame": self.frame, "crop_margin": RF_MARGIN if self.frame == "rf" else None},
+            "seeds": [dict(s.to_dict(), file=self.file_name(s), rf_box=self._box(i)) for i, s in enumerate(self.seeds)],
+            "files": files or [],
+            "timings_s": self.timings,
+        }
+
+
+def visualize(probe, image, layer: str, channels: list[int] | None = None, top: int | None = None,
+              mode: str = "unit", position: tuple[int, ...] | None = None, rule: str = DECONVNET,
+              lrn: str = LRN_IDENTITY, percentile: float | None = DEFAULT_PERCENTILE,
+              preprocessing: Preprocessing | None = None, frame: str = "rf") -> Visualization:
+    """Project units of ``image`` (a path, or a preprocessed array [1, ...]) at ``layer``.
+
+    Without channels or top, the 9 strongest channels are shown. One forward pass picks the
+    seeds; one batched deconvnet run projects them all.
+    """
+    from zfprobe.engine.deconv import DeconvOptions
+    from zfprobe.errors import OptionError
+    from zfprobe.engine.receptive_field import receptive_field
+
+    DeconvOptions(rule, lrn)  # validate early, before any computation
+    if frame not in FRAMES:
+        raise OptionError(f"frame must be one of {', '.join(FRAMES)}, not '{frame}'")
+    prep = preprocessing or probe.preprocessing
+    t0 = time.perf_counter()
+    display, tensor, image_path = probe.load_input(image, prep)
+    if display is None:
+        display = np.zeros((1, 1, 3), np.uint8)
+    probe.deconv_program(layer, rule, lrn)  # surfaces non-invertible nodes before computing
+    acts = probe.activations(tensor, layer)
+    seeds = SeedRequest(list(channels or []), top, mode, position).resolve(acts)
+    batch, images_of = seed_tensor(acts, seeds)
+    t1 = time.perf_counter()
+    projections = probe.project(tensor, layer, batch, images_of, rule=rule, lrn=lrn)
+    t2 = time.perf_counter()
+    boxes = None
+    if prep is not None:
+        rf = receptive_field(probe.graph, probe.resolve(layer), prep.layout)
+        boxes = [None if s.position is None or rf.is_global else rf.nominal_box(tuple(s.position)) for s in seeds]
+    return Visualization(layer, probe.resolve(layer), rule, lrn, seeds, projections, display, prep, image_path,
+                         percentile, {"forward_and_seeds": round(t1 - t0, 4), "projection": round(t2 - t1, 4)},
+                         frame, boxes)
