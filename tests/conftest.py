@@ -28,6 +28,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Tests live in folders that mirror the package (engine/, io/, studies/, report/, adapters/, cli/);
+# some share helpers with each other (`from test_cli import run_cli`), so every folder is importable.
+for _folder in ("engine", "io", "studies", "report", "adapters", "cli"):
+    sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), _folder))
 
 # TensorFlow 2.21's oneDNN Conv2DBackpropFilter aborts or segfaults on this CPU (AVX-512) inside
 # GradientTape oracles; the Eigen kernels are exact and stable. Set before TensorFlow is imported.
