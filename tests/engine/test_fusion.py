@@ -1,4 +1,4 @@
-"""Exporters' decompositions are fused back (zfprobe/engine/fusion.py), and the reversal is exact
+"""Exporters' decompositions are fused back (zfprobe/engine/fusion/), and the reversal is exact
 through them and through the chains left unfused.
 
 The headline case is the paper's own architecture written with torch's

@@ -8,7 +8,7 @@ switches from onnxruntime's forward values), never zfprobe's output. Image: scik
 relative to the largest value of the oracle's projection.
 
 Rules. The detector computes hard-swish as ``x * Clip(x + 3, 0, 6) / 6``. zfprobe fuses that chain
-into one ``HardSwish`` node (zfprobe/engine/fusion.py) and reverses it by its local derivative under
+into one ``HardSwish`` node (zfprobe/engine/fusion/) and reverses it by its local derivative under
 every rule; the oracle recognizes the same chains (``oracle.hardswish_clips``) and differentiates
 their inner ``Clip`` instead of treating it as a ReLU6 rectifier. So the fused graph (what users
 get) is compared under all three rules. Imported without fusion, zfprobe treats that ``Clip`` as a
