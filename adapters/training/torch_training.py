@@ -61,13 +61,17 @@ class EvolutionRecorder:
         ``tensorboard_dir``, write the new record's summaries too (flushed at once)."""
         added = self._recorder.step(epoch)
         if added and self.board is not None:
-            images, scalars = summaries(self.store.meta, self._recorder.last)
-            for tag, image in images:
-                self.board.add_image(tag, image, epoch, dataformats="HWC")
-            for tag, value in scalars:
-                self.board.add_scalar(tag, value, epoch)
-            self.board.flush()
+            self.write_summaries(self._recorder.last)
         return added
+
+    def write_summaries(self, record) -> None:
+        """Write one EpochRecord to ``tensorboard_dir`` at step = its epoch, and flush."""
+        images, scalars = summaries(self.store.meta, record)
+        for tag, image in images:
+            self.board.add_image(tag, image, record.epoch, dataformats="HWC")
+        for tag, value in scalars:
+            self.board.add_scalar(tag, value, record.epoch)
+        self.board.flush()
 
     def close(self) -> None:
         """Close the TensorBoard writer (if any); the store needs no closing."""

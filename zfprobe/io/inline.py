@@ -22,11 +22,24 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+SMALL = 224  # px: smaller pictures (a 28x28 projection) are shown this wide, pixels kept sharp
+
+
 def img_tag(png: bytes | np.ndarray, alt: str = "") -> str:
-    """An <img> whose source is the PNG itself (a data URI), so the notebook needs no file."""
+    """An <img> whose source is the PNG itself (a data URI), so the notebook needs no file; a
+    small picture is displayed enlarged (the PNG itself is unchanged)."""
+    from PIL import Image
+
     data = png if isinstance(png, bytes) else png_bytes(png)
-    return (f'<img alt="{html.escape(alt)}" style="max-width:100%" '
+    width = Image.open(io.BytesIO(data)).width
+    style = "max-width:100%" if width >= SMALL else f"width:{SMALL}px;image-rendering:pixelated"
+    return (f'<img alt="{html.escape(alt)}" style="{style}" '
             f'src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}"/>')
+
+
+def gallery(*tags: str) -> str:
+    """Pictures side by side, wrapping to the notebook's width."""
+    return f'<div style="display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start">{"".join(tags)}</div>'
 
 
 def markdown_html(text: str) -> str:

@@ -61,7 +61,7 @@ class OcclusionResult:
 
     def _repr_html_(self) -> str:
         """Jupyter: the pictures ``save()`` writes (maps, projection), drawn in memory."""
-        from zfprobe.io.inline import block, img_tag
+        from zfprobe.io.inline import block, gallery, img_tag
         from zfprobe.studies.occlusion.render import pictures
 
         where = f"{self.layer} map {self.channel}" if self.channel is not None else "class output only"
@@ -69,4 +69,4 @@ class OcclusionResult:
         if self.label is not None and self.class_names and self.label < len(self.class_names):
             label += f" ({self.class_names[self.label]})"
         title = f"occlusion: {where}{label}; square {self.size}px, stride {self.stride}"
-        return block(title, *(img_tag(png, name) for name, png in pictures(self).items()))
+        return block(title, gallery(*(img_tag(png, name) for name, png in pictures(self).items())))
