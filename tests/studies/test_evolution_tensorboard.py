@@ -41,20 +41,22 @@ def expected(store: EvolutionStore):
 
 
 def check(store: EvolutionStore, images: dict, scalars: dict) -> None:
+    """``images`` / ``scalars``: tag -> [(step, content)] in the order the event files hold them."""
     want_images, want_scalars = expected(store)
     assert store.epochs() == EPOCHS
     assert sorted(images) == sorted(want_images) and sorted(scalars) == sorted(want_scalars)
-    for tag, by_epoch in want_images.items():
-        assert sorted(images[tag]) == EPOCHS, tag
-        for epoch, tile in by_epoch.items():
-            np.testing.assert_array_equal(images[tag][epoch], tile, err_msg=f"{tag} @ {epoch}")
-    for tag, by_epoch in want_scalars.items():
-        assert images and sorted(scalars[tag]) == EPOCHS, tag
-        for epoch, value in by_epoch.items():
-            assert scalars[tag][epoch] == np.float32(value), (tag, epoch)
+    for got, want in ((images, want_images), (scalars, want_scalars)):
+        for tag in want:
+            assert [step for step, _ in got[tag]] == EPOCHS, tag   # one event per epoch, in order
+    for tag, events in images.items():
+        for step, image in events:
+            np.testing.assert_array_equal(image, want_images[tag][step], err_msg=f"{tag} @ {step}")
+    for tag, events in scalars.items():
+        for step, value in events:
+            assert value == np.float32(want_scalars[tag][step]), (tag, step)
     # the pictures carry something: projections are not blank, and training moved the values
-    assert all(len(np.unique(t)) > 2 for by_epoch in images.values() for t in by_epoch.values())
-    assert any(len(set(v.values())) == len(EPOCHS) for v in scalars.values())
+    assert all(len(np.unique(image)) > 2 for events in images.values() for _, image in events)
+    assert any(len({v for _, v in events}) == len(EPOCHS) for events in scalars.values())
 
 
 def test_torch_recorder_writes_tensorboard_summaries(tmp_path):
@@ -76,8 +78,8 @@ def test_torch_recorder_writes_tensorboard_summaries(tmp_path):
 
     acc = EventAccumulator(str(board), size_guidance={IMAGES: 0, SCALARS: 0})
     acc.Reload()
-    images = {tag: {e.step: decode(e.encoded_image_string) for e in acc.Images(tag)} for tag in acc.Tags()["images"]}
-    scalars = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+    images = {tag: [(e.step, decode(e.encoded_image_string)) for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
+    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
     check(EvolutionStore(str(tmp_path / "store")), images, scalars)
 
 
@@ -101,14 +103,14 @@ def test_keras_callback_writes_tensorboard_summaries(tmp_path):
     model.fit(xk, y.numpy(), epochs=3, batch_size=50, verbose=0, callbacks=[cb])
 
     images, scalars = {}, {}
-    for path in glob.glob(os.path.join(board, "events.out.tfevents.*")):
+    for path in sorted(glob.glob(os.path.join(board, "events.out.tfevents.*"))):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 plugin = value.metadata.plugin_data.plugin_name
                 array = tf.make_ndarray(value.tensor)
                 if plugin == "images":                    # [width, height, png, ...]
                     assert len(array) == 3
-                    images.setdefault(value.tag, {})[event.step] = decode(array[2])
+                    images.setdefault(value.tag, []).append((event.step, decode(array[2])))
                 elif plugin == "scalars":
-                    scalars.setdefault(value.tag, {})[event.step] = float(array)
+                    scalars.setdefault(value.tag, []).append((event.step, float(array)))
     check(EvolutionStore(str(tmp_path / "store")), images, scalars)
