@@ -9,6 +9,10 @@
     best alternative, Captum's NeuronDeconvolution (a plain torch forward with hooks to find
     the strongest units, then one deconvolution per unit), cold and warm, with the ratio and a
     check that both give the same projections.
+(c) the cost of ``tensorboard_dir=``: writing one record as TensorBoard image and scalar
+    summaries (torch.utils.tensorboard; tiles drawn, PNG-encoded, flushed) against computing the
+    record, warm; and the one-off cost of opening the writer (importing tensorboard, which
+    imports TensorFlow when it is installed).
 
     python benchmarks/evolution.py [--quick]
 
@@ -111,6 +115,17 @@ def main():
             train.append(timed(epoch)[1:])
             record.append(timed(lambda: rec.step(e))[1:])
         ours = rec.record(99).projections  # for the cross-check below
+        _, open_s, _ = timed(lambda: zt.EvolutionRecorder(model, probe_x, LAYERS, CHANNELS, epochs=None,
+                                                          out=os.path.join(tmp, "b0"), tensorboard_dir=os.path.join(tmp, "tb0")))
+        board = zt.EvolutionRecorder(model, probe_x, LAYERS, CHANNELS, epochs=None, out=os.path.join(tmp, "b"),
+                                     tensorboard_dir=os.path.join(tmp, "tb"))
+        board.step(0)  # warm
+        with_tb, without = [], []
+        for e in range(1, 6):  # interleaved, so load changes hit both alike
+            r, *t = timed(lambda: board.record(e))
+            without.append(t)
+            with_tb.append(timed(lambda: board.write_summaries(r))[1:])
+        board.close()
     epoch_s = statistics.median(t[0] for t in train)
     epoch_cpu = statistics.median(t[1] for t in train)
     cold, warm = record[0], (statistics.median(r[0] for r in record[1:]), statistics.median(r[1] for r in record[1:]))
@@ -122,6 +137,15 @@ def main():
           f"{warm[1]:.3f} s CPU ({100 * warm[1] / epoch_cpu:.1f}%)")
     amort = (cold[0] + 7 * warm[0]) / (20 * epoch_s)
     print(f"    amortized over a 20-epoch run recording 8 epochs: {100 * amort:.2f}% of training time")
+
+    tb = statistics.median(t[0] for t in with_tb), statistics.median(t[1] for t in with_tb)
+    no = statistics.median(t[0] for t in without), statistics.median(t[1] for t in without)
+    n_summaries = len(LAYERS) * len(CHANNELS)
+    print(f"(c) writing one record to TensorBoard ({n_summaries} images + {n_summaries} scalars): "
+          f"{1000 * tb[0]:.1f} ms wall, {1000 * tb[1]:.1f} ms CPU; computing the record: {1000 * no[0]:.1f} ms wall, "
+          f"{1000 * no[1]:.1f} ms CPU (median of 5); summaries / record: {tb[0] / no[0]:.2f} (CPU {tb[1] / no[1]:.2f}), "
+          f"{100 * tb[0] / epoch_s:.2f}% of an epoch")
+    print(f"    opening the writer (recorder construction with tensorboard_dir, first time): {open_s:.2f} s")
 
     model.eval()
     theirs, c_cold, c_cold_cpu = timed(lambda: captum_record(model, probe_x))

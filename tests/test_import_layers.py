@@ -5,7 +5,8 @@ every import counts, module-level or inside a function, except under ``if TYPE_C
 2. No circles: the import graph between zfprobe's modules has no cycle.
 3. Siblings at the bottom stay apart: the engine (with ops) and io never import each other.
 4. Inside a study, imports run one way: a renderer reads the computation, and the computation
-   reaches its renderer only through a result's ``save()`` where the renderer reads nothing back.
+   reaches its renderer only through a result's ``save()`` or notebook display (``_repr_png_`` /
+   ``_repr_html_``) where the renderer reads nothing back (its result types for annotations only).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """``zfprobe.torch``: one-line hooks for PyTorch training loops.
 
 - ``EvolutionRecorder(model, probe_images, layers=..., channels=..., epochs=[...], out=...)``
-  with ``.step(epoch)``: records the paper's Fig. 4 (see zfprobe.studies.evolution.compute).
+  with ``.step(epoch)``: records the paper's Fig. 4 (see zfprobe.studies.evolution.compute);
+  ``tensorboard_dir=...`` also writes each record as TensorBoard image and scalar summaries.
 - ``renormalize_filters(model, radius=0.1)``: the paper's RMS filter renormalization, to call
   after ``optimizer.step()``.
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from zfprobe.engine.rules import DECONVNET
 from zfprobe.studies.evolution.compute import Recorder
+from zfprobe.studies.evolution.render import summaries
 
 
 class EvolutionCallback(keras.callbacks.Callback):
@@ -18,16 +19,22 @@ class EvolutionCallback(keras.callbacks.Callback):
     ``initial_epoch`` continues the same store. ``probe_images``: preprocessed inputs in the
     model's layout ([N, H, W, C]). ``layers``: Keras layer names. The model is converted once,
     at the start of training; every record reads the live weights.
+
+    ``tensorboard_dir`` (opt-in): also write each record there as TensorBoard summaries
+    (``tf.summary``) at step = epoch: every map's projection as an image and its strongest
+    activation as a scalar (docs/evolution.md).
     """
 
     def __init__(self, probe_images, layers: Sequence[str] | str, channels=None,
                  epochs: Sequence[int] | None = (1, 2, 5, 10, 20, 30, 40, 64), out: str = "evolution",
-                 rule: str = DECONVNET, batch_size: int = 64):
+                 rule: str = DECONVNET, batch_size: int = 64, tensorboard_dir: str | None = None):
         super().__init__()
         self.probe_images = np.asarray(probe_images, np.float32)
         self.layers, self.channels, self.epochs_chosen = layers, channels, epochs
         self.out, self.rule, self.batch_size = out, rule, batch_size
+        self.tensorboard_dir = tensorboard_dir
         self.recorder: Recorder | None = None
+        self.board = None
 
     def _ensure(self) -> Recorder:
         if self.recorder is None:
@@ -41,9 +48,24 @@ class EvolutionCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._ensure()  # a bad layer or probe set fails before the first epoch, not after it
+        if self.tensorboard_dir is not None and self.board is None:
+            import tensorflow as tf
+
+            self.board = tf.summary.create_file_writer(str(self.tensorboard_dir))
 
     def on_epoch_end(self, epoch, logs=None):
-        self._ensure().step(int(epoch) + 1)
+        recorder = self._ensure()
+        step = int(epoch) + 1
+        if recorder.step(step) and self.board is not None:
+            import tensorflow as tf
+
+            images, scalars = summaries(recorder.store.meta, recorder.last)
+            with self.board.as_default():
+                for tag, image in images:
+                    tf.summary.image(tag, image[None], step=step)
+                for tag, value in scalars:
+                    tf.summary.scalar(tag, value, step=step)
+            self.board.flush()
 
     @property
     def timings(self) -> list[float]:

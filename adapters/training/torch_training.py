@@ -1,12 +1,15 @@
 """PyTorch training-loop glue for zfprobe.torch: the evolution recorder and RMS renormalization."""
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
 
 from zfprobe.engine.rules import DECONVNET
+from zfprobe.errors import ZfprobeError
 from zfprobe.studies.evolution.compute import Recorder
+from zfprobe.studies.evolution.render import summaries
 
 
 def _as_array(images) -> np.ndarray:
@@ -26,11 +29,15 @@ class EvolutionRecorder:
     (the first 8 maps). ``epochs``: the epochs to record (None: every call). ``out``: the store
     folder (see zfprobe.studies.evolution.compute). The model is traced once, here; every record reads the live
     parameters, so nothing is rebuilt per epoch.
+
+    ``tensorboard_dir`` (opt-in): also write each record there as TensorBoard summaries
+    (torch.utils.tensorboard, which needs the ``tensorboard`` package) at step = epoch: every
+    map's projection as an image and its strongest activation as a scalar (docs/evolution.md).
     """
 
     def __init__(self, model, probe_images, layers: Sequence[str] | str, channels=None,
                  epochs: Sequence[int] | None = (1, 2, 5, 10, 20, 30, 40, 64), out: str = "evolution",
-                 rule: str = DECONVNET, batch_size: int = 64, device=None):
+                 rule: str = DECONVNET, batch_size: int = 64, device=None, tensorboard_dir: str | None = None):
         import zfprobe
 
         images = _as_array(probe_images)
@@ -38,6 +45,7 @@ class EvolutionRecorder:
         self.probe = zfprobe.attach(model, images[:1], device=device)
         info = {"source": self.probe.source, "framework": "torch", "module": type(model).__qualname__}
         self._recorder = Recorder(self.probe, images, out, layers, channels, epochs, rule, batch_size, info)
+        self.board = _summary_writer(tensorboard_dir) if tensorboard_dir is not None else None
 
     @property
     def store(self):
@@ -49,12 +57,38 @@ class EvolutionRecorder:
         return self._recorder.timings
 
     def step(self, epoch: int) -> bool:
-        """Record ``epoch`` if chosen and not yet stored (a resumed run skips what it has)."""
-        return self._recorder.step(epoch)
+        """Record ``epoch`` if chosen and not yet stored (a resumed run skips what it has); with
+        ``tensorboard_dir``, write the new record's summaries too (flushed at once)."""
+        added = self._recorder.step(epoch)
+        if added and self.board is not None:
+            self.write_summaries(self._recorder.last)
+        return added
+
+    def write_summaries(self, record) -> None:
+        """Write one EpochRecord to ``tensorboard_dir`` at step = its epoch, and flush."""
+        images, scalars = summaries(self.store.meta, record)
+        for tag, image in images:
+            self.board.add_image(tag, image, record.epoch, dataformats="HWC")
+        for tag, value in scalars:
+            self.board.add_scalar(tag, value, record.epoch)
+        self.board.flush()
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (if any); the store needs no closing."""
+        if self.board is not None:
+            self.board.close()
 
     def record(self, epoch: int):
         """The record of the current weights, computed but not stored (an EpochRecord)."""
         return self._recorder.record(epoch)
+
+
+def _summary_writer(log_dir: str):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ZfprobeError("tensorboard_dir needs the tensorboard package (pip install tensorboard)") from None
+    return SummaryWriter(log_dir=os.fspath(log_dir))
 
 
 def renormalize_filters(model, radius: float = 0.1, modules=None) -> int:

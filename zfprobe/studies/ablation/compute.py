@@ -69,6 +69,15 @@ class AblationResult:
     retrained: dict | None = None            # {"intact": acc, "ablated": acc, "train": n, "test": n}
     seconds: float = 0.0
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the table and the comparison plot the CLI writes, drawn in memory."""
+        from zfprobe.io.inline import block, img_tag, markdown_html
+        from zfprobe.studies.ablation.render import comparison_plot, markdown_table
+
+        what = "; ".join(self.applied)
+        return block(f"ablation: {what}", markdown_html(markdown_table(self)),
+                     img_tag(comparison_plot(self, what), "ablation.png"))
+
 
 @dataclass
 class Importance:
@@ -79,6 +88,12 @@ class Importance:
     intact: Metrics
     shortcut: bool          # the layer was a cut: only the rest of the network was rerun
     seconds: float = 0.0
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter: the accuracy lost per channel (the CLI's importance.png), drawn in memory."""
+        from zfprobe.studies.ablation.render import importance_plot
+
+        return importance_plot(self, f"{self.layer}: accuracy lost per channel ({self.mode})")
 
     def ranking(self) -> np.ndarray:
         """Channels by importance: largest top-1 drop first, then largest loss increase."""

@@ -5,11 +5,14 @@ import csv
 import io
 import os
 import textwrap
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zfprobe.studies.ablation.compute import AblationResult, Importance
 from zfprobe.io.pictures import figure_png, new_figure
+
+if TYPE_CHECKING:  # annotations only: the results show themselves through this module
+    from zfprobe.studies.ablation.compute import AblationResult, Importance
 
 
 def metrics_rows(result: AblationResult) -> list[dict]:

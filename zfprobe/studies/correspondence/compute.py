@@ -220,6 +220,15 @@ class CorrespondenceResult:
 
         return save_result(self, out_dir, probe)
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the table and the pictures ``save()`` writes, drawn in memory."""
+        from zfprobe.io.inline import block, gallery, img_tag, markdown_html
+        from zfprobe.studies.correspondence.render import delta_png, parts_png, table_md
+
+        title = f"correspondence: {len(self.images)} image(s), parts {', '.join(self.parts)}"
+        return block(title, markdown_html(table_md(self)),
+                     gallery(img_tag(parts_png(self), "parts.png"), img_tag(delta_png(self), "delta.png")))
+
 
 def _occlude(x: np.ndarray, row: int, col: int, size: int, fill: np.ndarray, channels_last: bool) -> np.ndarray:
     y = x.copy()

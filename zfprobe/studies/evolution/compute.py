@@ -236,6 +236,7 @@ class Recorder:
                 "model": model_info or {"source": probe.source}, "created_unix_time": time.time()}
         self.store = EvolutionStore.open_or_create(out, meta)
         self.timings: list[float] = []
+        self.last: EpochRecord | None = None   # the record the last successful step() stored
 
     def wants(self, epoch: int) -> bool:
         return (self.epochs is None or int(epoch) in self.epochs) and not self.store.has(epoch)
@@ -281,6 +282,9 @@ class Recorder:
         if not self.wants(epoch):
             return False
         t0 = time.perf_counter()
-        added = self.store.append(self.record(epoch))
+        record = self.record(epoch)
+        added = self.store.append(record)
         self.timings.append(time.perf_counter() - t0)
+        if added:
+            self.last = record
         return added

@@ -78,14 +78,31 @@ def settled_epoch(epochs: list[int], similarity: np.ndarray) -> int | None:
     return None
 
 
+def projection_tile(projection: np.ndarray, meta: dict) -> np.ndarray:
+    """One projection of a store (``meta``: its meta.json) as the uint8 RGB tile Fig. 4 shows."""
+    layout, order = meta.get("layout", "NCHW"), meta.get("channel_order", "RGB")
+    return signed_to_uint8(crop_support(projection_to_hwc(projection, layout, order)))
+
+
+def summaries(meta: dict, record) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, float]]]:
+    """One record as TensorBoard summaries (framework-free; the training glue writes them at step
+    ``record.epoch``): per layer and map, the projection tile as an image
+    (``evolution/<layer>/c<channel>``) and its strongest activation as a scalar
+    (``evolution/<layer>/strongest_c<channel>``, the curve of activation.png)."""
+    images, scalars = [], []
+    for i, layer in enumerate(meta["layers"]):
+        for k, c in enumerate(layer["channels"]):
+            images.append((f"evolution/{layer['name']}/c{c}", projection_tile(record.projections[i][k], meta)))
+            scalars.append((f"evolution/{layer['name']}/strongest_c{c}", float(record.values[i][k])))
+    return images, scalars
+
+
 def layer_sheet(store: EvolutionStore, records: list, i: int, tile_size: int = 72) -> np.ndarray:
     layer = store.layers[i]
-    layout, order = store.meta.get("layout", "NCHW"), store.meta.get("channel_order", "RGB")
     tiles, captions = [], []
     for k, c in enumerate(layer["channels"]):
         for r in records:
-            t = signed_to_uint8(crop_support(projection_to_hwc(r.projections[i][k], layout, order)))
-            tiles.append(t)
+            tiles.append(projection_tile(r.projections[i][k], store.meta))
             captions.append(f"c{c} ep{r.epoch} v={r.values[i][k]:.2g}")
     return contact_sheet(tiles, captions, columns=len(records), tile_size=tile_size,
                          title=f"{layer['name']}: strongest unit per map (rows) by epoch (columns)")

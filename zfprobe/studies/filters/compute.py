@@ -118,6 +118,18 @@ class Diagnosis:
     dead_inactive: np.ndarray | None = None
     dead_saturated: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
+    channel_order: str = "RGB"                 # of the model's input: how 3-channel filters show
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the filter and spectrum sheets and the findings that ``save_diagnosis``
+        writes, drawn in memory."""
+        from zfprobe.io.inline import block, img_tag, markdown_html
+        from zfprobe.studies.filters.render import findings, sheets
+
+        filters, spectra = sheets(self)
+        return block(f"filters: {self.bank.layer} ({self.bank.count} filters)",
+                     img_tag(filters, "filters.png"), img_tag(spectra, "spectra.png"),
+                     markdown_html("\n".join(findings("this model", self))))
 
     @property
     def dead(self) -> np.ndarray:
@@ -285,7 +297,8 @@ def diagnose(probe, layer: str | None = None, dataset=None, thresholds: DeadThre
     m = measure(bank, fft)
     median = float(np.median(m.norm))
     dead_norm = m.norm <= thresholds.norm * median if median > 0 else np.ones(bank.count, bool)
-    d = Diagnosis(bank, m, thresholds, dead_norm)
+    d = Diagnosis(bank, m, thresholds, dead_norm,
+                  channel_order=probe.preprocessing.channel_order if probe.preprocessing else "RGB")
     if dataset is not None:
         s = activation_stats(probe, dataset, bank, batch_size, limit, progress)
         d.stats = s

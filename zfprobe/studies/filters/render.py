@@ -15,11 +15,14 @@ from __future__ import annotations
 import csv
 import io
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zfprobe.studies.filters.compute import Diagnosis
 from zfprobe.io.pictures import contact_sheet, figure_png, pyplot
+
+if TYPE_CHECKING:  # annotations only: Diagnosis shows itself through this module
+    from zfprobe.studies.filters.compute import Diagnosis
 
 FILTER_MAPPING = ("each filter w is shown as 128 + 127 * w / max|w| (that filter's own maximum), per pixel and "
                   "input channel: grey = 0, brighter = positive; 3 input channels as RGB, 1 as grey, more: the "
@@ -83,6 +86,13 @@ def captions(d: Diagnosis) -> list[str]:
 def grid(d: Diagnosis, tiles: list[np.ndarray], title: str, tile_size: int = 64) -> np.ndarray:
     columns = int(np.ceil(np.sqrt(len(tiles) * 1.5)))
     return contact_sheet(tiles, captions(d), columns=columns, tile_size=tile_size, title=title)
+
+
+def sheets(d: Diagnosis, label: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The filters sheet and the amplitude-spectra sheet of one bank (titles start with ``label``)."""
+    head = f"{label} {d.bank.layer}".strip()
+    return (grid(d, filter_tiles(d, d.channel_order), f"{head}: filters"),
+            grid(d, spectrum_tiles(d), f"{head}: amplitude spectra"))
 
 
 def coverage_png(diagnoses: list[tuple[str, Diagnosis]]) -> bytes:
@@ -216,14 +226,13 @@ def save_diagnosis(out_dir: str, items: list, aliasing: list | None = None, extr
     aliasing = aliasing or []
     many = len(items) > 1
     with OutputStage(out_dir) as stage:
-        files, rows, summary, models, sheets = [], [], ["# First-layer filter diagnostics", ""], [], []
+        files, rows, summary, models, drawn = [], [], ["# First-layer filter diagnostics", ""], [], []
         for k, (label, probe, d) in enumerate(items):
             suffix = f"_{chr(ord('a') + k)}" if many else ""
-            order = probe.preprocessing.channel_order if probe.preprocessing else "RGB"
-            sheet = grid(d, filter_tiles(d, order), f"{label} {d.bank.layer}: filters")
-            sheets.append(sheet)
+            sheet, spectra = sheets(d, label)
+            drawn.append(sheet)
             files.append(stage.write_png(f"filters{suffix}.png", sheet))
-            files.append(stage.write_png(f"spectra{suffix}.png", grid(d, spectrum_tiles(d), f"{label} {d.bank.layer}: amplitude spectra")))
+            files.append(stage.write_png(f"spectra{suffix}.png", spectra))
             rows += table_rows(label, d)
             summary += findings(label, d) + [""]
             src = probe.source
@@ -236,7 +245,7 @@ def save_diagnosis(out_dir: str, items: list, aliasing: list | None = None, extr
                                                                      "images": d.stats.images, "positions": d.stats.positions}})
         files.append(stage.write_bytes("coverage.png", coverage_png([(label, d) for label, _, d in items])))
         if many:
-            files.append(stage.write_png("compare.png", _side_by_side(sheets)))
+            files.append(stage.write_png("compare.png", _side_by_side(drawn)))
         files.append(stage.write_bytes("filters.csv", to_csv(rows)))
         alias_rows = []
         for k, (label, check) in enumerate(aliasing):

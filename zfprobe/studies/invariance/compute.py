@@ -88,6 +88,15 @@ class InvarianceResult:
 
         return save_result(self, out_dir, probe)
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the curves and the transformed examples ``save()`` writes, drawn in memory."""
+        from zfprobe.io.inline import block, img_tag
+        from zfprobe.studies.invariance.render import examples_png, figure_png
+
+        title = (f"invariance: {len(self.images)} image(s), {', '.join(t.kind for t in self.transforms)}; "
+                 f"layers {', '.join(self.layers)}")
+        return block(title, img_tag(figure_png(self), "invariance.png"), img_tag(examples_png(self), "examples.png"))
+
 
 def resolve_transforms(kinds: Sequence[str], size: tuple[int, int], ranges: dict | str | None = None) -> list[Transform]:
     """Transforms with their amounts: ``ranges`` is one spec for all kinds, or kind -> spec / amounts."""

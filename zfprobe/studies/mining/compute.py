@@ -203,6 +203,23 @@ class MiningResult:
                 "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 1)
                 if np.isfinite(self.images_per_second) else None}
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the run's summary and, per layer, its strongest channels (pictures need a
+        probe: ``render_layer(probe, result, layer)`` shows a layer's top-k sheet)."""
+        from zfprobe.io.inline import block, table_html
+
+        rows = []
+        for name, top in self.layers.items():
+            best = top.values[:, 0]
+            order = [int(c) for c in np.argsort(-np.where(np.isfinite(best), best, -np.inf), kind="stable")[:5]]
+            rows.append({"layer": name, "shape": "x".join(map(str, top.shape)), "channels": top.channels,
+                         "never active": int(np.sum(~(best > 0))),
+                         "strongest channels (max)": ", ".join(f"c{c} ({best[c]:.3g})" for c in order)})
+        s = self.summary()
+        title = (f"mining: top-{self.k} of {s['images_used']} images ({s['skipped']} skipped) "
+                 f"in {s['seconds']:g} s")
+        return block(title, table_html(rows))
+
 
 # ------------------------------------------------------------------------ mining -------------
 def layer_shapes(probe, layers: Sequence[str]) -> dict[str, tuple[str, tuple[int, ...]]]:

@@ -53,6 +53,13 @@ class LayerPictures:
     seconds: float = 0.0
     status: dict[int, str] = field(default_factory=dict)  # c -> 'dead' / 'weak' / ''
     percentile: float | None = DEFAULT_PERCENTILE
+    k: int = 9                     # the run's top-k: grid slots per channel
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter: the layer's first sheet, as ``save_mining`` writes it (sheet_001.png)."""
+        from zfprobe.io.inline import png_bytes
+
+        return png_bytes(layer_pages(self, self.k)[0])
 
 
 def units_to_project(result: MiningResult, layer: str, channels: list[int] | None = None) -> list[MinedUnit]:
@@ -83,7 +90,7 @@ def render_layer(probe, result: MiningResult, layer: str, rule: str = DECONVNET,
     rf = receptive_field(probe.graph, top.tensor, result.dataset.prep.layout)
     status = channel_status(top)
     pics = LayerPictures(layer, top.tensor, rule, chans, rf.size, rf.stride, {c: [] for c in chans},
-                         status={c: status[c] for c in chans}, percentile=percentile)
+                         status={c: status[c] for c in chans}, percentile=percentile, k=result.k)
     t0 = time.perf_counter()
     if tiles is None:
         tiles = projection_tiles(probe, result.dataset, layer, units_to_project(result, layer, chans), rule, lrn,

@@ -84,6 +84,17 @@ def projection_png(result) -> np.ndarray:
     return signed_to_uint8(projection_to_hwc(result.projection, layout, order), DEFAULT_PERCENTILE)
 
 
+def pictures(result) -> dict[str, bytes]:
+    """File name -> PNG bytes of every picture of ``result``: the maps made, then the projection.
+    ``save_result`` writes these; the notebook shows them (``OcclusionResult._repr_html_``)."""
+    from zfprobe.io.inline import png_bytes
+
+    out = {name: _figure_png(result, kind) for kind, name in MAP_FILES.items() if getattr(result, kind) is not None}
+    if result.projection is not None:
+        out["projection.png"] = png_bytes(projection_png(result))
+    return out
+
+
 def save_result(result, out_dir: str, probe=None) -> list[str]:
     from zfprobe.io.outputs import OutputStage
 
@@ -92,11 +103,7 @@ def save_result(result, out_dir: str, probe=None) -> list[str]:
         buf = io.BytesIO()
         np.savez_compressed(buf, **result.arrays())
         files.append(stage.write_bytes("occlusion.npz", buf.getvalue()))
-        for kind, name in MAP_FILES.items():
-            if getattr(result, kind) is not None:
-                files.append(stage.write_bytes(name, _figure_png(result, kind)))
-        if result.projection is not None:
-            files.append(stage.write_png("projection.png", projection_png(result)))
+        files += [stage.write_bytes(name, png) for name, png in pictures(result).items()]
         files.append("manifest.json")
         stage.write_json("manifest.json", manifest(result, probe, files))
         return stage.commit()

@@ -1,5 +1,5 @@
 """The result type of an occlusion run: the maps of one image and how they were made.
-Saving it is rendering's job (:func:`zfprobe.studies.occlusion.render.save_result`)."""
+Saving and showing it is rendering's job (:mod:`zfprobe.studies.occlusion.render`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -52,3 +52,21 @@ class OcclusionResult:
         if self.projection is not None:
             out["projection"] = self.projection
         return out
+
+    def save(self, out_dir: str, probe=None) -> list[str]:
+        """Write the input, maps, projection, occlusion.npz and manifest.json, all or nothing."""
+        from zfprobe.studies.occlusion.render import save_result
+
+        return save_result(self, out_dir, probe)
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the pictures ``save()`` writes (maps, projection), drawn in memory."""
+        from zfprobe.io.inline import block, gallery, img_tag
+        from zfprobe.studies.occlusion.render import pictures
+
+        where = f"{self.layer} map {self.channel}" if self.channel is not None else "class output only"
+        label = "" if self.label is None else f", class {self.label}"
+        if self.label is not None and self.class_names and self.label < len(self.class_names):
+            label += f" ({self.class_names[self.label]})"
+        title = f"occlusion: {where}{label}; square {self.size}px, stride {self.stride}"
+        return block(title, gallery(*(img_tag(png, name) for name, png in pictures(self).items())))

@@ -104,6 +104,17 @@ class SanityResult:
                     out.append(entry)
         return out
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the verdicts, the similarity curves and the projection strips that
+        ``render.save`` writes, drawn in memory."""
+        from zfprobe.io.inline import block, img_tag, markdown_html
+        from zfprobe.studies.sanity.render import curves_figure, strip_figure
+
+        verdicts = markdown_html("\n".join(f"- {text}" for text in self.verdicts().values()))
+        strips = [img_tag(strip_figure(self, mode), f"strip_{mode}.png") for mode in self.modes]
+        return block(f"sanity: {self.layer}, {len(self.seeds)} units, rules {', '.join(self.rules)}", verdicts,
+                     img_tag(curves_figure(self), "curves.png"), *strips)
+
     def verdicts(self) -> dict[str, str]:
         """One plain-words sentence per rule, from the last step (cascade if run, else the
         independent step with the highest similarity) and the unit-selectivity check."""

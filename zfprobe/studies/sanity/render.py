@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from zfprobe.io.pictures import figure_png, projection_to_hwc, pyplot, signed_to_uint8
-from zfprobe.studies.sanity.compute import SanityResult
 from zfprobe.studies.sanity.similarity import METRICS
+
+if TYPE_CHECKING:  # annotations only: SanityResult shows itself through this module
+    from zfprobe.studies.sanity.compute import SanityResult
 
 METRIC_TITLES = {"spearman_abs": "Spearman rank corr. |p|", "spearman_signed": "Spearman rank corr. p (signed)",
                  "ssim": "SSIM of |p|", "hog": "HOG similarity"}

@@ -67,6 +67,18 @@ class TransferResult:
             rows.append(row)
         return rows
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the table and the plot the CLI writes (grouped bars with a from-scratch
+        baseline, else accuracy against depth), drawn in memory."""
+        from zfprobe.io.inline import block, img_tag, markdown_html
+        from zfprobe.studies.transfer.render import bar_plot, depth_plot, markdown_table
+
+        scratch = any(s.method == "scratch" for s in self.scores)
+        plot = (bar_plot(self, "features + new softmax vs from scratch") if scratch
+                else depth_plot(self, "linear probe per layer"))
+        return block(f"transfer: {len(self.layers)} layer(s), {self.n_splits} split(s)",
+                     markdown_html(markdown_table(self)), img_tag(plot))
+
 
 def parse_per_class(value: str | Sequence[int]) -> list[int]:
     try:

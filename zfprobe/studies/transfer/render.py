@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from zfprobe.io.pictures import figure_png, new_figure
-from zfprobe.studies.transfer.compute import TransferResult
+
+if TYPE_CHECKING:  # annotations only: TransferResult shows itself through this module
+    from zfprobe.studies.transfer.compute import TransferResult
 
 
 def pct(x: float) -> str:

@@ -116,6 +116,12 @@ class Visualization:
                               title=f"{self.layer} - {self.rule} - {view}: image | projection")
         return with_legend(sheet, self.percentile)
 
+    def _repr_png_(self) -> bytes:
+        """Jupyter: the contact sheet ``save()`` writes, drawn in memory (no file)."""
+        from zfprobe.io.inline import png_bytes
+
+        return png_bytes(self.sheet())
+
     @staticmethod
     def file_name(seed: Seed) -> str:
         where = "map" if seed.position is None else "_".join(str(p) for p in seed.position) or "unit"
