@@ -87,7 +87,7 @@ def _summary_writer(log_dir: str):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ZfprobeError("tensorboard_dir needs the tensorboard package (pip install tensorboard)") from None
+        raise ZfprobeError("tensorboard_dir needs the tensorboard package: pip install 'zfprobe[tensorboard]'") from None
     return SummaryWriter(log_dir=os.fspath(log_dir))
 
 
