@@ -42,7 +42,10 @@ class _Group(click.Group):
         sys.exit(code or 0)
 
     def add_command(self, cmd, name=None):
+        from zfprobe.cli.memory_option import add_memory_option
+
         _check_outputs_first(cmd)
+        add_memory_option(cmd)
         super().add_command(cmd, name)
 
     def invoke(self, ctx):

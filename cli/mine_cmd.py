@@ -26,7 +26,7 @@ MIN_TILE, MAX_TILE = 4, 1024  # tile side on the sheets, in pixels
 @click.option("--per-page", type=int, default=64, show_default=True, help="Channels per contact sheet page.")
 @click.option("--rule", type=click.Choice(RULES), default=DECONVNET, show_default=True)
 @click.option("--lrn", type=click.Choice(LRN_MODES), default=LRN_IDENTITY, show_default=True)
-@click.option("--batch-size", type=int, help="Images per forward pass (default: from a 256 MB activation budget).")
+@click.option("--batch-size", type=int, help="Images per forward pass (default: sized from --memory).")
 @click.option("--limit", type=int, help="Use only the first N images of the dataset.")
 @click.option("--array-key", help="Array to use in a .npz file (default: images, x, or the first).")
 @click.option("--tile", type=int, help="Tile size in pixels on the sheets (default: from the receptive field).")
