@@ -13,12 +13,12 @@ from typing import Sequence
 import numpy as np
 
 from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY
-from zfprobe.engine.deconv import PROJECTION, SEED, SEED_IMAGE, DeconvOptions, build_deconvnet, build_forward, path_nodes
+from zfprobe.engine.deconv import PROJECTION, SEED, SEED_IMAGE, DeconvOptions, build_deconvnet, build_forward
 from zfprobe.errors import ImageError, LayerNotFoundError
 from zfprobe.engine.graph import Graph
 from zfprobe.engine.inverses import check_invertible
 
-from zfprobe.io.memory import batch_that_fits, budget_for, liveness_peak, tensor_bytes
+from zfprobe.io.memory import batch_that_fits, budget_for, liveness_peak, peak_growth, tensor_bytes
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Probe:
         self.source = source
         self.preprocessing = preprocessing
         self._programs: dict[tuple, Graph] = {}
+        self._seed_costs: dict[int, tuple] = {}  # id(windowed program) -> (program, measured bytes per seed)
         self._layers: list[LayerInfo] | None = None
         self._aliases = self._build_aliases()
 
@@ -274,14 +275,33 @@ class Probe:
         rows = np.arange(len(seeds))
         window_seeds = seeds[rows, :, units[:, 0], units[:, 1]][:, :, None, None]
         out = []
-        for start in range(0, len(seeds), chunk):
-            sl = slice(start, start + chunk)
+
+        def run(sl: slice) -> np.ndarray:
             feeds = {self.input_name: images, SEED_WINDOW: np.ascontiguousarray(window_seeds[sl]),
                      SEED_IMAGE: seed_image[sl], **(weights or {})}
             feeds.update(plan.feeds(units[sl], seed_image[sl], seed_hw))
-            windows = self.backend.run(program, feeds, [OUTPUT_WINDOW])[0]
-            out.append(plan.paste(windows, units[sl], tuple(images.shape[1:])))
+            return plan.paste(self.backend.run(program, feeds, [OUTPUT_WINDOW])[0], units[sl], tuple(images.shape[1:]))
+
+        start = 0
+        if chunk > 1 and len(seeds) > 1 and id(program) not in self._seed_costs:
+            # the graph does not give the windows' sizes: measure one seed (with the session's
+            # first-run allocations, so on the safe side), then size the batches from it
+            first, grown = peak_growth(lambda: run(slice(0, 1)))
+            out.append(first)
+            start = 1
+            self._seed_costs[id(program)] = (program, grown)
+        cost = self._seed_costs.get(id(program), (None, None))[1]
+        if cost:
+            chunk = min(chunk, max(1, int(budget_for("projection") // cost)))
+        for start in range(start, len(seeds), chunk):
+            out.append(run(slice(start, start + chunk)))
         return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def images_per_projection(self, tensor: str, limit: int) -> int:
+        """How many images (at most ``limit``) one reverse batch may carry: their forward
+        tensors take at most half the projection share, the seeds the rest."""
+        per_image = reverse_peak(self.graph, tensor)[0]
+        return max(1, min(int(limit), batch_that_fits(2 * per_image, budget_for("projection"))))
 
     def seed_batch_size(self, tensor: str, n_images: int = 1) -> int:
         """How many seeds fit one reverse batch (with ``n_images`` images) in the projection

@@ -127,6 +127,30 @@ def forward_peak(graph, program, outputs: Sequence[str] = ()) -> int:
                          inputs=[t for t in program.inputs], keep=list(outputs or program.outputs))
 
 
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def peak_growth(fn):
+    """(fn(), bytes): how far resident memory rose above its size before ``fn`` at its peak
+    during it, or None where that cannot be measured (Linux: writing 5 to /proc/self/clear_refs
+    resets the peak, VmHWM). Used to size batches of programs whose live memory the graph does
+    not tell (the windowed deconvnet) from a first, small batch."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_kib("VmRSS")
+    except OSError:
+        before = None
+    out = fn()
+    peak = _status_kib("VmHWM") if before is not None else None
+    return out, (None if peak is None else max(0, peak - before) * 1024)
+
+
 def batch_that_fits(per_item: float, budget: int, fixed: float = 0.0, cap: int = MAX_BATCH) -> int:
     """Items per batch such that ``fixed + n * per_item`` (bytes, times ``RUNTIME_FACTOR``) fits
     ``budget``; at least 1, at most ``cap``."""

@@ -500,6 +500,7 @@ def project_units(probe, dataset: Dataset, layer: str, units: Sequence[MinedUnit
     # Units sorted by image; each backend call takes as many seeds as fit the memory budget and
     # only the images those seeds belong to (the forward pass is paid once per image, not per seed).
     ordered = sorted(units, key=lambda u: (u.image, u.channel, u.rank))
+    image_chunk = probe.images_per_projection(tensor, image_chunk)
     per_call = max(1, probe.seed_batch_size(tensor, image_chunk))
     loaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     lo = 0
