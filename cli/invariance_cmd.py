@@ -21,7 +21,7 @@ TRANSFORMS = ["translate", "translate-x", "translate-y", "scale", "rotate"]
               help="True class: once for all images or once per image [default: top-1 class of each original].")
 @click.option("--fill", default="mean", show_default=True,
               help="Colour of uncovered pixels: mean (the preprocessing mean), grey, black, white or a pixel value 0..255.")
-@click.option("--batch-size", type=int, help="Images per forward pass [default: from a 256 MB budget].")
+@click.option("--batch-size", type=int, help="Images per forward pass [default: sized from --memory].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @preprocessing_options
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")

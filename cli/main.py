@@ -42,7 +42,10 @@ class _Group(click.Group):
         sys.exit(code or 0)
 
     def add_command(self, cmd, name=None):
+        from zfprobe.cli.memory_option import add_memory_option
+
         _check_outputs_first(cmd)
+        add_memory_option(cmd)
         super().add_command(cmd, name)
 
     def invoke(self, ctx):
@@ -147,11 +150,14 @@ def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset,
         channels, position = [parsed[0]] + channels, parsed[1]
     if percentile is not None and not 0 < percentile <= 100:
         raise OptionError("--percentile must be in (0, 100]")
-    result = probe.visualize(image, layer, channels=channels, top=top, mode=mode, position=position, rule=rule,
-                             lrn=lrn, percentile=None if max_scale else percentile, preprocessing=prep, frame=frame)
-    files = result.save(out_dir, probe)
-    click.echo(f"{len(result.seeds)} projection(s) of {layer} ({rule}) in "
-               f"{sum(result.timings.values()):.2f} s -> {out_dir} ({len(files)} files; see contact_sheet.png)")
+    from zfprobe.studies.visualize.stream import save_visualization
+
+    # projected and written in bounded batches (the same pictures as probe.visualize(...).save)
+    files, n_seeds, seconds = save_visualization(probe, image, layer, out_dir, channels=channels, top=top, mode=mode,
+                                                 position=position, rule=rule, lrn=lrn, frame=frame, preprocessing=prep,
+                                                 percentile=None if max_scale else percentile)
+    click.echo(f"{n_seeds} projection(s) of {layer} ({rule}) in "
+               f"{seconds:.2f} s -> {out_dir} ({len(files)} files; see contact_sheet.png)")
 
 
 @cli.command("export-deconv")

@@ -26,7 +26,7 @@ MIN_TILE, MAX_TILE = 4, 1024  # tile side on the sheets, in pixels
 @click.option("--per-page", type=int, default=64, show_default=True, help="Channels per contact sheet page.")
 @click.option("--rule", type=click.Choice(RULES), default=DECONVNET, show_default=True)
 @click.option("--lrn", type=click.Choice(LRN_MODES), default=LRN_IDENTITY, show_default=True)
-@click.option("--batch-size", type=int, help="Images per forward pass (default: from a 256 MB activation budget).")
+@click.option("--batch-size", type=int, help="Images per forward pass (default: sized from --memory).")
 @click.option("--limit", type=int, help="Use only the first N images of the dataset.")
 @click.option("--array-key", help="Array to use in a .npz file (default: images, x, or the first).")
 @click.option("--tile", type=int, help="Tile size in pixels on the sheets (default: from the receptive field).")
@@ -110,8 +110,12 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
     for layer in layers:
         parse_channels(channels, shapes[layer][1][0])
     if not no_project:
+        from zfprobe.studies.mining.stream import check_layer_pictures
+
         for layer in layers:  # a layer the deconvnet cannot pass fails now, not after mining
             probe.deconv_program(layer, rule, lrn)
+            check_layer_pictures(probe, layer, k, per_page, tile, len(parse_channels(channels, shapes[layer][1][0])),
+                                 prep.layout)
     dataset = open_dataset(data, prep, probe.input_shape, array_key, exclude=(out_dir,))
     with output_lock(out_dir):  # held until the outputs are published: one run per folder
         state = os.path.join(out_dir, STATE_FILE)
@@ -138,7 +142,8 @@ def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, pe
                    tile, percentile, no_project, no_channel_pngs, restart, quiet, ray=None):
     """Mine, project and publish; ``ray``: the Ray engine's settings (None: the local engine)."""
     from zfprobe.studies.mining.compute import mine, parse_channels
-    from zfprobe.studies.mining.render import render_layer, save_mining, units_to_project
+    from zfprobe.studies.mining.render import save_mining
+    from zfprobe.studies.mining.stream import streamed_layer
 
     skipped_msgs = []
     engine_mine = mine
@@ -163,14 +168,13 @@ def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, pe
     pictures = {}
     if not no_project:
         chans = {layer: parse_channels(channels, result.layers[layer].channels) for layer in layers}
-        tiles = {layer: None for layer in layers}
-        if ray is not None:  # the projection stage on the cluster, every layer in one pipeline
-            from zfprobe.adapters.engines.ray_engine import project_layers
+        for layer in layers:  # projected page by page while the outputs are written (bounded memory)
+            source = None
+            if ray is not None:  # the projection stage on the cluster, a group of units per pipeline
+                from zfprobe.adapters.engines.ray_engine import tile_source
 
-            tiles = project_layers(probe, result.dataset, {l: units_to_project(result, l, chans[l]) for l in layers},
-                                   rule, lrn, percentile, progress=not quiet, **ray)
-        for layer in layers:
-            pictures[layer] = render_layer(probe, result, layer, rule, lrn, chans[layer], percentile, tiles=tiles[layer])
+                source = tile_source(probe, result.dataset, layer, rule, lrn, percentile, **ray)
+            pictures[layer] = streamed_layer(probe, result, layer, rule, lrn, chans[layer], percentile, source=source)
     else:
         from zfprobe.studies.mining.render import LayerPictures
         from zfprobe.engine.receptive_field import receptive_field

@@ -21,11 +21,14 @@ from zfprobe.errors import OptionError
 @click.option("--with", "with_", help="Analyses to include by name (e.g. occlusion,filters): 'occlusion' adds "
                                       "occlusion maps to the unit pages; any other must be an output folder (or "
                                       "command) inside OUT or given with --include.")
+@click.option("--channels", "channels", type=int, default=64, show_default=True,
+              help="Channels shown per layer: the strongest (largest mean of their top-9 activations).")
+@click.option("--all-channels", is_flag=True, help="Show every channel of each layer (overrides --channels).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @preprocessing_options
 @click.option("--out", "-o", "out_dir", type=click.Path(), help="Report folder [default: ./zfprobe-report-<model>].")
-def command(model, data, layers, limit, unit_pages, occlusion_images, includes, with_, quiet, preset, input_size,
-            mean, std, scale, bgr, resize, device, out_dir):
+def command(model, data, layers, limit, unit_pages, occlusion_images, includes, with_, channels, all_channels, quiet,
+            preset, input_size, mean, std, scale, bgr, resize, device, out_dir):
     """Write a static site for MODEL (optionally mining DATA, a folder of images or .npy/.npz):
     the layer table and graph, per-layer channel pages (top-9 from mining, dead/weak flagged,
     filter box), unit pages (three rules, occlusion maps) and pages for analysis folders."""
@@ -38,6 +41,8 @@ def command(model, data, layers, limit, unit_pages, occlusion_images, includes, 
     out_dir = out_dir or output_folder("report", model)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise OptionError(f"the output folder '{out_dir}' is a file; give a folder path with -o")
+    if channels < 1:
+        raise OptionError("--channels must be at least 1 (--all-channels shows every one)")
     for name, value in (("--limit", limit), ("--unit-pages", unit_pages), ("--occlusion-images", occlusion_images)):
         if value is not None and value < (1 if name == "--limit" else 0):
             raise OptionError(f"{name} must be at least {1 if name == '--limit' else 0}")
@@ -58,7 +63,7 @@ def command(model, data, layers, limit, unit_pages, occlusion_images, includes, 
                               f"-o {os.path.join(out_dir, missing[0])}` first, or pass --include FOLDER")
     options = ReportOptions(layers=[l.strip() for l in layers.split(",") if l.strip()] if layers else None, data=data,
                             limit=limit, unit_pages=unit_pages, occlusion_images=occlusion_images,
-                            include=list(includes), progress=not quiet)
+                            include=list(includes), progress=not quiet, channels=None if all_channels else channels)
     meta = build_report(probe, out_dir, options)
     t = meta["timings_s"]
     click.echo(f"report of {len(meta['layers'])} layer(s), {meta['files_count']} files, "

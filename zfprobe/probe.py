@@ -13,13 +13,12 @@ from typing import Sequence
 import numpy as np
 
 from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY
-from zfprobe.engine.deconv import PROJECTION, SEED, SEED_IMAGE, DeconvOptions, build_deconvnet, build_forward, path_nodes
+from zfprobe.engine.deconv import PROJECTION, SEED, SEED_IMAGE, DeconvOptions, build_deconvnet, build_forward
 from zfprobe.errors import ImageError, LayerNotFoundError
 from zfprobe.engine.graph import Graph
 from zfprobe.engine.inverses import check_invertible
 
-# Upper bound on the memory one reverse batch may take; larger seed sets run in chunks.
-from zfprobe.io.memory import PROJECTION_MEMORY_BUDGET as DEFAULT_MEMORY_BUDGET
+from zfprobe.io.memory import batch_that_fits, budget_for, liveness_peak, peak_growth, tensor_bytes
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,7 @@ class Probe:
         self.source = source
         self.preprocessing = preprocessing
         self._programs: dict[tuple, Graph] = {}
+        self._seed_costs: dict[int, tuple] = {}  # id(windowed program) -> (program, measured bytes per seed)
         self._layers: list[LayerInfo] | None = None
         self._aliases = self._build_aliases()
 
@@ -205,7 +205,7 @@ class Probe:
         seed_image = np.zeros(k, np.int64) if seed_image is None else np.asarray(seed_image, np.int64)
         if k == 0:
             return np.zeros((0,) + tuple(images.shape[1:]), np.float32)
-        chunk = batch_size or self.seed_batch_size(tensor)
+        chunk = batch_size or self.seed_batch_size(tensor, images.shape[0])
         units = unit_positions(seeds)
         if units is not None and windowed:
             windowed_program = self.windowed_program(layer, rule, lrn, single_image=images.shape[0] == 1)
@@ -275,19 +275,61 @@ class Probe:
         rows = np.arange(len(seeds))
         window_seeds = seeds[rows, :, units[:, 0], units[:, 1]][:, :, None, None]
         out = []
-        for start in range(0, len(seeds), chunk):
-            sl = slice(start, start + chunk)
+
+        def run(sl: slice) -> np.ndarray:
             feeds = {self.input_name: images, SEED_WINDOW: np.ascontiguousarray(window_seeds[sl]),
                      SEED_IMAGE: seed_image[sl], **(weights or {})}
             feeds.update(plan.feeds(units[sl], seed_image[sl], seed_hw))
-            windows = self.backend.run(program, feeds, [OUTPUT_WINDOW])[0]
-            out.append(plan.paste(windows, units[sl], tuple(images.shape[1:])))
+            return plan.paste(self.backend.run(program, feeds, [OUTPUT_WINDOW])[0], units[sl], tuple(images.shape[1:]))
+
+        start = 0
+        if chunk > 1 and len(seeds) > 1 and id(program) not in self._seed_costs:
+            # the graph does not give the windows' sizes: measure one seed (with the session's
+            # first-run allocations, so on the safe side), then size the batches from it
+            first, grown = peak_growth(lambda: run(slice(0, 1)))
+            out.append(first)
+            start = 1
+            self._seed_costs[id(program)] = (program, grown)
+        cost = self._seed_costs.get(id(program), (None, None))[1]
+        if cost:
+            chunk = min(chunk, max(1, int(budget_for("projection") // cost)))
+        for start in range(start, len(seeds), chunk):
+            out.append(run(slice(start, start + chunk)))
         return out[0] if len(out) == 1 else np.concatenate(out)
 
-    def seed_batch_size(self, tensor: str) -> int:
-        """How many seeds fit one reverse batch within the memory budget."""
-        per_seed = sum(4 * int(np.prod(self.graph.shape(o)[1:])) for n in path_nodes(self.graph, tensor) for o in n.outputs if o in self.graph.shapes)
-        return max(1, min(256, int(DEFAULT_MEMORY_BUDGET // max(1, 3 * per_seed))))
+    def images_per_projection(self, tensor: str, limit: int) -> int:
+        """How many images (at most ``limit``) one reverse batch may carry: their forward
+        tensors take at most half the projection share, the seeds the rest."""
+        per_image = reverse_peak(self.graph, tensor)[0]
+        return max(1, min(int(limit), batch_that_fits(2 * per_image, budget_for("projection"))))
+
+    def seed_batch_size(self, tensor: str, n_images: int = 1) -> int:
+        """How many seeds fit one reverse batch (with ``n_images`` images) in the projection
+        share of the memory budget, from the program's peak live memory (:func:`reverse_peak`)."""
+        per_image, per_seed = reverse_peak(self.graph, tensor)
+        return batch_that_fits(per_seed, budget_for("projection"), fixed=n_images * per_image)
+
+
+def reverse_peak(graph: Graph, tensor: str) -> tuple[int, int]:
+    """(bytes per image, bytes per seed) the deconvnet of ``tensor`` holds at its peak.
+
+    Per image: the forward tensors of the path (what the reversal reads: switches, rectifier
+    inputs), held through the reverse pass. Per seed: the liveness peak of the reverse pass,
+    which runs the path's nodes backwards; the signal reaching tensor t has t's shape, lives
+    from the reversal of t's first consumer to that of its producer, and each step also holds
+    a per-seed copy of what it reads (the gathered switches / saved input)."""
+    forward = graph.ancestors([tensor])
+    size = lambda t: tensor_bytes(graph, t)  # noqa: E731
+    image = graph.inputs[0]
+    per_image = size(image) + sum(size(o) for n in forward for o in n.outputs if o)
+    steps, saved = [], {}
+    for n in reversed(forward):
+        variable = graph.variable_inputs(n)
+        saved["saved:" + n.name] = max([size(t) for t in variable + [o for o in n.outputs if o]] or [0])
+        steps.append((["grad:" + o for o in n.outputs if o], ["grad:" + t for t in variable] + ["saved:" + n.name]))
+    per_seed = liveness_peak(steps, lambda t: saved[t] if t in saved else size(t.split(":", 1)[1]),
+                             inputs=["grad:" + tensor], keep=["grad:" + image])
+    return per_image, per_seed
 
 
 def unit_positions(seeds: np.ndarray) -> np.ndarray | None:

@@ -79,6 +79,10 @@ class OnnxRuntimeBackend:
         model = to_onnx(conv_transpose_as_conv(program))
         opts = ort.SessionOptions()
         opts.log_severity_level = 4
+        # no arena: a session's arena keeps its largest batch's memory for the process's life,
+        # so with a session per program (forward, each rule's deconvnet, occlusion) the peaks
+        # would add up; without it each run's memory goes back when the run ends (issue 22)
+        opts.enable_cpu_mem_arena = False
         if threads:
             opts.intra_op_num_threads = threads
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=self.providers)

@@ -409,6 +409,15 @@ def _results(ds) -> Iterator[dict]:
 
 
 # ------------------------------------------------------------------------ projection ---------
+def tile_source(probe, dataset, layer: str, rule: str, lrn: str, percentile, **ray):
+    """The Ray projection stage as a tile source for streamed pictures
+    (zfprobe.studies.mining.stream): each call projects one group of ``layer``'s units on the
+    cluster, so the driver holds one group's tiles at a time."""
+    def source(units):
+        return project_layers(probe, dataset, {layer: list(units)}, rule, lrn, percentile, **ray)[layer]
+    return source
+
+
 def project_layers(probe, dataset, units: dict[str, list], rule: str, lrn: str, percentile, workers: int = 1,
                    gpus_per_worker: float = 0.0, device: str = "auto", image_chunk: int = 32, progress: bool = False
                    ) -> dict[str, list]:

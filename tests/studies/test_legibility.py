@@ -72,10 +72,8 @@ def test_mining_sheets_are_legible(effnet, monkeypatch):
     from zfprobe.studies.mining.render import render_layer
     from zfprobe.io.pictures import signed_to_uint8
 
-    import zfprobe.probe
-
     # this shared test machine has ~8 GB free: smaller reverse batches (same results)
-    monkeypatch.setattr(zfprobe.probe, "DEFAULT_MEMORY_BUDGET", 256 * 1024**2)
+    monkeypatch.setenv("ZFPROBE_MEMORY", "512M")
     probe, layers, photos = effnet
     folder = photos[0][0].parent
     dataset = open_dataset(str(folder), probe.preprocessing, probe.input_shape)

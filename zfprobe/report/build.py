@@ -9,7 +9,6 @@ HTML. Everything is written through :class:`zfprobe.io.outputs.OutputStage`: all
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 
@@ -24,6 +23,7 @@ from zfprobe.report.html import ASSETS, esc, graph_svg, page, table
 from zfprobe.engine.rules import RULES
 THUMB_TILE = 40   # px per tile in the layer-page thumbnails
 UNIT_TILE = 128   # px per tile on unit pages
+HEAT_SIZE = 192   # px of an occlusion map on a unit page
 
 
 @dataclass
@@ -37,6 +37,7 @@ class ReportOptions:
     include: list[str] = field(default_factory=list)
     per_page: int = 64
     progress: bool = True
+    channels: int | None = 64    # channels per layer shown (the strongest); None: every one (--all-channels)
 
 
 def cache_root() -> str:
@@ -44,11 +45,9 @@ def cache_root() -> str:
 
 
 def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
+    from zfprobe.report.thumbnails import png_bytes
 
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=6)  # optimize=True costs ~5x the time
-    return buf.getvalue()
+    return png_bytes(image)
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -97,17 +96,18 @@ class ReportBuilder:
     def _bar(self, total: int):
         from tqdm import tqdm
 
-        return tqdm(total=total, desc="report", unit="step", disable=not self.opt.progress, leave=False)
+        return tqdm(total=total, desc="report", unit="step", disable=not self.opt.progress, leave=False, dynamic_ncols=True)
 
     # -- build -----------------------------------------------------------------------------
     def build(self) -> dict:
         from zfprobe.io.datasets import open_dataset
         from zfprobe.studies.defaults import sample_dataset, sample_images
         from zfprobe.studies.mining.compute import mine
-        from zfprobe.studies.mining.render import render_layer, safe_name
+        from zfprobe.studies.mining.render import safe_name
         from zfprobe.io.outputs import OutputStage
         from zfprobe.report.folders import analysis_page, find_analyses
         from zfprobe.io.provenance import model_sha256
+        from zfprobe.report.thumbnails import strongest_channels, write_thumbnails
 
         probe, opt = self.probe, self.opt
         t0 = time.perf_counter()
@@ -123,6 +123,7 @@ class ReportBuilder:
             samples = [(dataset.name(i), dataset.load(i)[1]) for i in range(min(len(dataset), n_samples))]
         cache = os.path.join(cache_root(), "report", (self.sha or "nohash")[:16])
         os.makedirs(cache, exist_ok=True)
+        self.cache = cache
         self._timed("setup", t0)
 
         includes = [(os.path.basename(os.path.normpath(p)), p) for p in opt.include]
@@ -135,6 +136,7 @@ class ReportBuilder:
         with OutputStage(self.out_dir) as stage:
             # mining: one pass for every layer; checkpoint keyed by the model hash
             t = time.perf_counter()
+            bar.set_description_str(f"report: mining {', '.join(self.layers)}")
             result = mine(probe, dataset, self.layers, k=opt.k, state_path=os.path.join(cache, "mine-state.npz"),
                           resume=True, limit=opt.limit, progress=False)
             if result.images_seen - len(result.skipped) == 0:
@@ -144,11 +146,14 @@ class ReportBuilder:
             layer_rows = {}
             for layer in self.layers:
                 t = time.perf_counter()
-                pics = self._layer_pictures(result, layer, dataset, cache)
+                d = safe_name(layer)
+                bar.set_description_str(f"report: projections {layer}")
+                shown = strongest_channels(result.layers[layer], opt.channels)
+                pics = write_thumbnails(stage, probe, result, layer, d, cache, self.sha, THUMB_TILE, channels=shown)
                 self._timed("projections", t)
                 bar.update(1)
                 t = time.perf_counter()
-                d = safe_name(layer)
+                bar.set_description_str(f"report: unit pages {layer}")
                 units = self._unit_pages(stage, result, layer, pics, d, samples)
                 self._timed("unit_pages", t)
                 t = time.perf_counter()
@@ -156,6 +161,7 @@ class ReportBuilder:
                 layer_rows[layer] = (d, pics, units)
                 self._timed("layer_pages", t)
                 bar.update(1)
+            bar.set_description_str("report: analysis pages")
             t = time.perf_counter()
             analyses = []
             for name, path in includes:
@@ -180,6 +186,7 @@ class ReportBuilder:
                 links.append((name, manifest.get("command", "?")))
             self._timed("analysis_pages", t)
             t = time.perf_counter()
+            bar.set_description_str("report: model page and manifest")
             self._model_page(stage, layer_rows, links, result, data)
             for f in ("style.css", "report.js"):
                 with open(os.path.join(ASSETS, f), "rb") as fh:
@@ -195,65 +202,36 @@ class ReportBuilder:
         meta["timings_s"] = self.timings
         return meta
 
-    def _layer_pictures(self, result, layer, dataset, cache: str):
-        """The thumbnails' projections of every kept unit of ``layer``, reused from the cache when
-        the same model (hash), data, layer, k and display were rendered before."""
-        import hashlib
-
-        from zfprobe.studies.mining.render import LayerPictures, channel_status, render_layer
-        from zfprobe.engine.receptive_field import receptive_field
-        from zfprobe.io.pictures import DEFAULT_PERCENTILE
-
-        top = result.layers[layer]
-        key = hashlib.sha256(json.dumps([self.sha, layer, dataset.fingerprint(), result.k, result.images_seen,
-                                         DEFAULT_PERCENTILE, "v1"], sort_keys=True, default=str).encode()).hexdigest()[:24]
-        path = os.path.join(cache, f"tiles-{key}.npz")
-        if os.path.isfile(path):
-            try:
-                with np.load(path) as z:
-                    arrays = {k: z[k] for k in z.files}
-                rf = receptive_field(self.probe.graph, top.tensor, self.prep.layout)
-                status = channel_status(top)
-                chans = list(range(top.channels))
-                pics = LayerPictures(layer, top.tensor, "deconvnet", chans, rf.size, rf.stride, {c: [] for c in chans},
-                                     status=status, percentile=DEFAULT_PERCENTILE)
-                entries = {(u.channel, u.rank): u for u in top.units(chans)}
-                for c, r, proj, patch in zip(arrays["channel"], arrays["rank"], arrays["projection"], arrays["patch"]):
-                    pics.tiles[int(c)].append((entries[(int(c), int(r))], proj, patch))
-                return pics
-            except (OSError, ValueError, KeyError):
-                pass  # a damaged or stale cache entry: render again
-        pics = render_layer(self.probe, result, layer)
-        flat = [(c, u.rank, proj, patch) for c, ts in pics.tiles.items() for u, proj, patch in ts]
-        if flat:
-            from zfprobe.io.outputs import write_file_atomically
-
-            buf = io.BytesIO()
-            np.savez(buf, channel=np.array([f[0] for f in flat]), rank=np.array([f[1] for f in flat]),
-                     projection=np.stack([f[2] for f in flat]), patch=np.stack([f[3] for f in flat]))
-            write_file_atomically(path, buf.getvalue())
-        return pics
-
     # -- pages -----------------------------------------------------------------------------
     def _unit_pages(self, stage, result, layer, pics, d, samples) -> dict[int, str]:
         """Unit pages for the ``unit_pages`` strongest live channels of ``layer``."""
         from zfprobe.studies.mining.compute import project_units
         from zfprobe.io.pictures import DEFAULT_PERCENTILE, signed_to_uint8
 
+        from zfprobe.report.thumbnails import CachedFiles, unit_cache_folder
+
         top = result.layers[layer]
         best = top.values[:, 0]
-        live = [c for c in np.argsort(-best, kind="stable") if pics.status.get(int(c)) != "dead" and np.isfinite(best[c])]
+        live = [c for c in np.argsort(-best, kind="stable") if int(c) in pics.status and pics.status[int(c)] != "dead"
+                and np.isfinite(best[c])]  # among the channels shown
         chans = [int(c) for c in live[: self.opt.unit_pages]]
         if not chans:
             return {}
         units = top.units(chans)
+        # a rerun with the same model, data, layer and pages copies the pictures from the cache
+        store = CachedFiles(stage, unit_cache_folder(self.cache, self.sha, layer, result,
+                                                     [chans, [n for n, _ in samples], UNIT_TILE, list(RULES)]))
+        rels = [f"units/{d}/c{u.channel:04d}_r{u.rank}_{what}.png" for u in units for what in ("patch",) + RULES]
+        rels += [f"units/{d}/c{c:04d}_occlusion{i}.png" for c in chans for i in range(len(samples))]
+        fresh = not store.complete(rels)
         tiles: dict[tuple[int, int], dict] = {(u.channel, u.rank): {"unit": u} for u in units}
-        for rule in RULES:
+        for rule in RULES if fresh else ():
             for up in project_units(self.probe, result.dataset, layer, units, rule):
                 entry = tiles[(up.unit.channel, up.unit.rank)]
                 entry[rule] = signed_to_uint8(up.projection_crop, DEFAULT_PERCENTILE)
                 entry["patch"] = up.patch
-        occlusions = self._occlusions(layer, chans, samples)
+        occlusions = self._occlusions(layer, chans, samples) if fresh else \
+            {c: [(name, None) for name, _ in samples] for c in chans}
         out = {}
         for c in chans:
             rows = []
@@ -262,7 +240,7 @@ class ReportBuilder:
                 cells = [str(u.rank + 1), f"{u.value:.4g}", esc(result.dataset.name(u.image)) + f"<br>at {esc(u.position)}"]
                 for what in ("patch",) + RULES:
                     rel = f"units/{d}/c{c:04d}_r{u.rank}_{what}.png"
-                    stage.write_bytes(rel, _png(_resize(e[what], UNIT_TILE)))
+                    store.write(rel, _png(_resize(e[what], UNIT_TILE))) if fresh else store.copy(rel)
                     cells.append(f'<img src="../../{rel}" alt="{esc(what)} of channel {c}, rank {u.rank + 1}" '
                                  f'width="{UNIT_TILE}" height="{UNIT_TILE}" loading="lazy">')
                 rows.append(cells)
@@ -273,9 +251,10 @@ class ReportBuilder:
             occ = []
             for i, (name, heat) in enumerate(occlusions.get(c, [])):
                 rel = f"units/{d}/c{c:04d}_occlusion{i}.png"
-                stage.write_bytes(rel, _png(heat))
+                store.write(rel, _png(heat)) if fresh else store.copy(rel)
+                h, w = heat.shape[:2] if heat is not None else (HEAT_SIZE, HEAT_SIZE)
                 occ.append(f'<figure><img src="../../{rel}" alt="occlusion map of channel {c} on {esc(os.path.basename(name))}" '
-                           f'width="{heat.shape[1]}" height="{heat.shape[0]}"><figcaption>{esc(os.path.basename(name))}: total activation of '
+                           f'width="{w}" height="{h}"><figcaption>{esc(os.path.basename(name))}: total activation of '
                            f'channel {c} with a grey square at each position (dark = the square removes the most)</figcaption></figure>')
             if occ:
                 body += "<h2>Occlusion maps</h2>" + "".join(occ)
@@ -294,20 +273,17 @@ class ReportBuilder:
             for c in chans:
                 r = occlude(self.probe, image, layer, size=size, stride=max(1, size // 2), channel=c, project=False,
                             probability=False, preprocessing=self.prep)
-                out[c].append((name, _heatmap(r.activation, r.image, 192)))
+                out[c].append((name, _heatmap(r.activation, r.image, HEAT_SIZE)))
         return out
 
     def _layer_page(self, stage, layer, pics, d, units, result) -> None:
-        from zfprobe.studies.mining.render import channel_block
-
         figures = []
+        strongest = result.layers[layer].values[:, 0]
         for c in pics.channels:
             status = pics.status.get(c, "")
-            rel = f"img/{d}/c{c:04d}.png"
-            stage.write_bytes(rel, _png(channel_block(c, pics.tiles[c], result.k, THUMB_TILE, caption=False, status=status)))
+            rel = f"img/{d}/c{c:04d}.png"  # written by write_thumbnails
             badge = f' <span class="badge {status}">{status}</span>' if status else ""
-            tiles = pics.tiles[c]
-            best = f"max {tiles[0][0].value:.3g}" if tiles else "never active"
+            best = "never active" if status == "dead" else f"max {float(strongest[c]):.3g}"
             img = (f'<img class="thumb" src="../{rel}" loading="lazy" alt="channel {c}: top {result.k} projections '
                    f'(left) and image patches (right){", dead" if status == "dead" else ""}">')
             if c in units:
@@ -316,7 +292,11 @@ class ReportBuilder:
                            f"<figcaption>channel {c}{badge} - {best}</figcaption></figure>")
         n_dead = sum(1 for c in pics.channels if pics.status.get(c) == "dead")
         n_weak = sum(1 for c in pics.channels if pics.status.get(c) == "weak")
-        body = (f'<p>{len(pics.channels)} channels; receptive field {"x".join(map(str, pics.rf_size))}; '
+        total = result.layers[layer].channels
+        shown = f"{total} channels" if len(pics.channels) == total else \
+            (f"the {len(pics.channels)} strongest of {total} channels (largest mean of their top-{result.k} "
+             "activations; build with --all-channels for every one)")
+        body = (f'<p>{shown}; receptive field {"x".join(map(str, pics.rf_size))}; '
                 f'{n_dead} dead (never active on the data), {n_weak} weak. Each block: the top {result.k} '
                 f'projections (deconvnet) | the image patches. Channels with a unit page are links.</p>'
                 '<div class="pager"><label for="filter">Filter channels</label>'
@@ -368,6 +348,7 @@ class ReportBuilder:
                 "dataset": data, "mining": result.summary(), "preprocessing": self.prep.to_dict(),
                 "display": describe_mapping(DEFAULT_PERCENTILE),
                 "layers": {layer: {"page": f"layers/{d}.html", "channels": len(p.channels),
+                                   "channels_total": result.layers[layer].channels, "channels_shown": p.channels,
                                    "dead_channels": [c for c, s in p.status.items() if s == "dead"],
                                    "weak_channels": [c for c, s in p.status.items() if s == "weak"],
                                    "unit_pages": sorted(u)} for layer, (d, p, u) in layer_rows.items()},

@@ -29,7 +29,6 @@ from zfprobe.io.image_files import image_size
 from zfprobe.studies.invariance.transforms import IDENTITY, Transform, apply, default_amounts, expand_kinds, fill_pixel, parse_range
 from zfprobe.studies.occlusion import ClassOutput, NoClassOutputError, class_output
 
-from zfprobe.io.memory import BATCH_BUDGET as DEFAULT_BATCH_BUDGET
 
 
 @dataclass
@@ -148,18 +147,14 @@ def _softmax(values: np.ndarray, cls: ClassOutput) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def batch_size_for(probe, tensors: Sequence[str], budget: int = DEFAULT_BATCH_BUDGET) -> int:
-    """Images per forward batch such that the (truncated) network fits ``budget``.
+def batch_size_for(probe, tensors: Sequence[str], budget: int | None = None) -> int:
+    """Images per forward batch such that the (truncated) network's peak live memory (with the
+    tensors read back held to the end) fits ``budget`` (default: the activations share of the
+    memory budget, zfprobe.io.memory)."""
+    from zfprobe.io.memory import batch_that_fits, budget_for, forward_peak
 
-    A backend frees each intermediate tensor once its consumers have run, so the peak is a few
-    of the largest tensors at a time (counted: the 4 largest), plus the input and the tensors
-    read back."""
-    sub = probe.forward_program(list(tensors))
-    shapes = probe.graph.shapes
-    sizes = sorted((int(np.prod(shapes[o][1:])) for n in sub.nodes for o in n.outputs if o in shapes), reverse=True)
-    per_image = 4 * (sum(sizes[:4]) + int(np.prod(probe.input_shape[1:])))
-    per_image += 4 * sum(int(np.prod(shapes[t][1:])) for t in tensors if t in shapes)
-    return int(max(1, min(128, budget // max(1, 2 * per_image))))
+    per_image = forward_peak(probe.graph, probe.forward_program(list(tensors)), list(tensors))
+    return batch_that_fits(per_image, budget_for("activations") if budget is None else budget, cap=128)
 
 
 def invariance(probe, images: Sequence, layers: Sequence[str] | str, transforms: Sequence[str] = ("translate-y", "scale", "rotate"),

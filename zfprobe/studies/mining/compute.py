@@ -42,7 +42,6 @@ from zfprobe.errors import OptionError, ZfprobeError
 
 STATE_FILE = ".mine-state.npz"
 _NO_IMAGE = np.iinfo(np.int64).max  # sorts after every real image index
-from zfprobe.io.memory import BATCH_BUDGET as DEFAULT_BATCH_BUDGET
 MAX_RUNS_IN_FLIGHT = 4  # concurrent forward passes on CPU (each holds one batch of activations)
 
 
@@ -233,15 +232,18 @@ def layer_shapes(probe, layers: Sequence[str]) -> dict[str, tuple[str, tuple[int
     return out
 
 
-def auto_batch_size(probe, layers: Sequence[str], budget: int = DEFAULT_BATCH_BUDGET) -> int:
-    """Images per batch such that the activations of the truncated network fit ``budget``."""
-    from zfprobe.engine.deconv import build_forward
+def auto_batch_size(probe, layers: Sequence[str], budget: int | None = None) -> int:
+    """Images per batch such that the forward runs in flight fit ``budget`` (default: the
+    activations share of the memory budget, zfprobe.io.memory): each run holds the peak live
+    memory of the truncated network (its liveness peak, not the sum of its intermediates) and
+    the layers it hands back, and the next batches' inputs wait decoded beside them."""
+    from zfprobe.io.memory import batch_that_fits, budget_for, forward_peak, tensor_bytes
 
     tensors = [probe.resolve(l) for l in layers]
-    sub = build_forward(probe.graph, tensors)
-    per_image = sum(4 * int(np.prod(probe.graph.shape(o)[1:])) for n in sub.nodes for o in n.outputs if o in probe.graph.shapes)
-    per_image += 4 * int(np.prod(probe.input_shape[1:]))
-    return int(max(1, min(256, budget // max(1, 2 * per_image))))
+    runs = forward_parallelism(probe.backend)[0]
+    per_run = forward_peak(probe.graph, probe.forward_program(tensors), tensors)
+    waiting = (runs + 1) * tensor_bytes(probe.graph, probe.input_name)  # _prefetch depth
+    return batch_that_fits(runs * per_run + waiting, budget_for("activations") if budget is None else budget)
 
 
 def run_fingerprint(probe, dataset: Dataset, layers: dict, k: int) -> str:
@@ -515,7 +517,8 @@ def project_units(probe, dataset: Dataset, layer: str, units: Sequence[MinedUnit
     # Units sorted by image; each backend call takes as many seeds as fit the memory budget and
     # only the images those seeds belong to (the forward pass is paid once per image, not per seed).
     ordered = sorted(units, key=lambda u: (u.image, u.channel, u.rank))
-    per_call = max(1, probe.seed_batch_size(tensor))
+    image_chunk = probe.images_per_projection(tensor, image_chunk)
+    per_call = max(1, probe.seed_batch_size(tensor, image_chunk))
     loaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     lo = 0
     while lo < len(ordered):

@@ -13,6 +13,7 @@ import csv
 import io
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -54,12 +55,18 @@ class LayerPictures:
     status: dict[int, str] = field(default_factory=dict)  # c -> 'dead' / 'weak' / ''
     percentile: float | None = DEFAULT_PERCENTILE
     k: int = 9                     # the run's top-k: grid slots per channel
+    # streamed pictures (zfprobe.studies.mining.stream): no tiles held; ``source`` projects the
+    # ``units(channels)`` when a page needs them, ``crop`` is the layer's crop size
+    source: Callable | None = None
+    units: Callable | None = None
+    crop: tuple[int, int] | None = None
 
     def _repr_png_(self) -> bytes:
         """Jupyter: the layer's first sheet, as ``save_mining`` writes it (sheet_001.png)."""
         from zfprobe.io.inline import png_bytes
 
-        return png_bytes(layer_pages(self, self.k)[0])
+        sheet, _ = next(iter_layer_pages(self, self.k))  # only the first page is drawn
+        return png_bytes(sheet)
 
 
 def units_to_project(result: MiningResult, layer: str, channels: list[int] | None = None) -> list[MinedUnit]:
@@ -175,33 +182,89 @@ def channel_block(channel: int, tiles, k: int, size: int, caption: bool = True, 
     return np.asarray(im)
 
 
-def layer_pages(pics: LayerPictures, k: int, per_page: int = 64, tile: int | None = None, title: str = "") -> list[np.ndarray]:
-    from PIL import Image, ImageDraw
+# -- streamed pictures (see zfprobe.studies.mining.stream) ------------------------------------
+def tile_bytes(crop: tuple[int, int] | None) -> int:
+    """Bytes of one unit's pictures in flight: the uint8 projection crop and image patch."""
+    h, w = crop or (8, 8)
+    return 2 * 3 * h * w
 
-    crop = next((t[1].shape[:2] for ts in pics.tiles.values() for t in ts), (8, 8))
-    size = _tile_size(crop, tile)
-    pages = []
+
+def channel_group(crop, k: int, budget: int | None = None) -> int:
+    """Channels whose ``k`` units' crops fit the pictures share of the memory budget at once."""
+    from zfprobe.io.memory import budget_for
+
+    budget = budget_for("pictures") if budget is None else budget
+    return int(max(1, budget // max(1, k * tile_bytes(crop))))
+
+
+def channel_tiles(pics, channels: Sequence[int], k: int) -> Iterator[tuple[int, list]]:
+    """(channel, its tiles strongest first) for each of ``channels`` in order, projected in
+    groups that fit the budget (or read from ``pics.tiles`` when it holds them)."""
+    source = getattr(pics, "source", None)
+    if source is None:
+        for c in channels:
+            yield c, pics.tiles[c]
+        return
+    group = channel_group(pics.crop, k)
+    for start in range(0, len(channels), group):
+        part = list(channels[start:start + group])
+        t0 = time.perf_counter()
+        tiles: dict[int, list] = {c: [] for c in part}
+        for unit, proj, patch in source(pics.units(part)):
+            tiles[unit.channel].append((unit, proj, patch))
+        pics.seconds += time.perf_counter() - t0
+        for c in part:
+            yield c, sorted(tiles.pop(c), key=lambda t: t[0].rank)
+
+
+def layer_crop(pics) -> tuple[int, int]:
+    """The crop size of a layer's tiles ((8, 8) with none), held or streamed alike."""
+    if getattr(pics, "source", None) is not None:
+        return pics.crop or (8, 8)
+    return next((t[1].shape[:2] for ts in pics.tiles.values() for t in ts), (8, 8))
+
+
+def layer_pages(pics: LayerPictures, k: int, per_page: int = 64, tile: int | None = None, title: str = "") -> list[np.ndarray]:
+    return [sheet for sheet, _ in iter_layer_pages(pics, k, per_page, tile, title)]
+
+
+def iter_layer_pages(pics: LayerPictures, k: int, per_page: int = 64, tile: int | None = None, title: str = "",
+                     sheets: bool = True, channel_size: int | None = None):
+    """(contact sheet or None, {channel: its block at ``channel_size`` px}) page by page: each
+    page's tiles are fetched (projected, for streamed pictures), drawn and dropped before the next."""
+    size = _tile_size(layer_crop(pics), tile)
     chans = pics.channels
     n_pages = max(1, int(np.ceil(len(chans) / per_page)))
     for p in range(n_pages):
         page_chans = chans[p * per_page: (p + 1) * per_page]
-        blocks = [channel_block(c, pics.tiles[c], k, size, status=pics.status.get(c, "")) for c in page_chans]
-        cols = int(np.ceil(np.sqrt(len(blocks)))) if blocks else 1
-        rows = int(np.ceil(len(blocks) / cols)) if blocks else 1
-        bh, bw = blocks[0].shape[:2] if blocks else (10, 10)
-        head = 24
-        sheet = np.full((head + rows * (bh + BLOCK_GAP) + BLOCK_GAP, cols * (bw + BLOCK_GAP) + BLOCK_GAP, 3), 255, np.uint8)
-        for i, b in enumerate(blocks):
-            r, c = divmod(i, cols)
-            y, x = head + BLOCK_GAP + r * (bh + BLOCK_GAP), BLOCK_GAP + c * (bw + BLOCK_GAP)
-            sheet[y: y + bh, x: x + bw] = b
-        im = Image.fromarray(sheet)
-        text = f"{title or pics.layer}  ({pics.rule}; RF {'x'.join(map(str, pics.rf_size))}; top {k}: projections | patches)"
-        if n_pages > 1:
-            text += f"  page {p + 1}/{n_pages}"
-        ImageDraw.Draw(im).text((BLOCK_GAP, 5), text, fill="black", font=load_font(13))
-        pages.append(with_legend(np.asarray(im), pics.percentile))
-    return pages
+        blocks, singles = [], {}
+        for c, tiles in channel_tiles(pics, page_chans, k):
+            status = pics.status.get(c, "")
+            if sheets:
+                blocks.append(channel_block(c, tiles, k, size, status=status))
+            if channel_size:
+                singles[c] = channel_block(c, tiles, k, channel_size, status=status)
+        yield (_sheet_page(pics, blocks, k, p, n_pages, title) if sheets else None), singles
+
+
+def _sheet_page(pics: LayerPictures, blocks: list[np.ndarray], k: int, p: int, n_pages: int, title: str) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    cols = int(np.ceil(np.sqrt(len(blocks)))) if blocks else 1
+    rows = int(np.ceil(len(blocks) / cols)) if blocks else 1
+    bh, bw = blocks[0].shape[:2] if blocks else (10, 10)
+    head = 24
+    sheet = np.full((head + rows * (bh + BLOCK_GAP) + BLOCK_GAP, cols * (bw + BLOCK_GAP) + BLOCK_GAP, 3), 255, np.uint8)
+    for i, b in enumerate(blocks):
+        r, c = divmod(i, cols)
+        y, x = head + BLOCK_GAP + r * (bh + BLOCK_GAP), BLOCK_GAP + c * (bw + BLOCK_GAP)
+        sheet[y: y + bh, x: x + bw] = b
+    im = Image.fromarray(sheet)
+    text = f"{title or pics.layer}  ({pics.rule}; RF {'x'.join(map(str, pics.rf_size))}; top {k}: projections | patches)"
+    if n_pages > 1:
+        text += f"  page {p + 1}/{n_pages}"
+    ImageDraw.Draw(im).text((BLOCK_GAP, 5), text, fill="black", font=load_font(13))
+    return with_legend(np.asarray(im), pics.percentile)
 
 
 def safe_name(layer: str) -> str:
@@ -242,17 +305,16 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
         for layer, pics in pictures.items():
             d = safe_name(layer)
             k = result.k
-            pages = layer_pages(pics, k, per_page, tile) if sheets else []
-            sheet_files = [stage.write_png(f"{d}/sheet_{i + 1:03d}.png", page) for i, page in enumerate(pages)]
-            files += sheet_files
-            chan_files = {}
-            if channel_pngs:
-                crop = next((t[1].shape[:2] for ts in pics.tiles.values() for t in ts), (8, 8))
-                size = max(_tile_size(crop, tile), 64)
-                for c in pics.channels:
-                    chan_files[c] = stage.write_png(f"{d}/channels/c{c:04d}.png",
-                                                    channel_block(c, pics.tiles[c], k, size, status=pics.status.get(c, "")))
-                files += list(chan_files.values())
+            sheet_files, chan_files = [], []
+            if sheets or channel_pngs:  # page by page: a page's pictures are written, then dropped
+                size = max(_tile_size(layer_crop(pics), tile), 64) if channel_pngs else None
+                # (no enumerate: its cached result tuple would keep the last page alive)
+                for page, blocks in iter_layer_pages(pics, k, per_page, tile, sheets=sheets, channel_size=size):
+                    if page is not None:
+                        sheet_files.append(stage.write_png(f"{d}/sheet_{len(sheet_files) + 1:03d}.png", page))
+                    chan_files += [stage.write_png(f"{d}/channels/c{c:04d}.png", b) for c, b in blocks.items()]
+                    del page, blocks  # before the next page is drawn
+            files += sheet_files + chan_files
             rf = receptive_field(probe.graph, pics.tensor, result.dataset.prep.layout)
             rows = index_rows(result, layer, pics.channels, rf)
             all_rows += rows
@@ -296,4 +358,4 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
     return final
 
 
-__all__ = ["render_layer", "units_to_project", "projection_tiles", "layer_pages", "channel_block", "save_mining", "parse_channels", "LayerPictures"]
+__all__ = ["render_layer", "iter_layer_pages", "units_to_project", "projection_tiles", "layer_pages", "channel_block", "save_mining", "parse_channels", "LayerPictures"]

@@ -42,7 +42,6 @@ Two exact ways to compute the maps (``method``):
 """
 from __future__ import annotations
 
-from zfprobe.io.memory import OCCLUSION_MEMORY_BUDGET as DEFAULT_MEMORY_BUDGET
 from zfprobe.studies.occlusion.engine import Engine, build_engine, run_engine
 from zfprobe.studies.occlusion.maps import occlude, occlusion_maps
 from zfprobe.studies.occlusion.options import (FILLS, METHODS, POSITION_NOTE, PROBABILITY_NOTE, ClassOutput,
@@ -50,6 +49,6 @@ from zfprobe.studies.occlusion.options import (FILLS, METHODS, POSITION_NOTE, PR
 from zfprobe.studies.occlusion.plan import LocalOp, local_chain, multiply_adds
 from zfprobe.studies.occlusion.result import OcclusionResult
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "Engine", "build_engine", "run_engine", "occlude", "occlusion_maps", "FILLS",
+__all__ = ["Engine", "build_engine", "run_engine", "occlude", "occlusion_maps", "FILLS",
            "METHODS", "POSITION_NOTE", "PROBABILITY_NOTE", "ClassOutput", "NoClassOutputError", "check_geometry",
            "class_output", "fill_values", "positions", "LocalOp", "local_chain", "multiply_adds", "OcclusionResult"]

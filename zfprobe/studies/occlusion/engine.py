@@ -13,7 +13,7 @@ import numpy as np
 
 from zfprobe.errors import OptionError
 from zfprobe.engine.graph import Graph, Node
-from zfprobe.io.memory import OCCLUSION_MEMORY_BUDGET
+from zfprobe.io.memory import batch_that_fits, budget_for, forward_peak
 from zfprobe.studies.occlusion.options import ClassOutput
 from zfprobe.studies.occlusion.plan import AxisPlan, LocalOp, choose_end, local_chain, plan_axis
 
@@ -175,8 +175,8 @@ def _assemble(probe, layer, cls, chain, rplan, cplan, end) -> Engine:
 
 
 def _batch_size(graph: Graph, program: Graph, budget: int) -> int:
-    per = sum(4 * int(np.prod(graph.shapes[o][1:])) for n in program.nodes for o in n.outputs if o in graph.shapes)
-    return int(max(1, min(MAX_BATCH, budget // max(1, 2 * per))))
+    """Positions per batch: the program's peak live memory per position (zfprobe.io.memory) in ``budget``."""
+    return batch_that_fits(forward_peak(graph, program), budget, cap=MAX_BATCH)
 
 
 def _pad_for(cache: np.ndarray, r_start: np.ndarray, c_start: np.ndarray, h: int, w: int, value: float):
@@ -190,7 +190,7 @@ def _pad_for(cache: np.ndarray, r_start: np.ndarray, c_start: np.ndarray, h: int
 
 
 def run_engine(engine: Engine, image: np.ndarray, fill: np.ndarray, size: int, rows: list[int], cols: list[int],
-               memory_budget: int = OCCLUSION_MEMORY_BUDGET, progress: bool = False):
+               memory_budget: int | None = None, progress: bool = False):
     """Per-position layer totals [nr, nc, C] and probabilities [nr, nc, K] (each or None), and the
     same two for the unoccluded image ([C] and [K])."""
     probe = engine.probe
@@ -235,6 +235,7 @@ def run_engine(engine: Engine, image: np.ndarray, fill: np.ndarray, size: int, r
     nr, nc = len(rows), len(cols)
     grid = [(a, b) for a in range(nr) for b in range(nc)]
     totals = probs = None
+    memory_budget = budget_for("occlusion") if memory_budget is None else memory_budget
     batch = min(_batch_size(graph, p, memory_budget) for p in ([engine.suffix] if engine.suffix else engine.programs))
     rows_a, cols_a = np.asarray(rows), np.asarray(cols)
     channels = x.shape[2] if engine.channels_last else x.shape[0]

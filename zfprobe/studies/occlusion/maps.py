@@ -8,7 +8,6 @@ import numpy as np
 
 from zfprobe.errors import ImageError, OptionError, ZfprobeError
 from zfprobe.engine.graph import Graph
-from zfprobe.io.memory import OCCLUSION_MEMORY_BUDGET
 from zfprobe.studies.occlusion.engine import build_engine, run_engine
 from zfprobe.studies.occlusion.options import (METHODS, NoClassOutputError, check_geometry, class_output, fill_values,
                                        positions)
@@ -19,7 +18,7 @@ from zfprobe.engine.rules import DECONVNET
 def occlude(probe, image, layer: str | None, size: int = 8, stride: int = 4, label: int | None = None,
             fill="grey", probability: bool | None = None, channel: int | None = None, method: str = "auto",
             project: bool = True, rule: str = DECONVNET, preprocessing=None, class_names: list[str] | None = None,
-            memory_budget: int = OCCLUSION_MEMORY_BUDGET, progress: bool = False) -> OcclusionResult:
+            memory_budget: int | None = None, progress: bool = False) -> OcclusionResult:
     """Occlusion maps of one image (a path, or a preprocessed array [1, ...]); see the module docstring.
 
     ``probability``: None computes the probability and label maps when the model has a class
@@ -115,7 +114,7 @@ def occlude(probe, image, layer: str | None, size: int = 8, stride: int = 4, lab
 
 
 def occlusion_maps(probe, images: np.ndarray, layer: str | None, size: int, stride: int, fill: np.ndarray | float = 0.0,
-                   method: str = "auto", memory_budget: int = OCCLUSION_MEMORY_BUDGET, channels_last: bool = False):
+                   method: str = "auto", memory_budget: int | None = None, channels_last: bool = False):
     """Low level: raw per-position results for a preprocessed image [1, C, H, W].
 
     Returns ``(totals [nr, nc, C] or None, probabilities [nr, nc, K] or None, rows, cols, method)``;

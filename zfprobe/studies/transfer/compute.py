@@ -9,6 +9,12 @@ regularization strength C is chosen by stratified cross-validation on the traini
 (``GridSearchCV``), never looking at test images. For very wide features (``--pool flatten`` on
 an early layer) an ``SGDClassifier`` with log loss takes its place.
 
+Determinism: the classifier stage gives the same answer whatever the machine's load and thread
+count. Every fit runs with one BLAS / OpenMP thread (``threadpoolctl``), so no parallel reduction
+changes the order of a sum, and ties in the cross-validation score are broken by a fixed rule
+(:func:`pick_c`): the highest mean CV accuracy wins, scores within ``CV_TIE`` of each other are
+tied, and a tie goes to the smallest C (the strongest regularization).
+
 The "from scratch" comparison is a callable handed in by the caller (the torch trainer in
 :mod:`zfprobe.adapters.training.graph_trainer`), so this module stays framework-free.
 """
@@ -24,6 +30,7 @@ from zfprobe.errors import OptionError
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 2, 6))
 SGD_THRESHOLD = 20_000_000  # n_train * D above which SGD replaces L-BFGS
+CV_TIE = 1e-9  # mean CV accuracies closer than this are a tie (then the smallest C wins)
 
 
 @dataclass
@@ -118,14 +125,30 @@ def draw_split(labels: np.ndarray, per_class: int, split: int, seed: int, test_g
     return train, (None if test_given else np.sort(np.concatenate(test)))
 
 
+def pick_c(cv_results: dict) -> int:
+    """Index of the chosen grid point (grids run in increasing C): the highest mean CV accuracy,
+    scores within ``CV_TIE`` of the best count as tied, and of those the first (smallest C)."""
+    scores = np.asarray(cv_results["mean_test_score"], dtype=np.float64)
+    return int(np.flatnonzero(scores >= np.nanmax(scores) - CV_TIE)[0])
+
+
 def fit_softmax(x: np.ndarray, y: np.ndarray, seed: int = 0, cs: Sequence[float] = DEFAULT_CS):
-    """A fitted standardize + multinomial logistic regression; C by CV on (x, y) only."""
+    """A fitted standardize + multinomial logistic regression; C by CV on (x, y) only, one
+    thread, ties by :func:`pick_c`, so the result does not depend on load or thread count."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _fit_softmax(x, y, seed, cs)
+
+
+def _fit_softmax(x: np.ndarray, y: np.ndarray, seed: int, cs: Sequence[float]):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression, SGDClassifier
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
+    cs = sorted(cs)  # pick_c's tie rule reads the grid in increasing C
     if x.shape[0] * x.shape[1] > SGD_THRESHOLD:
         n = x.shape[0]
         clf = SGDClassifier(loss="log_loss", max_iter=50, tol=1e-4, random_state=seed)
@@ -140,7 +163,8 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, seed: int = 0, cs: Sequence[float]
         if folds < 2:
             pipe.fit(x, y)
             return pipe, None
-        search = GridSearchCV(pipe, grid, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1)
+        search = GridSearchCV(pipe, grid, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1,
+                              refit=pick_c)
         search.fit(x, y)
     best = search.best_params_
     c = best.get("clf__C")

@@ -31,7 +31,6 @@ from zfprobe.errors import OptionError, ZfprobeError
 
 POOLS = ("avg", "max", "flatten")
 CACHE_LIMIT = 1024**3  # bytes of features a cache entry may hold ("datasets that fit")
-from zfprobe.io.memory import FEATURES_MEMORY_LIMIT as MEMORY_LIMIT
 
 
 @dataclass
@@ -118,6 +117,7 @@ def default_cache_dir() -> str:
 def extract(probe, dataset: Dataset, layers: Sequence[str], how: str = "avg", batch_size: int | None = None,
             progress: bool = False, cache_dir: str | None = None, limit: int | None = None) -> Features:
     """Pooled features of every layer in ``layers`` for every item of ``dataset``, in one pass."""
+    from zfprobe.io.memory import budget_for, describe
     from zfprobe.studies.mining.compute import auto_batch_size
 
     if how not in POOLS:
@@ -129,9 +129,10 @@ def extract(probe, dataset: Dataset, layers: Sequence[str], how: str = "avg", ba
     n_total = len(dataset) if limit is None else min(len(dataset), int(limit))
     dims = feature_dims(probe, layers, how)
     need = 4 * n_total * sum(dims.values())
-    if need > MEMORY_LIMIT:
+    if need > budget_for("features"):
         raise OptionError(f"the features would take {need / 1024**3:.1f} GB ({', '.join(f'{l}: {d}' for l, d in dims.items())} "
-                          "values per image); use --pool avg or max, fewer layers or fewer images")
+                          f"values per image), more than the {describe(budget_for('features'))} memory budget; "
+                          "use --pool avg or max, fewer layers or fewer images, or a larger --memory")
     key = cache_key(probe, dataset, layers, how, limit) if cache_dir else None
     path = os.path.join(cache_dir, f"{key}.npz") if key else None
     if path and os.path.isfile(path):
