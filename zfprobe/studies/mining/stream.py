@@ -49,7 +49,7 @@ def streamed_layer(probe, result, layer: str, rule: str = DECONVNET, lrn: str = 
             return projection_tiles(probe, result.dataset, layer, units, rule, lrn, percentile, image_chunk)
     live = [c for c in chans if status[c] != "dead"][:1]
     return LayerPictures(layer, top.tensor, rule, chans, rf.size, rf.stride, {}, status={c: status[c] for c in chans},
-                         percentile=percentile, source=source, units=lambda cs: units_to_project(result, layer, cs),
+                         percentile=percentile, k=result.k, source=source, units=lambda cs: units_to_project(result, layer, cs),
                          crop=crop_shape(rf, units_to_project(result, layer, live)))
 
 
