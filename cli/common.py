@@ -183,10 +183,12 @@ class Interrupted(BaseException):
 def report_failure(exc: BaseException) -> int:
     """Print one line for any failure and return the exit status (2 for anything a user can
     cause or meet; 1, with a request to report it, for a bug; 130 / 143 for SIGINT / SIGTERM)."""
-    from zfprobe.io.interrupts import Terminated, take_notes
+    from zfprobe.io.interrupts import Terminated, interrupted_by, take_notes
 
     if isinstance(exc, Interrupted):
         exc = exc.original
+    if not isinstance(exc, (KeyboardInterrupt, SystemExit, ZfprobeError)) and interrupted_by() is not None:
+        exc = interrupted_by()  # e.g. onnxruntime's "initialization failed" when Ctrl-C hit its import
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     if isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)):
