@@ -85,6 +85,37 @@ def encode_labels(raw: list) -> tuple[np.ndarray, dict[int, str], bool]:
     return np.asarray([index[t] for t in text], np.int64), dict(enumerate(names)), False
 
 
+MAX_TABLE_BYTES = 256 << 20  # a label or list file larger than this is not one
+
+
+def read_text(path: str, what: str) -> str:
+    """The text of a small UTF-8 file (a BOM allowed): one line ``zfprobe: error`` for a file
+    that is missing, binary, not UTF-8 or too large. Every label, list and parts file is read
+    through here (no command decodes one on its own)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TABLE_BYTES + 1)
+    except OSError as exc:
+        raise DatasetError(f"cannot read the {what} '{path}': {exc.strerror or exc}") from None
+    if len(raw) > MAX_TABLE_BYTES:
+        raise DatasetError(f"the {what} '{path}' is over {MAX_TABLE_BYTES >> 20} MB; it is not a {what}")
+    if b"\0" in raw:
+        raise DatasetError(f"the {what} '{path}' is a binary file, not text")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"the {what} '{path}' is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+
+
+def read_text_table(path: str, what: str) -> list[list[str]]:
+    """The non-empty CSV rows of the text file ``path`` (see :func:`read_text`)."""
+    text = read_text(path, what)
+    try:
+        return [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
+    except csv.Error as exc:
+        raise DatasetError(f"the {what} '{path}' is not valid CSV ({exc})") from None
+
+
 def read_label_file(path: str) -> list:
     """Labels from a ``.npy`` array or a text file (one per line, or the last CSV column)."""
     if not os.path.isfile(path):
@@ -92,10 +123,11 @@ def read_label_file(path: str) -> list:
     if path.lower().endswith(".npy"):
         try:
             return list(np.load(path, allow_pickle=False).reshape(-1))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             raise DatasetError(f"cannot read labels from '{path}': {exc}") from None
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    rows = read_text_table(path, "label file")
+    if not rows:
+        raise DatasetError(f"the label file '{path}' holds no labels; write one label per line")
     return [r[-1] for r in rows]
 
 
@@ -144,8 +176,7 @@ def _from_class_folders(root: str, prep: Preprocessing) -> Labelled:
 
 
 def _from_csv(path: str, prep: Preprocessing) -> Labelled:
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    rows = read_text_table(path, "labelled image list")
     if rows and rows[0] and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
         rows = rows[1:]
     if not rows:
@@ -167,4 +198,6 @@ def subset_dataset(labelled: Labelled, input_shape, indices: np.ndarray) -> np.n
         np.zeros((0,) + tuple(input_shape[1:]), np.float32)
 
 
-__all__ = ["Labelled", "FileList", "open_labelled", "encode_labels", "read_label_file", "subset_dataset"]
+__all__ = ["Labelled", "FileList", "open_labelled", "encode_labels", "read_label_file", "read_text",
+           "read_text_table",
+           "subset_dataset"]
