@@ -122,6 +122,19 @@ class NumberList(click.ParamType):
         return out
 
 
+class Name(click.ParamType):
+    """A name that was given must name something (``-l ""`` is an error, not the default)."""
+
+    name = "name"
+
+    def convert(self, value, param, ctx):
+        if not str(value).strip():
+            self.fail("is empty; give a name (see `zfprobe layers MODEL`), or leave the option out for the default",
+                      param, ctx)
+        return value
+
+
+NAME = Name()
 SEED = Number(0, MAX_SEED, integer=True)
 FINITE = Number()
 COUNT = Number(1, integer=True)     # at least one
@@ -141,6 +154,8 @@ def checked_params(command: click.Command) -> None:
             param.type = COUNT
         elif param.type is click.FLOAT:
             param.type = FINITE
+        elif param.name in ("layer", "layers") and param.type is click.STRING:
+            param.type = NAME
 
 
 def check_preprocessing_options(preset, mean, std, scale, data) -> None:

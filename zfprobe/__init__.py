@@ -38,6 +38,8 @@ def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None, de
         from zfprobe.adapters.frontends import keras_adapter  # loaded only when used
 
         return keras_adapter.load(path, device=device, input_shape=input_shape, backend=backend)
+    if os.path.isdir(path):
+        raise ModelLoadError(f"model '{path}' is a directory, not a model file")
     if not os.path.isfile(path):
         raise ModelLoadError(f"model file '{path}' does not exist")
     from zfprobe.adapters.backends.onnxruntime_backend import OnnxRuntimeBackend
