@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zfprobe.io.datasets import Dataset, DatasetError, ImageFolder, image_extensions, open_dataset
+from zfprobe.io.datasets import ARRAY_FILE_ERRORS, Dataset, DatasetError, ImageFolder, image_extensions, open_dataset
 from zfprobe.io.preprocess import Preprocessing
 
 LABEL_KEYS = ("labels", "y", "Y", "targets", "label")
@@ -123,7 +123,7 @@ def read_label_file(path: str) -> list:
     if path.lower().endswith(".npy"):
         try:
             return list(np.load(path, allow_pickle=False).reshape(-1))
-        except (OSError, ValueError, EOFError) as exc:
+        except ARRAY_FILE_ERRORS as exc:
             raise DatasetError(f"cannot read labels from '{path}': {exc}") from None
     rows = read_text_table(path, "label file")
     if not rows:
@@ -145,12 +145,17 @@ def open_labelled(path: str, prep: Preprocessing, input_shape: tuple[int, ...], 
         return _from_class_folders(path, prep)
     if ext == ".npz" and labels is None:
         dataset = open_dataset(path, prep, input_shape, array_key)
-        with np.load(path, allow_pickle=False) as z:
-            keys = [label_key] if label_key else [k for k in LABEL_KEYS if k in z.files]
-            if not keys or keys[0] not in z.files:
-                raise DatasetError(f"'{path}' has no label array (looked for {', '.join(label_key and [label_key] or LABEL_KEYS)}; "
-                                   f"it has {', '.join(z.files)}); name it 'labels' or give --labels")
-            raw = list(np.asarray(z[keys[0]]).reshape(-1))
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys = [label_key] if label_key else [k for k in LABEL_KEYS if k in z.files]
+                if not keys or keys[0] not in z.files:
+                    raise DatasetError(f"'{path}' has no label array (looked for {', '.join(label_key and [label_key] or LABEL_KEYS)}; "
+                                       f"it has {', '.join(z.files)}); name it 'labels' or give --labels")
+                raw = list(np.asarray(z[keys[0]]).reshape(-1))
+        except DatasetError:
+            raise
+        except ARRAY_FILE_ERRORS as exc:
+            raise DatasetError(f"cannot read labels from '{path}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         return _checked(dataset, raw, path)
     if labels is None:
         raise DatasetError(f"'{path}' carries no labels: give --labels FILE (one label per item), or use a folder "
