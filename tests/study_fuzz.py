@@ -41,12 +41,14 @@ def _flip(data: bytes, rng: random.Random, n: int = 0) -> bytes:
 def _labels(root: Path, rng: random.Random) -> list:
     rows = [[str(p), p.stem.split("_")[1]] for p in SAMPLES]
     for _ in range(rng.randint(1, 4)):
+        if not rows:
+            break
         r = rng.randrange(len(rows))
         what = rng.randrange(6)
         if what == 0:
-            rows[r][1] = rng.choice(WEIRD)
+            rows[r][1:2] = [rng.choice(WEIRD)]
         elif what == 1:
-            rows[r][0] = rng.choice(WEIRD + [str(DIGIT), str(DATA)])
+            rows[r][:1] = [rng.choice(WEIRD + [str(DIGIT), str(DATA)])]
         elif what == 2:
             rows[r] = rows[r][: rng.randint(0, 1)] + [rng.choice(WEIRD)] * rng.randint(0, 3)
         elif what == 3:
@@ -54,7 +56,7 @@ def _labels(root: Path, rng: random.Random) -> list:
         elif what == 4:
             rows.insert(r, [rng.choice(WEIRD) for _ in range(rng.randint(1, 4))])
         else:
-            rows = [[p, "3"] for p, *_ in rows]  # one class
+            rows = [[(row or [""])[0], "3"] for row in rows]  # one class
     text = "\n".join(",".join(row) for row in rows).encode("utf-8", "surrogatepass")
     if rng.random() < 0.4:
         text = _flip(text, rng)
@@ -73,6 +75,8 @@ def _parts(root: Path, rng: random.Random) -> list:
     for _ in range(rng.randint(1, 3)):
         image = rng.choice(list(parts) + ["missing.png", rng.choice(WEIRD)])
         boxes = parts.setdefault(image, {})
+        if not isinstance(boxes, dict):
+            boxes = parts[image] = {}
         what = rng.randrange(5)
         if what == 0:
             boxes[rng.choice(["a", "b", rng.choice(WEIRD)])] = [rng.choice([1, -5, 1e9, 3.5, "x", None, float("nan")])

@@ -4,8 +4,9 @@ The run is a real ``zfprobe`` subprocess. ``ZFPROBE_PAUSE_AT`` makes it stop at 
 (``mining``: after the first mined batch; ``publish``: outputs staged and journaled, nothing
 moved; ``publish-file``: one file moved) and create a flag file; the test then sends the signal.
 Afterwards, and after the next run into the same folder, there must be no mixed, stale or leaked
-output: either the earlier result intact, or no manifest (incomplete, which the next run
-completes), or the new result complete; never a staging folder or journal after a rerun.
+output: either the earlier result intact, or no manifest (incomplete, which the next run rolls
+back to the earlier result), or the new result complete; never a staging folder or journal after
+a rerun.
 """
 from __future__ import annotations
 

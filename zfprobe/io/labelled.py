@@ -75,7 +75,7 @@ def encode_labels(raw: list) -> tuple[np.ndarray, dict[int, str], bool]:
     try:
         values = [int(float(t)) if float(t) == int(float(t)) else None for t in text]
         numeric = all(v is not None for v in values)
-    except ValueError:
+    except (ValueError, OverflowError):  # 'abc', 'nan'; 'inf', '1e309'
         numeric = False
     if numeric:
         labels = np.asarray(values, np.int64)
