@@ -7,6 +7,7 @@ import os
 import click
 
 from zfprobe.cli.common import open_probe, preprocessing_from_options, preprocessing_options
+from zfprobe.cli.validation import zfprobe_output
 from zfprobe.errors import OptionError
 
 
@@ -70,14 +71,15 @@ def command(model, data, labels_file, layers, channel_specs, branches, mode, imp
 
     import numpy as np
 
-    if batch_size < 1:
-        raise OptionError("--batch-size must be at least 1")
     if not (layers or channel_specs or branches or importance_layer):
         raise OptionError("say what to ablate: --layer, --channels LAYER:0-15, --branch NODE, or --importance LAYER")
     if channel_specs and mode == "identity":
         raise OptionError("channels are ablated with --mode zero or mean, not identity")
     if importance_layer and mode == "identity":
         raise OptionError("--importance ablates channels: use --mode zero or mean")
+    if mine_dir is not None and not importance_layer:
+        raise OptionError("--mine-dir only applies with --importance LAYER (its pictures show the important channels)")
+    zfprobe_output(mine_dir, "mine", "--mine-dir")
     probe = open_probe(model, input_size, device)
     prep = preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize)
     edits = [Edit("layer", l, (), mode or "identity") for l in layers]
@@ -92,6 +94,8 @@ def command(model, data, labels_file, layers, channel_specs, branches, mode, imp
 
         find_head(probe.graph)
     labelled = open_labelled(data, prep, probe.input_shape, labels_file, array_key, label_key)
+    if not probe.graph.outputs:
+        raise OptionError("the model declares no graph output; ablation measures accuracy on its class output")
     n_out = int(np.prod(probe.graph.shape(probe.graph.outputs[0])[1:]))
     check_labels(labelled, n_out)
     if len(labelled.classes) < 2 and retrain_head:

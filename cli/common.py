@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from zfprobe.cli.validation import Number, NumberList, nonempty
 from zfprobe.errors import OptionError, ZfprobeError
 
 from zfprobe.engine.rules import RULES  # noqa: F401  (the CLI commands import it from here)
@@ -31,6 +32,8 @@ def parse_floats(value: str | None, what: str = "value", nonzero: bool = False) 
     """'0.1,0.2' -> (0.1, 0.2); refuses NaN, infinities and (with ``nonzero``) zeros."""
     if value is None:
         return None
+    if isinstance(value, tuple):  # parsed and checked by its option's type (cli/validation.py)
+        return value
     try:
         out = tuple(float(v) for v in value.split(","))
     except ValueError:
@@ -114,8 +117,8 @@ def default_layer(probe, layer: str | None, command: str) -> str:
     from zfprobe.studies.defaults import deepest_layer
     from zfprobe.errors import OptionError
 
-    if layer:
-        return layer
+    if layer is not None:
+        return nonempty(layer, "--layer")
     chosen = deepest_layer(probe)
     if chosen is None:
         raise OptionError("the model has no spatial layer the deconvnet can pass; give --layer (see `zfprobe layers`)")
@@ -149,9 +152,9 @@ def preprocessing_options(fn):
     options = [
         click.option("--preset", type=click.Choice(["imagenet", "caffe", "unit", "raw", "tf"]), help="Preprocessing preset."),
         click.option("--input-size", help="HxW, for models without a fixed input size."),
-        click.option("--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406 (after scaling)."),
-        click.option("--std", help="Per-channel std."),
-        click.option("--scale", type=float, help="Pixel scale applied before mean/std (e.g. 0.00392 for 1/255)."),
+        click.option("--mean", type=NumberList(), help="Per-channel mean, e.g. 0.485,0.456,0.406 (after scaling)."),
+        click.option("--std", type=NumberList(nonzero=True), help="Per-channel std."),
+        click.option("--scale", type=Number(nonzero=True), help="Pixel scale applied before mean/std (e.g. 0.00392 for 1/255)."),
         click.option("--bgr/--rgb", default=None, help="Channel order the model expects."),
         click.option("--resize", type=click.Choice(["crop", "stretch"]), help="How an image is fitted to the input size."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
@@ -172,6 +175,12 @@ def _say(line: str) -> None:
         pass  # stderr is gone; the exit status still tells
 
 
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command line: ``zfprobe: warning: ...`` on one line, the
+    same channel as errors (a library's warning included), never a source line."""
+    _say(f"zfprobe: warning: {message}")
+
+
 class Interrupted(BaseException):
     """Carries a KeyboardInterrupt / Terminated past click (which would reword it) to the group."""
 
@@ -183,10 +192,12 @@ class Interrupted(BaseException):
 def report_failure(exc: BaseException) -> int:
     """Print one line for any failure and return the exit status (2 for anything a user can
     cause or meet; 1, with a request to report it, for a bug; 130 / 143 for SIGINT / SIGTERM)."""
-    from zfprobe.io.interrupts import Terminated, take_notes
+    from zfprobe.io.interrupts import Terminated, interrupted_by, take_notes
 
     if isinstance(exc, Interrupted):
         exc = exc.original
+    if not isinstance(exc, (KeyboardInterrupt, SystemExit, ZfprobeError)) and interrupted_by() is not None:
+        exc = interrupted_by()  # e.g. onnxruntime's "initialization failed" when Ctrl-C hit its import
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     if isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)):

@@ -6,6 +6,7 @@ import os
 import click
 
 from zfprobe.cli.common import open_probe, preprocessing_from_options, preprocessing_options
+from zfprobe.cli.validation import FRACTION, Number, check_preprocessing_options
 from zfprobe.errors import OptionError
 
 MODEL_EXTENSIONS = (".onnx", ".keras", ".h5", ".hdf5")
@@ -27,11 +28,11 @@ def split_arguments(paths: tuple[str, ...]) -> tuple[list[str], str | None]:
 @click.command("filters")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--layer", "-l", help="Conv layer to diagnose (default: the first convolution).")
-@click.option("--dead-norm", type=float, default=0.05, show_default=True,
+@click.option("--dead-norm", type=Number(0.0), default=0.05, show_default=True,
               help="Dead if the filter's L2 norm is at most this fraction of the bank's median norm.")
-@click.option("--inactive-rate", type=float, default=0.0, show_default=True,
+@click.option("--inactive-rate", type=FRACTION, default=0.0, show_default=True,
               help="With DATA: dead if active (output > 0) on at most this fraction of positions.")
-@click.option("--saturated-rate", type=float, default=1.0, show_default=True,
+@click.option("--saturated-rate", type=FRACTION, default=1.0, show_default=True,
               help="With DATA: dead if at its ceiling (no ceiling: active) on at least this fraction of positions.")
 @click.option("--aliasing-layer", help="With DATA: also measure the stride grid in projections of this deeper layer.")
 @click.option("--period", type=int, help="Grid period in pixels for the aliasing check (default: the stride of that layer's receptive field).")
@@ -57,6 +58,7 @@ def command(paths, layer, dead_norm, inactive_rate, saturated_rate, aliasing_lay
     from zfprobe.studies.filters.render import save_diagnosis
 
     models, data = split_arguments(paths)
+    check_preprocessing_options(preset, mean, std, scale, data)
     if dead_norm < 0 or not 0 <= inactive_rate <= 1 or not 0 <= saturated_rate <= 1:
         raise OptionError("--dead-norm must be >= 0; --inactive-rate and --saturated-rate must be in [0, 1]")
     for name, value in (("--batch-size", batch_size), ("--limit", limit), ("--period", period), ("--fft-size", fft_size)):

@@ -45,7 +45,7 @@ def command(model, images, layers, transforms, range_, labels, fill, batch_size,
     has_classes = class_output(probe.graph) is not None
     if not has_classes:
         if labels:
-            raise OptionError(f"--label needs a class output, and this model has none (output '{probe.graph.outputs[0]}')")
+            raise OptionError(f"--label needs a class output, and this model has none (output '{(probe.graph.outputs or ['none'])[0]}')")
         click.echo(f"zfprobe: note: {NO_CLASS_NOTE}", err=True)
     result = invariance(probe, paths, list(layers), transforms=list(transforms) or ["translate-y", "scale", "rotate"],
                         ranges=range_, labels=list(labels) or None, fill=fill, preprocessing=prep,

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
 from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY, LRN_MODES
-from zfprobe.cli.common import (RULES, Interrupted, default_layer, open_probe, probe_and_image, parse_unit,
+from zfprobe.cli.common import (RULES, Interrupted, default_layer, one_line_warning, open_probe, probe_and_image, parse_unit,
                                 preprocessing_from_options, preprocessing_options, quiet_native_logs,
                                 report_failure)
+from zfprobe.cli.validation import checked_params
 from zfprobe.errors import OptionError
 from zfprobe.io.interrupts import install_handlers, take_notes
 from zfprobe.io.outputs import check_output_file, check_output_path, output_lock
@@ -32,11 +34,13 @@ class _Group(click.Group):
         install_handlers()
         quiet_native_logs()
         take_notes()  # notes of an earlier invocation in this process do not belong to this one
-        try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-            code = code if isinstance(code, int) else 0
-        except BaseException as exc:  # noqa: BLE001 - this is the top of the program
-            code = report_failure(exc)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning  # never Python's two-line format with a source line
+            try:
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+                code = code if isinstance(code, int) else 0
+            except BaseException as exc:  # noqa: BLE001 - this is the top of the program
+                code = report_failure(exc)
         if not standalone_mode:
             return code
         sys.exit(code or 0)
@@ -46,6 +50,7 @@ class _Group(click.Group):
 
         _check_outputs_first(cmd)
         add_memory_option(cmd)
+        checked_params(cmd)
         super().add_command(cmd, name)
 
     def invoke(self, ctx):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 
 import click
 
@@ -14,6 +15,16 @@ from zfprobe.io.pictures import DEFAULT_PERCENTILE
 MAX_TOP = 1000          # images kept per channel (the paper shows 9)
 MAX_PER_PAGE = 1024     # channels per contact sheet page
 MIN_TILE, MAX_TILE = 4, 1024  # tile side on the sheets, in pixels
+
+
+def checkpoint_interval() -> float:
+    """Seconds between mining checkpoints: 30, or ``ZFPROBE_MINE_CHECKPOINT_S`` (0: after every batch)."""
+    want = os.environ.get("ZFPROBE_MINE_CHECKPOINT_S")
+    if not want:
+        return 30.0
+    from zfprobe.cli.validation import number
+
+    return number(want, "ZFPROBE_MINE_CHECKPOINT_S", low=0.0)
 
 
 @click.command("mine")
@@ -117,9 +128,8 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
             check_layer_pictures(probe, layer, k, per_page, tile, len(parse_channels(channels, shapes[layer][1][0])),
                                  prep.layout)
     dataset = open_dataset(data, prep, probe.input_shape, array_key, exclude=(out_dir,))
-    with output_lock(out_dir):  # held until the outputs are published: one run per folder
-        state = os.path.join(out_dir, STATE_FILE)
-        if restart and os.path.exists(state):
+    with output_lock(out_dir), checkpoint_kept_on_failure(os.path.join(out_dir, STATE_FILE)) as state:
+        if restart and os.path.lexists(state):
             os.unlink(state)
         args = (probe, prep, dataset, out_dir, state, layers, k, channels, per_page, rule, lrn,
                 batch_size, limit, tile, percentile, no_project, no_channel_pngs, restart, quiet)
@@ -136,6 +146,50 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
     click.echo(f"mined {s['images_used']} image(s) ({s['skipped']} skipped) for {len(layers)} layer(s), top {k}, "
                f"{speed} -> {out_dir} ({len(files)} files; see index.csv"
                + ("" if no_project else " and */sheet_001.png") + ")")
+
+
+@contextmanager
+def checkpoint_kept_on_failure(state: str):
+    """The checkpoint path for the block. A block that fails (a full disk, a bad file; not an
+    interruption) leaves the checkpoint as it was before: the earlier one back byte for byte (a
+    hard link kept beside it; a rename needs no free space), or none when there was none. A link
+    named like the checkpoint is refused: zfprobe never writes through links in its output folder."""
+    from zfprobe.io.confined import LinkInOutputError
+
+    if os.path.islink(state):
+        raise LinkInOutputError(f"'{state}' is a symbolic link; zfprobe never follows or replaces links in its "
+                                "output folder: remove it or choose another folder with -o")
+    kept = os.path.join(os.path.dirname(state), f".zfprobe-tmp-checkpoint-{os.getpid()}")
+    had = os.path.isfile(state)
+    if had:
+        try:
+            os.link(state, kept)
+        except OSError:  # no hard links here: keep the bytes instead
+            with open(state, "rb") as f:
+                kept_bytes = f.read()
+            kept = None
+    ok = False
+    try:
+        yield state
+        ok = True
+    except KeyboardInterrupt:
+        ok = True  # interrupted: the new checkpoint is the point of it
+        raise
+    finally:
+        if not ok:
+            if had and kept is not None:
+                if os.path.lexists(state) and os.path.samefile(kept, state):
+                    os.unlink(kept)  # never rewritten (rename() between two links of one file does nothing)
+                else:
+                    os.replace(kept, state)
+            elif had:
+                from zfprobe.io.outputs import write_file_atomically
+
+                write_file_atomically(state, kept_bytes)
+            elif os.path.lexists(state):
+                os.unlink(state)
+        elif had and kept is not None and os.path.lexists(kept):
+            os.unlink(kept)
 
 
 def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, per_page, rule, lrn, batch_size, limit,
@@ -156,7 +210,8 @@ def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, pe
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = engine_mine(probe, dataset, list(layers), k=k, batch_size=batch_size, progress=not quiet,
-                             state_path=state, resume=not restart, limit=limit, log=lambda m: click.echo(m, err=True))
+                             state_path=state, resume=not restart, limit=limit, log=lambda m: click.echo(f"zfprobe: note: {m}", err=True),
+                             checkpoint_every=checkpoint_interval())
         skipped_msgs = [str(w.message) for w in caught if str(w.message).startswith("skipped ")]
     for msg in skipped_msgs[:20]:
         click.echo(f"zfprobe: warning: {msg}", err=True)

@@ -10,11 +10,9 @@ from zfprobe.errors import OptionError
 
 def read_labels(path: str) -> list[str]:
     """A class-name file: one name per line (line k names class k)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            names = [line.rstrip("\r\n") for line in f]
-    except OSError as exc:
-        raise OptionError(f"cannot read the class-name file '{path}': {exc.strerror or exc}") from None
+    from zfprobe.io.labelled import read_text
+
+    names = read_text(path, "class-name file").splitlines()
     while names and not names[-1].strip():
         names.pop()
     if not names:
@@ -63,7 +61,7 @@ def command(model, image, layer, size, stride, label, fill, channel, labels_file
     names = read_labels(labels_file) if labels_file else None
     has_classes = class_output(probe.graph) is not None
     if not has_classes and label is None:
-        click.echo(f"zfprobe: note: the model has no class output (output '{probe.graph.outputs[0]}'); "
+        click.echo(f"zfprobe: note: the model has no class output (output '{(probe.graph.outputs or ['none'])[0]}'); "
                    "only the activation map is made", err=True)
     result = occlude(probe, image, layer, size=size, stride=stride, label=label, fill=fill, channel=channel,
                      method=method, project=not no_projection, preprocessing=prep, class_names=names,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from zfprobe.cli.common import open_probe, preprocessing_from_options, preprocessing_options
+from zfprobe.cli.validation import nonempty
 from zfprobe.errors import OptionError
 
 
@@ -38,6 +39,8 @@ def command(model, data, layers, limit, unit_pages, occlusion_images, includes, 
     from zfprobe.report import ReportOptions, build_report
     from zfprobe.report.folders import find_analyses
 
+    if layers is not None:
+        nonempty(layers.replace(",", ""), "--layers")
     out_dir = out_dir or output_folder("report", model)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise OptionError(f"the output folder '{out_dir}' is a file; give a folder path with -o")

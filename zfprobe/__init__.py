@@ -11,22 +11,35 @@ import os
 from zfprobe import legacy_paths
 from zfprobe.errors import ModelLoadError, ZfprobeError
 from zfprobe.io.provenance import __version__
-from zfprobe.probe import LayerInfo, Probe
 
 __all__ = ["load", "attach", "Probe", "LayerInfo", "ZfprobeError", "__version__"]
 
 legacy_paths.install()
 
 
+def __getattr__(name: str):
+    """``Probe`` and ``LayerInfo`` are imported on first use: ``import zfprobe`` stays light, so
+    the command line is ready to handle Ctrl-C within milliseconds of starting."""
+    if name in ("Probe", "LayerInfo"):
+        from zfprobe import probe
+
+        return getattr(probe, name)
+    raise AttributeError(f"module 'zfprobe' has no attribute {name!r}")
+
+
 def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None, device: str = "auto",
-         backend: str | None = None) -> Probe:
+         backend: str | None = None) -> "Probe":
     """Open a model file (.onnx; .keras/.h5 through the Keras adapter) as a :class:`Probe`."""
+    from zfprobe.probe import Probe
+
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext in (".keras", ".h5", ".hdf5"):
         from zfprobe.adapters.frontends import keras_adapter  # loaded only when used
 
         return keras_adapter.load(path, device=device, input_shape=input_shape, backend=backend)
+    if os.path.isdir(path):
+        raise ModelLoadError(f"model '{path}' is a directory, not a model file")
     if not os.path.isfile(path):
         raise ModelLoadError(f"model file '{path}' does not exist")
     from zfprobe.adapters.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -43,7 +56,7 @@ def load(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None, de
     return Probe(graph, OnnxRuntimeBackend(device), source=path, preprocessing=prep)
 
 
-def attach(model, example=None, **options) -> Probe:
+def attach(model, example=None, **options) -> "Probe":
     """A :class:`Probe` for a live framework model: a torch ``nn.Module`` (with an example input
     or input shape) or a Keras model. The adapter is imported only here, when used."""
     kind = type(model).__module__.split(".")[0]

@@ -14,10 +14,30 @@ from zfprobe.engine.graph import Graph
 from zfprobe.adapters.backends.onnx_export import to_onnx
 
 
-def available_providers() -> list[str]:
-    import onnxruntime as ort
+def import_onnxruntime():
+    """``onnxruntime``, imported with file descriptor 2 muted: its import logs straight to stderr,
+    before any log level can be set (e.g. "Failed to persist telemetry device ID" when HOME is not
+    writable). Its errors still arrive, as the import's exception."""
+    import sys
 
-    return list(ort.get_available_providers())
+    if "onnxruntime" in sys.modules:
+        return sys.modules["onnxruntime"]
+    saved = os.dup(2)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+        finally:
+            os.close(devnull)
+        import onnxruntime
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    return list(import_onnxruntime().get_available_providers())
 
 
 def choose_providers(device: str = "auto") -> list[str]:
@@ -39,7 +59,7 @@ def choose_providers(device: str = "auto") -> list[str]:
 
 def quiet_onnxruntime():
     """onnxruntime, with its own logging off: its errors become exceptions zfprobe reports."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     ort.set_default_logger_severity(4)
     return ort

@@ -16,20 +16,37 @@ from zfprobe.errors import UntrustedFileError
 
 
 def _tensors(graph):
-    """Every TensorProto of a graph, subgraphs included."""
+    """Every TensorProto of a graph, subgraphs and sparse tensors included."""
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
         yield sparse.indices
-    for node in graph.node:
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes):
+    """Every TensorProto in the attributes of ``nodes``: dense, sparse (a Constant's
+    ``sparse_value``), lists of both, and those of subgraphs."""
+    for node in nodes:
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
+            sparse = [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
+            for sp in [*sparse, *attr.sparse_tensors]:
+                yield sp.values
+                yield sp.indices
             if attr.HasField("g"):
                 yield from _tensors(attr.g)
             for sub in attr.graphs:
                 yield from _tensors(sub)
+
+
+def model_tensors(model):
+    """Every TensorProto of a model: its graph's and those inside its local functions."""
+    yield from _tensors(model.graph)
+    for function in model.functions:
+        yield from _node_tensors(function.node)
 
 
 def resolve_location(model_path: str, location: str) -> str:
@@ -63,7 +80,7 @@ def inline_external_data(model, model_path: str) -> int:
     from onnx import TensorProto
 
     count = 0
-    for tensor in _tensors(model.graph):
+    for tensor in model_tensors(model):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in tensor.external_data}

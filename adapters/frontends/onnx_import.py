@@ -590,8 +590,10 @@ def _run_nodes(model, nodes: list, values: dict[str, np.ndarray]) -> dict[str, n
     """The outputs of ``nodes`` (inlined branches), computed by onnxruntime from the known values
     of what they read: a small model instead of a second run of the whole network."""
     import onnx
-    import onnxruntime as ort
 
+    from zfprobe.adapters.backends.onnxruntime_backend import quiet_onnxruntime
+
+    ort = quiet_onnxruntime()
     inits = {i.name: i for i in model.graph.initializer}
     produced = {o for n in nodes for o in n.output}
     reads = [t for n in nodes for t in list(n.input) + _implicit_inputs(n) if t and t not in produced]

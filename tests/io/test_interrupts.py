@@ -4,8 +4,9 @@ The run is a real ``zfprobe`` subprocess. ``ZFPROBE_PAUSE_AT`` makes it stop at 
 (``mining``: after the first mined batch; ``publish``: outputs staged and journaled, nothing
 moved; ``publish-file``: one file moved) and create a flag file; the test then sends the signal.
 Afterwards, and after the next run into the same folder, there must be no mixed, stale or leaked
-output: either the earlier result intact, or no manifest (incomplete, which the next run
-completes), or the new result complete; never a staging folder or journal after a rerun.
+output: either the earlier result intact, or no manifest (incomplete, which the next run rolls
+back to the earlier result), or the new result complete; never a staging folder or journal after
+a rerun.
 """
 from __future__ import annotations
 
@@ -137,9 +138,9 @@ def test_second_run_into_a_locked_folder_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------- publishing -----
-def test_sigkill_mid_publish_never_shows_a_mix_and_is_completed(tmp_path):
+def test_sigkill_mid_publish_never_shows_a_mix_and_is_rolled_back(tmp_path):
     out = tmp_path / "out"
-    earlier_result(out)
+    before = earlier_result(out)
     code, _ = interrupt([*VIS, "-o", out], "publish-file", signal.SIGKILL, tmp_path)
     assert code == -signal.SIGKILL
     # killed after one file moved: no manifest, so no reader takes the folder for a complete result
@@ -149,8 +150,7 @@ def test_sigkill_mid_publish_never_shows_a_mix_and_is_completed(tmp_path):
 
     with output_lock(out):  # what the next run does first
         pass
-    manifest = complete(out)
-    assert len(manifest["seeds"]) == 3  # the killed run's result, completed; none of the earlier 5 left
+    assert tree(out) == before  # the earlier result, byte for byte; nothing of the killed run left
     assert not leftovers(out)
     assert recover(out) is False
 
@@ -163,7 +163,7 @@ def test_sigkill_before_publish_keeps_earlier_result(tmp_path):
     assert code == -signal.SIGKILL
     visible = {k: v for k, v in tree(out).items() if not k.startswith(".")}
     assert visible == before  # journaled but nothing moved: the earlier result, intact
-    r = run(*VIS, "-o", out)  # the next run completes the journal, then publishes its own
+    r = run(*VIS, "-o", out)  # the next run rolls the journal back, then publishes its own
     assert judge(r, expect_error=False) is None, r.stderr
     assert len(complete(out)["seeds"]) == 3 and not leftovers(out)
 

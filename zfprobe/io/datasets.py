@@ -454,6 +454,19 @@ def _batch_to_tensor(raw: np.ndarray, prep: Preprocessing) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _array_file_errors() -> tuple[type[BaseException], ...]:
+    """What numpy raises on a damaged .npy / .npz: its header is parsed as a Python literal and a
+    .npz is a zip, so besides OSError / ValueError a tokenizer, syntax or zip error can come out."""
+    import tokenize
+    import zipfile
+
+    return (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile, KeyError,
+            MemoryError, OverflowError)
+
+
+ARRAY_FILE_ERRORS = _array_file_errors()
+
+
 def _open_array(path: str, key: str | None) -> tuple[np.ndarray, str | None]:
     ext = os.path.splitext(path)[1].lower()
     try:
@@ -468,8 +481,11 @@ def _open_array(path: str, key: str | None) -> tuple[np.ndarray, str | None]:
             elif key not in names:
                 raise DatasetError(f"'{path}' has no array '{key}'; it has {', '.join(names)}")
             return z[key], key
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read the array file '{path}': {str(exc).splitlines()[0]}") from None
+    except DatasetError:
+        raise
+    except ARRAY_FILE_ERRORS as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DatasetError(f"cannot read the array file '{path}': {msg}") from None
 
 
 def open_dataset(path: str, prep: Preprocessing, input_shape: tuple[int, ...], key: str | None = None,

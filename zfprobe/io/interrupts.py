@@ -19,6 +19,8 @@ import time
 from contextlib import contextmanager
 
 _notes: list[str] = []
+_paused: set[str] = set()  # points the test hook has stopped at
+_received: list[int] = []  # SIGINT / SIGTERM received by this invocation (see interrupted_by)
 
 
 class Terminated(KeyboardInterrupt):
@@ -26,13 +28,30 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, frame):
+    _received.append(signum)
     raise Terminated()
 
 
+def _raise_interrupt(signum, frame):
+    _received.append(signum)
+    raise KeyboardInterrupt()
+
+
 def install_handlers() -> None:
-    """Make SIGTERM raise :class:`Terminated` in the main thread (call once, from the CLI)."""
+    """Make SIGTERM raise :class:`Terminated` and SIGINT ``KeyboardInterrupt`` in the main
+    thread, both remembered (call once per command, from the CLI)."""
+    _received.clear()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGINT, _raise_interrupt)
+
+
+def interrupted_by() -> KeyboardInterrupt | None:
+    """The interruption this invocation received, if any: a library that was importing or
+    initializing when it came (onnxruntime) may report it as its own error instead."""
+    if not _received:
+        return None
+    return Terminated() if _received[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def note(message: str) -> None:
@@ -59,7 +78,7 @@ def deferred():
         return
     caught: list[int] = []
     held = (signal.SIGINT, signal.SIGTERM)
-    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
+    old = {s: signal.signal(s, lambda signum, frame: (caught.append(signum), _received.append(signum))) for s in held}
     try:
         yield
     finally:
@@ -71,8 +90,9 @@ def deferred():
 
 def pause(point: str) -> None:
     """Test hook: stop at ``point`` when ``ZFPROBE_PAUSE_AT`` names it (see the module doc)."""
-    if os.environ.get("ZFPROBE_PAUSE_AT") != point:
+    if os.environ.get("ZFPROBE_PAUSE_AT") != point or point in _paused:
         return
+    _paused.add(point)  # once per process: code that runs again after the signal goes on
     flag = os.environ.get("ZFPROBE_PAUSE_FILE")
     if flag:
         with open(flag, "w") as f:

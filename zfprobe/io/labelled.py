@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zfprobe.io.datasets import Dataset, DatasetError, ImageFolder, image_extensions, open_dataset
+from zfprobe.io.datasets import ARRAY_FILE_ERRORS, Dataset, DatasetError, ImageFolder, image_extensions, open_dataset
 from zfprobe.io.preprocess import Preprocessing
 
 LABEL_KEYS = ("labels", "y", "Y", "targets", "label")
@@ -75,7 +75,7 @@ def encode_labels(raw: list) -> tuple[np.ndarray, dict[int, str], bool]:
     try:
         values = [int(float(t)) if float(t) == int(float(t)) else None for t in text]
         numeric = all(v is not None for v in values)
-    except ValueError:
+    except (ValueError, OverflowError):  # 'abc', 'nan'; 'inf', '1e309'
         numeric = False
     if numeric:
         labels = np.asarray(values, np.int64)
@@ -85,6 +85,37 @@ def encode_labels(raw: list) -> tuple[np.ndarray, dict[int, str], bool]:
     return np.asarray([index[t] for t in text], np.int64), dict(enumerate(names)), False
 
 
+MAX_TABLE_BYTES = 256 << 20  # a label or list file larger than this is not one
+
+
+def read_text(path: str, what: str) -> str:
+    """The text of a small UTF-8 file (a BOM allowed): one line ``zfprobe: error`` for a file
+    that is missing, binary, not UTF-8 or too large. Every label, list and parts file is read
+    through here (no command decodes one on its own)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TABLE_BYTES + 1)
+    except OSError as exc:
+        raise DatasetError(f"cannot read the {what} '{path}': {exc.strerror or exc}") from None
+    if len(raw) > MAX_TABLE_BYTES:
+        raise DatasetError(f"the {what} '{path}' is over {MAX_TABLE_BYTES >> 20} MB; it is not a {what}")
+    if b"\0" in raw:
+        raise DatasetError(f"the {what} '{path}' is a binary file, not text")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"the {what} '{path}' is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+
+
+def read_text_table(path: str, what: str) -> list[list[str]]:
+    """The non-empty CSV rows of the text file ``path`` (see :func:`read_text`)."""
+    text = read_text(path, what)
+    try:
+        return [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
+    except csv.Error as exc:
+        raise DatasetError(f"the {what} '{path}' is not valid CSV ({exc})") from None
+
+
 def read_label_file(path: str) -> list:
     """Labels from a ``.npy`` array or a text file (one per line, or the last CSV column)."""
     if not os.path.isfile(path):
@@ -92,10 +123,11 @@ def read_label_file(path: str) -> list:
     if path.lower().endswith(".npy"):
         try:
             return list(np.load(path, allow_pickle=False).reshape(-1))
-        except (OSError, ValueError) as exc:
+        except ARRAY_FILE_ERRORS as exc:
             raise DatasetError(f"cannot read labels from '{path}': {exc}") from None
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    rows = read_text_table(path, "label file")
+    if not rows:
+        raise DatasetError(f"the label file '{path}' holds no labels; write one label per line")
     return [r[-1] for r in rows]
 
 
@@ -113,12 +145,17 @@ def open_labelled(path: str, prep: Preprocessing, input_shape: tuple[int, ...], 
         return _from_class_folders(path, prep)
     if ext == ".npz" and labels is None:
         dataset = open_dataset(path, prep, input_shape, array_key)
-        with np.load(path, allow_pickle=False) as z:
-            keys = [label_key] if label_key else [k for k in LABEL_KEYS if k in z.files]
-            if not keys or keys[0] not in z.files:
-                raise DatasetError(f"'{path}' has no label array (looked for {', '.join(label_key and [label_key] or LABEL_KEYS)}; "
-                                   f"it has {', '.join(z.files)}); name it 'labels' or give --labels")
-            raw = list(np.asarray(z[keys[0]]).reshape(-1))
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys = [label_key] if label_key else [k for k in LABEL_KEYS if k in z.files]
+                if not keys or keys[0] not in z.files:
+                    raise DatasetError(f"'{path}' has no label array (looked for {', '.join(label_key and [label_key] or LABEL_KEYS)}; "
+                                       f"it has {', '.join(z.files)}); name it 'labels' or give --labels")
+                raw = list(np.asarray(z[keys[0]]).reshape(-1))
+        except DatasetError:
+            raise
+        except ARRAY_FILE_ERRORS as exc:
+            raise DatasetError(f"cannot read labels from '{path}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         return _checked(dataset, raw, path)
     if labels is None:
         raise DatasetError(f"'{path}' carries no labels: give --labels FILE (one label per item), or use a folder "
@@ -144,8 +181,7 @@ def _from_class_folders(root: str, prep: Preprocessing) -> Labelled:
 
 
 def _from_csv(path: str, prep: Preprocessing) -> Labelled:
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    rows = read_text_table(path, "labelled image list")
     if rows and rows[0] and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
         rows = rows[1:]
     if not rows:
@@ -167,4 +203,6 @@ def subset_dataset(labelled: Labelled, input_shape, indices: np.ndarray) -> np.n
         np.zeros((0,) + tuple(input_shape[1:]), np.float32)
 
 
-__all__ = ["Labelled", "FileList", "open_labelled", "encode_labels", "read_label_file", "subset_dataset"]
+__all__ = ["Labelled", "FileList", "open_labelled", "encode_labels", "read_label_file", "read_text",
+           "read_text_table",
+           "subset_dataset"]

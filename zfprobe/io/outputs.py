@@ -7,15 +7,24 @@ How a run publishes into the output folder ``OUT``:
 * **Stage inside OUT.** Files are written into ``OUT/.zfprobe-staging-<pid>-<random>/``, which is
   always on the same file system as their destination (an ``OUT`` that is a mount point or a
   Docker volume works; nothing crosses devices).
-* **Journal, then publish.** When every file is complete, ``OUT/.zfprobe-journal.json`` records
-  the new files and the stale ones (listed by the previous ``manifest.json`` and not rewritten);
-  then the old ``manifest.json`` is removed, files are renamed into place, stale files removed,
-  and the new ``manifest.json`` is renamed in last. ``manifest.json`` is the commit marker: a
-  reader that finds one sees one complete run, never a mix. SIGINT and SIGTERM wait until the
-  publish is done; after a SIGKILL or power loss in the middle, the next run into ``OUT`` (or
-  :func:`recover`) completes the journal before anything else.
-* **Cleanup.** Staging folders of dead runs (pid gone, or older than a day) are removed; a failed
-  run removes its staging folder, and ``OUT`` itself when the run created it.
+* **Journal, then publish.** When every file is complete, and no link sits where a file is
+  published or removed, ``OUT/.zfprobe-journal.json`` records the new files (with their inode
+  numbers) and the stale ones (listed by the previous ``manifest.json`` and not rewritten). Then
+  each earlier file (the old manifest first) is moved aside into the staging folder and the new
+  one renamed into place, stale files are moved aside too, the new ``manifest.json`` is renamed in
+  last, and removing the journal commits. ``manifest.json`` is the commit marker for readers: a
+  folder with one holds one complete run, never a mix. SIGINT and SIGTERM wait until the publish
+  is done. After a SIGKILL or power loss before the commit, the next run into ``OUT`` (or
+  :func:`recover`) rolls back: every earlier file returns byte for byte and the new ones (known by
+  inode) go.
+* **Confined.** Every move and removal goes through :class:`zfprobe.io.confined.Folder`: paths
+  from a manifest or journal are checked (relative, normalized, no ``..``) and walked with
+  ``O_NOFOLLOW`` from the folder's descriptor, so a symbolic link planted in ``OUT`` is a one-line
+  error, never followed. A journal zfprobe did not write (corrupt, crafted, an older format) is
+  refused with one line, never obeyed.
+* **Cleanup.** Staging folders of dead runs (pid gone, or older than a day) are removed, links
+  among them removed themselves; a failed run removes its staging folder, and ``OUT`` itself when
+  the run created it.
 
 File names made from layer names go through :func:`safe_file_name`, which is reversible
 (:func:`name_from_file`) and therefore unique: ``blk/relu`` and ``blk_relu`` never collide.
@@ -25,7 +34,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
+import signal
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -35,16 +47,20 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 from zfprobe.errors import OutputError
+from zfprobe.io.confined import Folder, LinkInOutputError, check_relative
 from zfprobe.io.interrupts import deferred, note, pause
 
 MANIFEST = "manifest.json"
 JOURNAL = ".zfprobe-journal.json"
+JOURNAL_VERSION = 2
+BACKUP = ".zfprobe-earlier"  # inside the staging folder: the earlier files a publish set aside
 STAGING_PREFIX = ".zfprobe-staging-"
 LEAK_AGE_S = 24 * 3600
 
 # folders this process holds locked: real path -> [fd, holders, created]
 _held: dict[str, list] = {}
 _live: set[str] = set()  # staging folders of this process's open stages
+_steps = [0]  # publish steps taken by this process (the SIGKILL test hook counts them)
 
 
 def os_error_message(exc: OSError, what: str, writing: bool = True) -> str:
@@ -199,17 +215,21 @@ class OutputStage:
         """Publish every staged file into the destination (see the module doc); final paths."""
         if self._committed:
             raise RuntimeError("OutputStage.commit called twice")
-        stale = sorted(set(_manifest_files(self.destination)) - set(self.files)) if self.replace else []
-        journal = {"staging": os.path.basename(self._staging), "files": self.files, "stale": stale,
-                   "pid": os.getpid(), "time": time.time()}
         try:
-            with deferred():  # a SIGINT / SIGTERM now is delivered when the block ends
-                write_file_atomically(os.path.join(self.destination, JOURNAL), json.dumps(journal).encode())
-                pause("publish")
-                _apply_journal(self.destination, journal)
-                self._committed = True
-                _live.discard(self._staging)
-                note(f"the output was complete and published to {self.destination} before the interruption")
+            with Folder(self.destination) as folder:
+                stale = sorted(set(_manifest_files(folder)) - set(self.files)) if self.replace else []
+                staging = os.path.basename(self._staging)
+                inodes = _preflight(folder, staging, self.files, stale)
+                journal = {"version": JOURNAL_VERSION, "staging": staging, "files": self.files, "stale": stale,
+                           "inodes": inodes, "pid": os.getpid(), "time": time.time()}
+                with deferred():  # a SIGINT / SIGTERM now is delivered when the block ends
+                    write_file_atomically(os.path.join(self.destination, JOURNAL), json.dumps(journal).encode())
+                    _test_kill_point()
+                    pause("publish")
+                    _apply_journal(folder, journal)
+                    self._committed = True
+                    _live.discard(self._staging)
+                    note(f"the output was complete and published to {self.destination} before the interruption")
         except OSError as exc:
             raise OutputError(os_error_message(exc, f"cannot publish into '{self.destination}'")) from None
         finally:
@@ -246,67 +266,141 @@ class OutputStage:
 
 
 def recover(destination: str) -> bool:
-    """Complete a publish that a killed run left half done (True if there was one)."""
-    path = os.path.join(destination, JOURNAL)
-    try:
-        with open(path) as f:
-            journal = json.load(f)
-        staging = journal["staging"]
-        if not (isinstance(staging, str) and staging.startswith(STAGING_PREFIX) and "/" not in staging):
-            raise ValueError(f"bad staging folder {staging!r}")
-        [_check_relative(r) for r in journal["files"] + journal["stale"]]
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError, KeyError, TypeError):
-        os.unlink(path)  # unreadable: it was never completely written, so nothing was moved
-        return False
-    _apply_journal(destination, journal)
+    """Undo a publish that a killed run left half done: the earlier result comes back byte for
+    byte (True if there was one). A journal zfprobe did not write is refused, never obeyed."""
+    with Folder(destination) as folder:
+        journal = _read_journal(folder)
+        if journal is None:
+            return False
+        _roll_back(folder, journal)
     return True
 
 
-def _apply_journal(destination: str, journal: dict) -> None:
-    """Rename staged files into place (manifest last), drop stale ones; safe to repeat."""
-    staging = os.path.join(destination, journal["staging"])
-    files = journal["files"]
-    manifest = os.path.join(destination, MANIFEST)
-    if MANIFEST in files and os.path.exists(os.path.join(staging, MANIFEST)) and os.path.lexists(manifest):
-        os.unlink(manifest)  # from here until the end there is no manifest: readers see "incomplete"
-    for rel in sorted(files, key=lambda r: r == MANIFEST):
-        source = os.path.join(staging, rel)
-        if rel == MANIFEST:
-            for stale in journal["stale"]:
-                _remove_file(destination, stale)
-        if not os.path.lexists(source):
-            continue  # moved already (a repeated journal)
-        target = os.path.join(destination, rel)
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.replace(source, target)
-        pause("publish-file")
-    if MANIFEST not in files:
-        for stale in journal["stale"]:
-            _remove_file(destination, stale)
-    fsync_dir(destination)
-    os.unlink(os.path.join(destination, JOURNAL))
-    shutil.rmtree(staging, ignore_errors=True)
-
-
-def _remove_file(destination: str, rel: str) -> None:
-    path = os.path.join(destination, rel)
-    if os.path.isfile(path) or os.path.islink(path):
-        os.unlink(path)
-    parent = os.path.dirname(path)
-    while os.path.abspath(parent) != os.path.abspath(destination) and os.path.isdir(parent) and not os.listdir(parent):
-        os.rmdir(parent)
-        parent = os.path.dirname(parent)
-
-
-def _manifest_files(destination: str) -> list[str]:
+def _read_journal(folder: Folder) -> dict | None:
+    """The journal in ``folder`` (None without one), checked entry by entry: every path relative
+    and inside the folder, the staging folder a real folder of zfprobe's naming."""
+    if folder.lstat(JOURNAL) is None:
+        return None
+    where = os.path.join(folder.path, JOURNAL)
     try:
-        with open(os.path.join(destination, MANIFEST)) as f:
-            files = json.load(f).get("files", [])
-    except (OSError, ValueError, AttributeError):
+        journal = json.loads(folder.read(JOURNAL, limit=256 << 20))
+        if not isinstance(journal, dict) or journal.get("version") != JOURNAL_VERSION:
+            raise ValueError("unknown format")
+        staging, files, stale, inodes = journal["staging"], journal["files"], journal["stale"], journal["inodes"]
+        if not (isinstance(staging, str) and re.fullmatch(r"\.zfprobe-staging-\d+-[A-Za-z0-9_]+", staging)):
+            raise ValueError(f"bad staging folder {staging!r}")
+        if not folder.is_dir(staging):
+            raise ValueError(f"its staging folder {staging!r} is missing or not a folder")
+        if not (isinstance(files, list) and isinstance(stale, list) and isinstance(inodes, dict)):
+            raise ValueError("bad file lists")
+        for rel in files + stale:
+            if _check_relative(rel) != rel:
+                raise ValueError(f"file name {rel!r} is not normalized")
+            folder.check_writable(rel)  # a link on the way: LinkInOutputError, never followed
+        if len(set(files)) != len(files) or len(set(stale)) != len(stale) or set(files) & set(stale):
+            raise ValueError("a file is listed twice")
+        if set(inodes) != set(files) or not all(isinstance(v, int) and v >= 0 for v in inodes.values()):
+            raise ValueError("bad inode list")
+    except LinkInOutputError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise OutputError(f"'{where}' is not a publish journal zfprobe wrote ({exc}); zfprobe does not act on "
+                          "it: look at the folder, then delete that file to go on") from None
+    return journal
+
+
+def _preflight(folder: Folder, staging: str, files: list[str], stale: list[str]) -> dict[str, int]:
+    """Refuse (before anything moves) a link where a file is published or removed; the staged
+    files' inode numbers, which let a rollback tell the new files from the user's."""
+    for rel in files + stale:
+        folder.check_writable(rel)
+    inodes = {}
+    for rel in files:
+        st = folder.lstat(f"{staging}/{rel}")
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise OutputError(f"staged file '{rel}' is missing from '{os.path.join(folder.path, staging)}'")
+        inodes[rel] = st.st_ino
+    return inodes
+
+
+def _apply_journal(folder: Folder, journal: dict) -> None:
+    """Move each earlier file aside (into the staging folder), the new one into place (manifest
+    last), then remove the journal: that is the commit. A failure before it rolls back."""
+    staging, files = journal["staging"], journal["files"]
+    aside = f"{staging}/{BACKUP}"
+    try:
+        if MANIFEST in files:
+            _set_aside(folder, aside, MANIFEST)  # from here until the commit, readers see "incomplete"
+        for rel in files:
+            if rel == MANIFEST:
+                continue
+            _set_aside(folder, aside, rel)
+            folder.rename(f"{staging}/{rel}", rel)
+            _test_kill_point()
+            pause("publish-file")
+        for rel in journal["stale"]:
+            _set_aside(folder, aside, rel)
+        if MANIFEST in files:
+            folder.rename(f"{staging}/{MANIFEST}", MANIFEST)
+            _test_kill_point()
+        folder.fsync()
+    except BaseException:
+        try:
+            _roll_back(folder, journal)
+        except (OSError, OutputError):
+            pass  # the journal stays: the next run into the folder rolls back
+        raise
+    folder.unlink(JOURNAL)  # the commit point
+    folder.fsync()
+    _test_kill_point()
+    for rel in journal["stale"]:
+        folder.remove_empty_parents(rel)
+    folder.rmtree(staging)
+
+
+def _set_aside(folder: Folder, aside: str, rel: str) -> None:
+    if folder.lstat(rel) is not None:
+        folder.check_writable(rel)
+        folder.rename(rel, f"{aside}/{rel}")
+        _test_kill_point()
+
+
+def _roll_back(folder: Folder, journal: dict) -> None:
+    """Put every earlier file back and remove the new ones (known by inode), then the journal."""
+    staging, inodes = journal["staging"], journal["inodes"]
+    aside = f"{staging}/{BACKUP}"
+    for rel in dict.fromkeys([MANIFEST, *journal["files"], *journal["stale"]]):
+        if folder.lstat(f"{aside}/{rel}") is not None:
+            folder.rename(f"{aside}/{rel}", rel)
+        elif rel in inodes and folder.lstat(f"{staging}/{rel}") is None:
+            st = folder.lstat(rel)
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_ino == inodes[rel]:
+                folder.unlink(rel)
+                folder.remove_empty_parents(rel)
+    folder.fsync()
+    folder.unlink(JOURNAL)
+    folder.fsync()
+    folder.rmtree(staging)
+
+
+def _test_kill_point() -> None:
+    """Test hook: ``ZFPROBE_TEST_SIGKILL_AT_PUBLISH_STEP=k`` SIGKILLs this process at the k-th
+    step of a publish (journal written, each rename, commit), to test every moment of it."""
+    want = os.environ.get("ZFPROBE_TEST_SIGKILL_AT_PUBLISH_STEP")
+    if not want:
+        return
+    _steps[0] += 1
+    if str(_steps[0]) == want:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _manifest_files(folder: Folder) -> list[str]:
+    """The files the earlier run's manifest lists (those that are valid paths inside the folder)."""
+    try:
+        files = json.loads(folder.read(MANIFEST)).get("files", [])
+    except LinkInOutputError:
+        raise
+    except (OSError, ValueError, AttributeError, UnicodeDecodeError):
         return []
     out = []
     for rel in files if isinstance(files, list) else []:
@@ -319,13 +413,10 @@ def _manifest_files(destination: str) -> list[str]:
 
 def _check_relative(relative: str) -> str:
     """A path inside the output folder: relative, no '..', not one of zfprobe's own names."""
-    if not isinstance(relative, str) or not relative or os.path.isabs(relative):
-        raise ValueError(f"output file name {relative!r} is not a relative path")
-    parts = relative.replace("\\", "/").split("/")
-    if any(p in ("", ".", "..") for p in parts) or parts[0].startswith(".zfprobe-"):
-        raise ValueError(f"output file name {relative!r} is not allowed")
-    return "/".join(parts)
-
+    try:
+        return check_relative(relative, reserved=".zfprobe-")
+    except ValueError as exc:
+        raise ValueError(f"output {exc}") from None
 
 def _staging_pid(name: str) -> int | None:
     if not name.startswith(STAGING_PREFIX):
@@ -352,25 +443,25 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_leaked_staging(destination: str) -> None:
-    """Staging folders of runs that died (their pid is gone, or they are over a day old)."""
+    """Staging folders of runs that died (their pid is gone, or they are over a day old), and
+    half-written single files; removed without following any link (a link with such a name is
+    removed itself, never what it points to)."""
     now = time.time()
-    for name in _listdir(destination):
-        pid = _staging_pid(name)
-        if pid is None:
-            continue
-        full = os.path.join(destination, name)
-        try:
-            old = now - os.lstat(full).st_mtime > LEAK_AGE_S
-        except OSError:
-            continue
-        if full not in _live and (old or pid == os.getpid() or not _pid_alive(pid)):
-            shutil.rmtree(full, ignore_errors=True)
-    for name in _listdir(destination):  # half-written single files (write_file_atomically)
-        if name.startswith(".zfprobe-tmp-"):
-            try:
-                os.unlink(os.path.join(destination, name))
-            except OSError:
-                pass
+    with Folder(destination) as folder:
+        for name in _listdir(destination):
+            pid = _staging_pid(name)
+            st = folder.lstat(name) if pid is not None or name.startswith(".zfprobe-tmp-") else None
+            if st is None:
+                continue
+            if name.startswith(".zfprobe-tmp-") or stat.S_ISLNK(st.st_mode):
+                folder.unlink(name)
+                continue
+            full = os.path.join(destination, name)
+            if full not in _live and (now - st.st_mtime > LEAK_AGE_S or pid == os.getpid() or not _pid_alive(pid)):
+                try:
+                    folder.rmtree(name)
+                except OSError:
+                    pass
 
 
 def fsync_dir(path: str) -> None:
@@ -417,6 +508,20 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_file_atomically(path: str, data: bytes) -> None:
     """Write one file so that readers see the old content or the new, never a partial file."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -426,6 +531,7 @@ def write_file_atomically(path: str, data: bytes) -> None:
     except OSError as exc:
         raise OutputError(os_error_message(exc, f"cannot write '{path}'")) from None
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # like any file the user creates, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -192,6 +192,7 @@ class ReportBuilder:
                 with open(os.path.join(ASSETS, f), "rb") as fh:
                     stage.write_bytes(f"assets/{f}", fh.read())
             meta = self._manifest(result, data, layer_rows, links)
+            meta["files"] = stage.files + ["manifest.json"]  # every file: a rerun removes pages no longer made
             stage.write_json("manifest.json", meta)
             bar.update(1)
             self._timed("html", t)
@@ -352,7 +353,7 @@ class ReportBuilder:
                                    "dead_channels": [c for c, s in p.status.items() if s == "dead"],
                                    "weak_channels": [c for c, s in p.status.items() if s == "weak"],
                                    "unit_pages": sorted(u)} for layer, (d, p, u) in layer_rows.items()},
-                "analyses": [n for n, _ in links], "timings_s": self.timings, "files": ["index.html"]}
+                "analyses": [n for n, _ in links], "timings_s": self.timings}
 
 
 def build_report(probe, out_dir: str, options: ReportOptions | None = None, log=None) -> dict:

@@ -23,7 +23,7 @@ def find_analyses(root: str) -> list[tuple[str, dict]]:
         return out
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name, "manifest.json")
-        if name.startswith(".") or not os.path.isfile(path):
+        if name.startswith(".") or os.path.islink(os.path.join(root, name)) or not os.path.isfile(path):
             continue
         try:
             with open(path) as f:

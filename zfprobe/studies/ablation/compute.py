@@ -306,6 +306,10 @@ def evaluate(probe, graph: Graph, labelled, batch_size: int = 64, progress: bool
     scorer = Scorer(output_is_probability(graph))
     for images, labels, _ in _batches(labelled, batch_size, progress, desc):
         scorer.add(probe.backend.run(program, {probe.input_name: images}, [out])[0], labels)
+    if scorer.n == 0:  # every image unreadable: an accuracy of 0 of 0 images would be a made-up number
+        from zfprobe.io.datasets import DatasetError
+
+        raise DatasetError(f"none of the {len(labelled)} labelled image(s) could be read; nothing to measure")
     return scorer.metrics()
 
 

@@ -91,14 +91,15 @@ def read_parts(path: str) -> dict[str, dict[str, tuple[float, float, float, floa
     """A parts file: JSON ``{image: {part: [x0, y0, x1, y1]}}`` or CSV ``image,part,x0,y0,x1,y1``."""
     if not os.path.isfile(path):
         raise PartsError(f"the parts file '{path}' does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PartsError(f"cannot read the parts file '{path}': {exc}") from None
+    from zfprobe.io.labelled import read_text
+
+    text = read_text(path, "parts file")
     if path.lower().endswith(".csv"):
         parts: dict = {}
-        rows = list(csv.reader(text.splitlines()))
+        try:
+            rows = list(csv.reader(text.splitlines()))
+        except csv.Error as exc:
+            raise PartsError(f"the parts file '{path}' is not valid CSV ({exc})") from None
         if rows and rows[0] and rows[0][0].strip().lower() == "image":
             rows = rows[1:]
         for k, row in enumerate(rows, start=1):

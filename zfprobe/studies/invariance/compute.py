@@ -189,8 +189,8 @@ def invariance(probe, images: Sequence, layers: Sequence[str] | str, transforms:
     if probability is False:
         cls = None
     elif cls is None and (probability or labels is not None):
-        raise NoClassOutputError(f"the model has no class output (its output '{probe.graph.outputs[0]}' has shape "
-                                 f"{list(probe.graph.shapes.get(probe.graph.outputs[0], ()))}, not [N, classes]): "
+        raise NoClassOutputError(f"the model has no class output (its output '{(probe.graph.outputs or ['none'])[0]}' has shape "
+                                 f"{list(probe.graph.shapes.get((probe.graph.outputs or [''])[0], ()))}, not [N, classes]): "
                                  "cannot record class probabilities; the distances still work")
     label_list = _labels(labels, len(images), cls)
     wanted = list(dict.fromkeys(tensors + ([cls.tensor] if cls else [])))

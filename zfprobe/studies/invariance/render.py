@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from zfprobe.io import pictures as render
+from zfprobe.io.images import to_display
 
 NO_CLASS_NOTE = "the model has no class output, so only the feature distances are made (no class probability)"
 
@@ -81,7 +82,7 @@ def examples_png(result) -> bytes:
             ax = axes[r, c]
             ax.axis("off")
             if c < len(idx):
-                ax.imshow(result.examples[t.kind][idx[c]], interpolation="nearest")
+                ax.imshow(to_display(result.examples[t.kind][idx[c]]), interpolation="nearest")
                 ax.set_title(f"{t.amounts[idx[c]]:g}{'' if t.unit == 'x' else ' '}{t.unit}", fontsize=9)
         axes[r, 0].text(-0.1, 0.5, t.kind, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=10)
     fig.suptitle(f"{_short(result.images[0])} as the model sees it (fill {result.fill_name}: "

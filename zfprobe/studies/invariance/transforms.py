@@ -132,24 +132,36 @@ def fill_pixel(fill, prep) -> tuple[int, ...]:
 
 
 def apply(pixels: np.ndarray, kind: str, amount: float, fill: tuple[int, ...]) -> np.ndarray:
-    """``pixels`` uint8 [H, W, C] (C = 1 or 3) transformed by ``kind`` / ``amount``; same shape."""
+    """``pixels`` [H, W, C] (C = 1 or 3; uint8, or float32 in 0..255 for 16-bit and float files,
+    as :func:`zfprobe.io.images.read_image` gives them) transformed by ``kind`` / ``amount``;
+    same shape and type. Float pixels are transformed channel by channel in Pillow's float mode
+    "F", so a 16-bit image keeps its levels."""
     from PIL import Image
 
     h, w, c = pixels.shape
+    if pixels.dtype != np.uint8:
+        planes = [_transform(Image.fromarray(np.ascontiguousarray(pixels[..., i], np.float32), mode="F"), kind, amount,
+                             float(fill[min(i, len(fill) - 1)])) for i in range(c)]
+        return np.stack([np.asarray(p, np.float32) for p in planes], axis=2)
     im = Image.fromarray(pixels[..., 0] if c == 1 else pixels, mode="L" if c == 1 else "RGB")
-    colour = fill[0] if c == 1 else tuple(fill)
-    # Pillow's affine data maps each output pixel centre to the input position it samples.
-    if kind == "translate-x":
-        out = im.transform((w, h), Image.AFFINE, (1, 0, -amount, 0, 1, 0), resample=Image.BILINEAR, fillcolor=colour)
-    elif kind == "translate-y":
-        out = im.transform((w, h), Image.AFFINE, (1, 0, 0, 0, 1, -amount), resample=Image.BILINEAR, fillcolor=colour)
-    elif kind == "scale":
-        cx, cy, inv = w / 2, h / 2, 1.0 / amount
-        out = im.transform((w, h), Image.AFFINE, (inv, 0, cx - cx * inv, 0, inv, cy - cy * inv),
-                           resample=Image.BILINEAR, fillcolor=colour)
-    elif kind == "rotate":
-        out = im.rotate(amount, resample=Image.BILINEAR, fillcolor=colour)
-    else:
-        raise OptionError(f"unknown transform '{kind}'")
+    out = _transform(im, kind, amount, fill[0] if c == 1 else tuple(fill))
     arr = np.asarray(out, np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _transform(im, kind: str, amount: float, colour):
+    from PIL import Image
+
+    w, h = im.size
+    # Pillow's affine data maps each output pixel centre to the input position it samples.
+    if kind == "translate-x":
+        return im.transform((w, h), Image.AFFINE, (1, 0, -amount, 0, 1, 0), resample=Image.BILINEAR, fillcolor=colour)
+    if kind == "translate-y":
+        return im.transform((w, h), Image.AFFINE, (1, 0, 0, 0, 1, -amount), resample=Image.BILINEAR, fillcolor=colour)
+    if kind == "scale":
+        cx, cy, inv = w / 2, h / 2, 1.0 / amount
+        return im.transform((w, h), Image.AFFINE, (inv, 0, cx - cx * inv, 0, inv, cy - cy * inv),
+                            resample=Image.BILINEAR, fillcolor=colour)
+    if kind == "rotate":
+        return im.rotate(amount, resample=Image.BILINEAR, fillcolor=colour)
+    raise OptionError(f"unknown transform '{kind}'")

@@ -37,7 +37,7 @@ import numpy as np
 
 from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY
 from zfprobe.io.datasets import Dataset
-from zfprobe.io.interrupts import pause
+from zfprobe.io.interrupts import deferred, pause
 from zfprobe.errors import OptionError, ZfprobeError
 
 STATE_FILE = ".mine-state.npz"
@@ -317,16 +317,25 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
             done = [(i, r) for i, r in skipped if i < consumed]  # not those of a batch in flight
             save_state(state_path, fingerprint, tops, consumed, done, n_total)
 
-    def finish(batch, future) -> None:
-        """Merge a finished batch into the top-k (runs while the backend computes the next)."""
+    def finish_first() -> None:
+        """Merge the oldest batch in flight into the top-k (while the backend computes the next).
+
+        Waiting for its result may be interrupted (Ctrl-C, SIGTERM): the batch then stays in
+        ``pending`` for the interruption's drain. The merge, the checkpoint mark ``consumed`` and
+        the removal from ``pending`` happen together, signals held, so a checkpoint only ever
+        counts batches whose results are in the top-k."""
         nonlocal consumed, last_save
-        if future is not None:
-            for layer, (acts, maxima) in zip(shapes, future.result()):
+        batch, future = pending[0]
+        pause(f"merging-{consumed}")  # test hook: waiting for a batch while later ones compute
+        outs = future.result() if future is not None else ()
+        with deferred():
+            for layer, (acts, maxima) in zip(shapes, outs):
                 tops[layer].update(acts, batch.indices, maxima)
-        done = int(batch.indices.max() + 1) if len(batch.indices) else 0
-        done = max(done, max((i + 1 for i, _ in batch.skipped), default=0))
-        bar.update(done - consumed)
-        consumed = done
+            done = int(batch.indices.max() + 1) if len(batch.indices) else 0
+            done = max(done, max((i + 1 for i, _ in batch.skipped), default=0))
+            bar.update(done - consumed)
+            consumed = done
+            pending.popleft()
         if state_path and time.monotonic() - last_save > checkpoint_every:
             save()
             last_save = time.monotonic()
@@ -349,16 +358,17 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
             future = runner.submit(run, probe.check_images(batch.tensors)) if len(batch.indices) else None
             pending.append((batch, future))
             while len(pending) > workers:
-                finish(*pending.popleft())
+                finish_first()
                 pause("mining")  # test hook (zfprobe.io.interrupts): a deterministic moment mid-run
+                pause(f"mining-{consumed}")  # ... and after the batch that ends at image `consumed`
         while pending:
-            finish(*pending.popleft())
+            finish_first()
     except BaseException as exc:
         for _, future in pending:
             if future is not None:
                 future.cancel()
         if isinstance(exc, KeyboardInterrupt):  # a failed run writes nothing; an interrupted one checkpoints
-            _drain(pending, finish)  # batches already computing are waited for anyway: keep them
+            _drain(pending, finish_first)  # batches already computing are waited for anyway: keep them
             save()  # everything consumed so far is in the top-k: a rerun resumes from here
         if state_path and isinstance(exc, KeyboardInterrupt):
             from zfprobe.io.interrupts import note
@@ -376,13 +386,13 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
     return MiningResult(tops, dataset, k, consumed, skipped, start, seconds)
 
 
-def _drain(pending: deque, finish) -> None:
+def _drain(pending: deque, finish_first) -> None:
     """Merge, in order, the batches in flight whose forward pass was not cancelled."""
     while pending:
-        batch, future = pending.popleft()
+        future = pending[0][1]
         if future is not None and (future.cancelled() or future.exception() is not None):
             return
-        finish(batch, future)
+        finish_first()
 
 
 def forward_parallelism(backend) -> tuple[int, int | None]:

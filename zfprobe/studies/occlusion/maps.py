@@ -52,8 +52,8 @@ def occlude(probe, image, layer: str | None, size: int = 8, stride: int = 4, lab
         if cls is None:
             what = "the probability and label maps" if label is None else f"--label {label}"
             raise NoClassOutputError(
-                f"the model has no class output (its output '{graph.outputs[0]}' has shape "
-                f"{list(graph.shapes.get(graph.outputs[0], ()))}, not [N, classes]): cannot make {what}; "
+                f"the model has no class output (its output '{(graph.outputs or ['none'])[0]}' has shape "
+                f"{list(graph.shapes.get((graph.outputs or [''])[0], ()))}, not [N, classes]): cannot make {what}; "
                 "the activation map (--layer) still works")
         if label is not None and not 0 <= int(label) < cls.classes:
             raise OptionError(f"label {label} is out of range: the model has {cls.classes} classes (0..{cls.classes - 1})")

@@ -97,5 +97,7 @@ def class_output(graph: Graph) -> ClassOutput | None:
         node = graph.producer(t)
         if node is not None and node.op_type == "Softmax" and classes(t):
             return ClassOutput(t, classes(t), False)
+    if not graph.outputs:  # a graph that declares no outputs has no class output
+        return None
     t = graph.outputs[0]
     return ClassOutput(t, classes(t), True) if classes(t) else None
