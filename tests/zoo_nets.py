@@ -105,7 +105,7 @@ NETS: dict[str, ZooNet] = {n.name: n for n in [
     ZooNet("dpn68", _timm("dpn68"), 64, ("features.conv1_1", "features.conv3_1", "features.conv5_3")),
     ZooNet("ghostnet_100", _timm("ghostnet_100"), 64, ("conv_stem", "blocks.4", "blocks.9")),
     ZooNet("hrnet_w18_small", _timm("hrnet_w18_small"), 64, ("conv1", "stage2", "stage4")),
-    ZooNet("mixnet_s", _timm("mixnet_s"), 64, ("conv_stem", "blocks.2", "blocks.6")),
+    ZooNet("mixnet_s", _timm("mixnet_s"), 64, ("conv_stem", "blocks.2", "blocks.5")),
     ZooNet("rexnet_100", _timm("rexnet_100"), 64, ("stem", "features.6", "features.16")),
     ZooNet("res2net50_14w_8s", _timm("res2net50_14w_8s"), 64, ("layer1.0", "layer3", "layer4")),
     ZooNet("selecsls42b", _timm("selecsls42b"), 64, ("stem", "features.3", "head")),
