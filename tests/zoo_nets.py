@@ -104,7 +104,8 @@ NETS: dict[str, ZooNet] = {n.name: n for n in [
     ZooNet("dla34", _timm("dla34"), 64, ("base_layer", "level3", "level5")),
     ZooNet("dpn68", _timm("dpn68"), 64, ("features.conv1_1", "features.conv3_1", "features.conv5_3")),
     ZooNet("ghostnet_100", _timm("ghostnet_100"), 64, ("conv_stem", "blocks.4", "blocks.9")),
-    ZooNet("hrnet_w18_small", _timm("hrnet_w18_small"), 64, ("conv1", "stage2", "stage4")),
+    # (hrnet's stages return lists of branches: the probed modules are single-tensor ones)
+    ZooNet("hrnet_w18_small", _timm("hrnet_w18_small"), 64, ("conv1", "transition1.1", "final_layer")),
     ZooNet("mixnet_s", _timm("mixnet_s"), 64, ("conv_stem", "blocks.2", "blocks.5")),
     ZooNet("rexnet_100", _timm("rexnet_100"), 64, ("stem", "features.6", "features.16")),
     ZooNet("res2net50_14w_8s", _timm("res2net50_14w_8s"), 64, ("layer1.0", "layer3", "layer4")),
@@ -116,6 +117,14 @@ NETS: dict[str, ZooNet] = {n.name: n for n in [
     ZooNet("xception41", _timm("xception41"), 64, ("stem", "blocks.4", "blocks")),
     ZooNet("lcnet_050", _timm("lcnet_050"), 64, ("conv_stem", "blocks.2", "blocks.5")),
 ]}
+
+# Nets whose projections differ from the autograd oracle by more than the tolerance through no
+# fault of the capture: the ONNX route gives exactly the same projections (checked instead).
+KNOWN_ORACLE_GAPS = {
+    "googlenet": "projections at inception5b differ from autograd by up to 3e-2 (relative) under every rule, "
+                 "identically on the ONNX route (engine issue, not capture; suspected: the reversal of its "
+                 "ceil_mode stride-1 max pools on tied values)",
+}
 
 # Benchmarked only (benchmarks/zoo.py): the issue's cold-attach target, at the full 224 px.
 BENCH_NETS: dict[str, ZooNet] = {n.name: n for n in [
