@@ -109,7 +109,7 @@ NETS: dict[str, ZooNet] = {n.name: n for n in [
     ZooNet("mixnet_s", _timm("mixnet_s"), 64, ("conv_stem", "blocks.2", "blocks.5")),
     ZooNet("rexnet_100", _timm("rexnet_100"), 64, ("stem", "features.6", "features.16")),
     ZooNet("res2net50_14w_8s", _timm("res2net50_14w_8s"), 64, ("layer1.0", "layer3", "layer4")),
-    ZooNet("selecsls42b", _timm("selecsls42b"), 64, ("stem", "features.3", "head")),
+    ZooNet("selecsls42b", _timm("selecsls42b"), 64, ("stem", "features.3.conv6", "head")),  # blocks return lists
     ZooNet("ese_vovnet19b_dw", _timm("ese_vovnet19b_dw"), 64, ("stem", "stages.1", "stages.3")),
     ZooNet("efficientnetv2_rw_t", _timm("efficientnetv2_rw_t"), 64, ("conv_stem", "blocks.2", "blocks.5")),
     ZooNet("repvgg_a0", _timm("repvgg_a0"), 64, ("stem", "stages.1", "stages.3")),
@@ -124,6 +124,15 @@ KNOWN_ORACLE_GAPS = {
     "googlenet": "projections at inception5b differ from autograd by up to 3e-2 (relative) under every rule, "
                  "identically on the ONNX route (engine issue, not capture; suspected: the reversal of its "
                  "ceil_mode stride-1 max pools on tied values)",
+}
+
+# Open findings (tests/adapters/test_zoo.py marks them xfail, not strict): what was seen.
+OPEN = {
+    "efficientnetv2_rw_t": "on a natural image the fx graph's output differs from the module's by 8% of its "
+                           "scale (on a random input it matches); the check catches it and attach falls back "
+                           "to the ONNX route (never a wrong graph); cause not found yet",
+    "ese_vovnet19b_dw": "stages.1 deconvnet projection 4.6e-4 off the oracle (tolerance 2e-4); float noise or "
+                        "the effective-SE hard sigmoid, not yet compared with the ONNX route",
 }
 
 # Benchmarked only (benchmarks/zoo.py): the issue's cold-attach target, at the full 224 px.

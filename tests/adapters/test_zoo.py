@@ -31,6 +31,8 @@ RTOL = 2e-4
 def _params():
     for name in zoo_nets.NETS:
         marks = () if name in zoo_nets.FAST else (pytest.mark.slow,)
+        if name in zoo_nets.OPEN:
+            marks += (pytest.mark.xfail(reason=zoo_nets.OPEN[name], strict=False),)
         yield pytest.param(name, marks=marks, id=name)
 
 
