@@ -92,8 +92,6 @@ def captum_batched(model, layer: str, x, units):
 
 
 def bench_net(name: str, repeats: int, do_cold: bool) -> dict:
-    import torch
-
     import zfprobe
     import zoo_nets
 

@@ -510,8 +510,6 @@ def _function_converters():
     import torch
     import torch.nn.functional as F
 
-    T = torch.Tensor
-
     def unary(op, attrs=None):
         return lambda b, call: b.emit(op, [call.args[0]], attrs)
 
