@@ -39,6 +39,8 @@ class Probe:
         self.preprocessing = preprocessing
         self._programs: dict[tuple, Graph] = {}
         self._seed_costs: dict[int, tuple] = {}  # id(windowed program) -> (program, measured bytes per seed)
+        # per layer: which projection path the cost model chose and its estimates (manifests)
+        self.projection_paths: dict[str, dict] = {}
         self._layers: list[LayerInfo] | None = None
         self._aliases = self._build_aliases()
 
@@ -189,11 +191,14 @@ class Probe:
 
     def project(self, images: np.ndarray, layer: str, seeds: np.ndarray, seed_image: np.ndarray | None = None,
                 rule: str = DECONVNET, lrn: str = LRN_IDENTITY, batch_size: int | None = None,
-                windowed: bool = True, constants: dict[str, np.ndarray] | None = None) -> np.ndarray:
+                windowed: bool | None = None, constants: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Project each seed row to pixel space ([K, *input]); see zfprobe.engine.deconv for the contract.
 
         Rows that keep a single unit take the receptive-field-windowed path (zfprobe.engine.windowed)
-        where the network allows it: the same result, computed only where it can be non-zero.
+        where the network allows it and the cost model expects it to be cheaper than the full
+        program (:meth:`projection_path`): the same result, computed only where it can be non-zero.
+        ``windowed``: None (default) lets the cost model choose; True takes the windowed path
+        wherever the network allows it; False always runs the full program.
         ``constants`` replaces some weights for this call only (see :meth:`with_parameters`).
         """
         images = self.check_images(images)
@@ -207,7 +212,8 @@ class Probe:
             return np.zeros((0,) + tuple(images.shape[1:]), np.float32)
         chunk = batch_size or self.seed_batch_size(tensor, images.shape[0])
         units = unit_positions(seeds)
-        if units is not None and windowed:
+        use_windows = windowed if windowed is not None else self.projection_path(layer)["path"] == "windowed"
+        if units is not None and use_windows:
             windowed_program = self.windowed_program(layer, rule, lrn, single_image=images.shape[0] == 1)
             if windowed_program is not None:
                 windowed_program, weights = self.with_parameters(windowed_program, constants)
@@ -265,6 +271,28 @@ class Probe:
             except NotWindowable:
                 self._programs[key] = None
         return self._programs[key]
+
+    def projection_path(self, layer: str) -> dict:
+        """Which program projects unit seeds at ``layer``: ``{"path": "windowed" | "full",
+        "windowed_macs", "full_macs", "reason"}``. Multiply-adds per seed are estimated for both
+        before either is built (:func:`zfprobe.engine.windowed.projection_costs`); the windowed
+        program runs only where it is estimated at most ``WINDOWED_MAX_FRACTION`` of the full one.
+        Recorded in ``projection_paths`` (written into manifests)."""
+        from zfprobe.engine.windowed import WINDOWED_MAX_FRACTION, NotWindowable, projection_costs
+
+        tensor = self.resolve(layer)
+        if tensor not in self.projection_paths:
+            try:
+                windowed, full = projection_costs(self.graph, tensor)
+            except NotWindowable as exc:
+                choice = {"path": "full", "windowed_macs": None, "full_macs": None,
+                          "reason": f"not windowable at {exc}"}
+            else:
+                cheaper = windowed <= WINDOWED_MAX_FRACTION * full
+                choice = {"path": "windowed" if cheaper else "full", "windowed_macs": windowed, "full_macs": full,
+                          "reason": f"estimated windowed / full = {windowed / max(full, 1.0):.2f}"}
+            self.projection_paths[tensor] = dict(choice, layer=layer)
+        return self.projection_paths[tensor]
 
     def _project_windowed(self, program: Graph, images: np.ndarray, seeds: np.ndarray, units: np.ndarray,
                           seed_image: np.ndarray, chunk: int, weights: dict | None = None) -> np.ndarray:

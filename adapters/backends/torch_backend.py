@@ -923,8 +923,11 @@ def _unpool(node):
 class _Compiled:
     """A program ready to run: steps, constants, and when each tensor can be freed."""
 
-    def __init__(self, program: Graph, device, live_refs: dict[str, str], derived_refs: dict | None = None):
+    def __init__(self, program: Graph, device, live_refs: dict[str, str], derived_refs: dict | None = None,
+                 computed_refs: dict | None = None):
         derived_refs = derived_refs or {}
+        # constants with a ``compute(module)`` handle (torch.fx capture's LiveComputation)
+        self.computed = [(name, h) for name, h in (computed_refs or {}).items() if name in program.constants]
         torch = _torch()
         self.program = program
         self.steps: list[tuple[Node, Callable, list[str], list[str]]] = []
@@ -969,7 +972,7 @@ class _Compiled:
             except (KeyError, UnsupportedTorchOpError):
                 continue  # cannot recompute it here: the snapshot stays
             self.derived.append((name, handle, steps))
-        derived_names = {name for name, _, _ in self.derived}
+        derived_names = {name for name, _, _ in self.derived} | {name for name, _ in self.computed}
         self.constants = {}
         for name, value in program.constants.items():
             if name in self.live or name in derived_names:
@@ -1040,7 +1043,8 @@ class TorchBackend:
             return cached
         refs = program.parameter_refs if self.module is not None else {}
         compiled = _Compiled(program, self._device, {k: v for k, v in refs.items() if isinstance(v, str)},
-                             {k: v for k, v in refs.items() if hasattr(v, "nodes") and hasattr(v, "params")})
+                             {k: v for k, v in refs.items() if hasattr(v, "nodes") and hasattr(v, "params")},
+                             {k: v for k, v in refs.items() if hasattr(v, "compute")})
         self._compiled[id(program)] = compiled
         return compiled
 
@@ -1056,11 +1060,16 @@ class TorchBackend:
                     if o:
                         env[o] = r.to(self._device) if r.device != self._device else r
             out[name] = env[name]
+        for name, handle in compiled.computed:
+            out[name] = self._tensor(handle.compute(self.module))
         return out
 
     def _param(self, path: str):
+        return self._tensor(resolve_ref(self.module, path))
+
+    def _tensor(self, t):
         torch = _torch()
-        t = resolve_ref(self.module, path).detach()
+        t = t.detach()
         if t.device != self._device:
             t = t.to(self._device)
         if t.is_floating_point() and t.dtype != torch.float32:

@@ -32,7 +32,6 @@ reported by the deconvnet builder with the same module path (``node.source``).
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import io
 import os
@@ -42,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from zfprobe.adapters.frontends.torch_fx import CaptureError, capture_graph, inference_flags  # noqa: F401
 from zfprobe.errors import ModelLoadError, ZfprobeError
 from zfprobe.engine.graph import Graph
 from zfprobe.probe import Probe
@@ -55,22 +55,6 @@ class TorchTraceError(ZfprobeError):
 
 
 # ------------------------------------------------------------------ module state ------------
-@contextlib.contextmanager
-def inference_flags(model):
-    """Every submodule in eval mode for the block; each ``training`` flag restored exactly after.
-
-    The flags are set directly (not through ``train()`` / ``eval()``, which a model may
-    override with side effects)."""
-    saved = [(m, m.training) for m in model.modules()]
-    try:
-        for m, _ in saved:
-            m.training = False
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
-
-
 def _example_tensor(model, example, device):
     import torch
 
@@ -381,16 +365,46 @@ def bind_parameters(graph: Graph, model) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ entry point -------------
-def torch_to_graph(model, example, strict: bool = True) -> Graph:
-    """The zfprobe graph of a live ``nn.Module`` (see the module docstring)."""
+CAPTURES = ("auto", "fx", "onnx")
+
+
+class CaptureFallbackWarning(UserWarning):
+    """Native (torch.fx) capture failed; the module was captured through the ONNX route."""
+
+
+def torch_to_graph(model, example, strict: bool = True, capture: str = "auto") -> Graph:
+    """The zfprobe graph of a live ``nn.Module``.
+
+    ``capture``: ``"auto"`` (default) builds it natively from torch.fx
+    (:mod:`zfprobe.adapters.frontends.torch_fx`) and falls back to the ONNX route (see the module
+    docstring) only where that fails, saying so in one warning line; ``"fx"`` refuses instead
+    of falling back; ``"onnx"`` takes the ONNX route directly."""
     import torch.nn as nn
 
-    from zfprobe.adapters.frontends.onnx_import import import_onnx
     from zfprobe.adapters.backends.torch_backend import module_device
 
     if not isinstance(model, nn.Module):
         raise ZfprobeError(f"expected a torch nn.Module, got {type(model).__name__}")
+    if capture not in CAPTURES:
+        raise ZfprobeError(f"capture must be one of {', '.join(CAPTURES)}, not {capture!r}")
     x = _example_tensor(model, example, module_device(model))
+    if capture != "onnx":
+        try:
+            graph = capture_graph(model, x)
+        except CaptureError as exc:
+            if capture == "fx":
+                raise
+            warnings.warn(f"zfprobe: native torch capture failed ({exc}); using the slower ONNX route",
+                          CaptureFallbackWarning, stacklevel=3)
+        else:
+            graph.metadata = dict(graph.metadata, module=type(model).__qualname__,
+                                  frontend="torch.fx symbolic trace + zfprobe converters")
+            return graph
+    return _onnx_route(model, x, strict)
+
+
+def _onnx_route(model, x, strict: bool) -> Graph:
+    from zfprobe.adapters.frontends.onnx_import import import_onnx
     import onnx
 
     proto = _with_weights(trace_to_onnx(model, x, strict=strict), model)
@@ -412,12 +426,15 @@ def torch_to_graph(model, example, strict: bool = True) -> Graph:
     return graph
 
 
-def attach(model, example=None, device=None, strict: bool = True, preprocessing=None, **options) -> Probe:
+def attach(model, example=None, device=None, strict: bool = True, preprocessing=None, capture: str = "auto",
+           **options) -> Probe:
     """A :class:`~zfprobe.probe.Probe` on a live torch module, run by the torch backend.
 
     ``example``: an input tensor / array ``[1, C, H, W]`` or its shape ``(C, H, W)``.
     ``device``: where the deconvnet runs (default: the module's own device).
-    ``strict``: refuse modules whose forward branches on tensor values (default True).
+    ``strict``: refuse modules whose forward branches on tensor values (default True; torch.fx
+    cannot trace such a branch, so the ONNX route, which checks it, takes over).
+    ``capture``: ``"auto"``, ``"fx"`` or ``"onnx"`` (see :func:`torch_to_graph`).
     ``preprocessing``: a :class:`~zfprobe.io.preprocess.Preprocessing` for image files (default:
     from the input shape, pixels scaled to [0, 1]).
     """
@@ -426,7 +443,7 @@ def attach(model, example=None, device=None, strict: bool = True, preprocessing=
 
     if options:
         raise TypeError(f"unknown option(s) for a torch model: {', '.join(sorted(options))}")
-    graph = torch_to_graph(model, example, strict=strict)
+    graph = torch_to_graph(model, example, strict=strict, capture=capture)
     shape = graph.shape(graph.inputs[0])
     prep = preprocessing
     if prep is None and len(shape) == 4:

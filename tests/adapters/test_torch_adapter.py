@@ -258,13 +258,17 @@ def test_live_weights_change_the_next_projection():
     _close(probe.activations(x, "conv4"), extra.layer_fn(module, "conv4")(torch.from_numpy(x)).detach().numpy())
 
 
-def test_weights_computed_in_the_forward_are_live_too():
-    """``weight * gain`` and ``w.t()`` are folded by the importer; the backend recomputes them."""
+@pytest.mark.parametrize("capture", ["fx", "onnx"])
+def test_weights_computed_in_the_forward_are_live_too(capture):
+    """``weight * gain`` and ``w.t()`` become constants (fx: LiveComputation handles; ONNX: folded
+    by the importer, DerivedConstant handles); the backend recomputes them from live parameters."""
     from zfprobe.adapters.frontends.torch_adapter import DerivedConstant
+    from zfprobe.adapters.frontends.torch_fx import LiveComputation
 
     module = extra.computed_weight_net()
-    probe = zfprobe.attach(module, (3, 16, 16))
-    assert sum(isinstance(h, DerivedConstant) for h in probe.graph.parameter_refs.values()) == 2
+    probe = zfprobe.attach(module, (3, 16, 16), capture=capture)
+    handle = LiveComputation if capture == "fx" else DerivedConstant
+    assert sum(isinstance(h, handle) for h in probe.graph.parameter_refs.values()) == 2
     x = np.random.default_rng(6).standard_normal((2, 3, 16, 16)).astype(np.float32)
     layer = probe.graph.outputs[0]
     seeds = np.eye(6, dtype=np.float32)[[1, 4]]
@@ -311,22 +315,53 @@ def test_example_forms_and_device():
         zfprobe.attach(module, (3, 24, 24), colour="red")
 
 
-def test_layer_names_are_module_paths(zoo):
-    probe = _probe(zoo.torch_net("resnet_bn"))
+@pytest.mark.parametrize("capture", ["fx", "onnx"])
+def test_layer_names_are_module_paths(zoo, capture):
+    case = zoo.torch_net("resnet_bn")
+    probe = zfprobe.attach(case.module, case.images[:1], capture=capture)
     names = probe.layer_names()
     for expected in ("conv1", "bn1", "maxpool", "layer1.0.conv1", "layer1.0.bn2", "layer2.0.downsample.0", "fc"):
         assert expected in names
-    # composite modules and functional ops resolve to their outputs; so do the ONNX node names
+    # composite modules and functional ops resolve to their outputs, with the same names either way
     assert probe.resolve("layer1.0") == probe.resolve("layer1.0.Relu_1")
     assert probe.resolve("layer2") == probe.resolve("layer2.1.Relu_1")
-    assert probe.resolve("/layer1/layer1.0/conv1/Conv") == probe.resolve("layer1.0.conv1")
+    if capture == "onnx":  # the ONNX node names resolve too
+        assert probe.resolve("/layer1/layer1.0/conv1/Conv") == probe.resolve("layer1.0.conv1")
     assert probe.graph.parameter_refs["layer1.0.bn1.running_var"] == "layer1.0.bn1.running_var"
+
+
+def test_native_capture_is_the_default_and_names_match_the_onnx_route(zoo):
+    """torch.fx capture builds the same graph (ops, names, shapes) as the ONNX route."""
+    for name in ("resnet_bn", "densenet_small", "mobilenet_small", "zfnet_small"):
+        case = zoo.torch_net(name)
+        fx_graph = zfprobe.attach(case.module, case.images[:1]).graph
+        onnx_graph = zfprobe.attach(case.module, case.images[:1], capture="onnx").graph
+        assert fx_graph.metadata["frontend"].startswith("torch.fx")
+        assert [(n.name, n.op_type) for n in fx_graph.nodes] == [(n.name, n.op_type) for n in onnx_graph.nodes]
+        assert [fx_graph.shape(n.outputs[0]) for n in fx_graph.nodes] == \
+            [onnx_graph.shape(n.outputs[0]) for n in onnx_graph.nodes]
+
+
+def test_capture_falls_back_to_onnx_in_one_line_and_fx_alone_refuses():
+    from zfprobe.adapters.frontends.torch_adapter import CaptureFallbackWarning
+    from zfprobe.adapters.frontends.torch_fx import CaptureError
+
+    with pytest.warns(CaptureFallbackWarning) as caught:
+        probe = zfprobe.attach(extra.SinNet().eval(), (3, 8, 8))   # torch.sin has no converter
+    message = str(caught[0].message)
+    assert "\n" not in message and "sin" in message and "ONNX route" in message
+    assert probe.graph.metadata["frontend"].startswith("torch.onnx.export")
+    with pytest.raises(CaptureError, match="sin"):
+        zfprobe.attach(extra.SinNet().eval(), (3, 8, 8), capture="fx")
+    with pytest.raises(ZfprobeError, match="capture must be"):
+        zfprobe.attach(extra.SinNet().eval(), (3, 8, 8), capture="jit")
 
 
 # --------------------------------------------------------------------------------------------
 # refusals name the module path and the operation, before any computation
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # (the fallback from torch.fx to the ONNX route)
 def test_control_flow_on_tensor_values_is_refused():
     with pytest.raises(ZfprobeError) as err:
         zfprobe.attach(extra.BranchyNet().eval(), (3, 8, 8))
@@ -334,12 +369,14 @@ def test_control_flow_on_tensor_values_is_refused():
     zfprobe.attach(extra.BranchyNet().eval(), (3, 8, 8), strict=False)  # accepted when asked
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_op_without_onnx_form_is_refused_with_module_path():
     with pytest.raises(ZfprobeError) as err:
         zfprobe.attach(extra.OddOpNet().eval(), (3, 8, 8))
     assert "body.1" in str(err.value) and "i0" in str(err.value)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_op_without_reversal_is_refused_with_module_path():
     probe = zfprobe.attach(extra.SinNet().eval(), (3, 8, 8))
     x = np.zeros((1, 3, 8, 8), np.float32)

@@ -36,7 +36,9 @@ TORCH_OPS = {
     "softplus": (lambda c: nn.Softplus(), "Softplus"),
     "leaky_relu": (lambda c: nn.LeakyReLU(0.1), "LeakyRelu"),
     "layernorm": (lambda c: nn.LayerNorm([c, 16, 16]), "LayerNormalization"),
-    "groupnorm": (lambda c: nn.GroupNorm(2, c), "InstanceNormalization"),
+    # the ONNX exporter writes GroupNorm as InstanceNormalization between reshapes; torch.fx
+    # capture keeps it one GroupNormalization
+    "groupnorm": (lambda c: nn.GroupNorm(2, c), ("InstanceNormalization", "GroupNormalization")),
     "instancenorm": (lambda c: nn.InstanceNorm2d(c, affine=True), "InstanceNormalization"),
 }
 
@@ -70,7 +72,8 @@ def test_single_op_matches_autograd(name, tmp_path):
     for front, probe, layer in (("onnx", zfprobe.load(str(path)), layers["3"]),
                                 ("torch", zfprobe.attach(module, (3, 16, 16)), "3")):
         ops = [n.op_type for n in probe.graph.nodes]
-        assert TORCH_OPS[name][1] in ops, (front, ops)
+        expected = TORCH_OPS[name][1]
+        assert any(op in ops for op in ((expected,) if isinstance(expected, str) else expected)), (front, ops)
         got_acts = probe.activations(images, layer)
         assert np.abs(got_acts - acts).max() <= 1e-5 * np.abs(acts).max(), front
         for rule in RULES:

@@ -255,6 +255,53 @@ def plan_windows(graph: Graph, layer: str, layouts: dict[str, str] | None = None
     return forward, windows
 
 
+# Per element of a window, what the windowed reversal pays on top of the op's own arithmetic:
+# per-seed gathers of the forward values it reads, the validity mask, placing windows into
+# unions. Measured on the model-zoo corpus (benchmarks/zoo.py): a gathered element costs about
+# as much as a few multiply-adds of a convolution.
+WINDOW_OVERHEAD_MACS = 8.0
+# The windowed program must be estimated at most this fraction of the full program to run
+# (the estimate ignores kernel efficiency and fixed costs: on the corpus, estimates up to 0.3
+# measured at most 0.62).
+WINDOWED_MAX_FRACTION = 0.3
+
+
+def _macs_per_position(graph: Graph, node: Node) -> float:
+    """Multiply-adds of ``node``'s reversal per output position (all channels)."""
+    out = graph.shape(node.outputs[0])
+    c_out = out[1] if len(out) > 1 else 1
+    if node.op_type in ("Conv", "ConvTranspose"):
+        w = graph.shape(node.inputs[1])
+        return float(c_out * int(np.prod(w[1:]))) if node.op_type == "Conv" else float(w[0] * int(np.prod(w[2:])))
+    if node.op_type in ("MaxPool", "AveragePool"):
+        return float(c_out * int(np.prod(node.attrs["kernel_shape"])))
+    return float(c_out)
+
+
+def projection_costs(graph: Graph, layer: str) -> tuple[float, float]:
+    """Estimated multiply-adds per seed of (windowed, full) reversal of unit seeds at ``layer``,
+    from the window plan alone (nothing is built); NotWindowable where windows do not apply.
+
+    Full: every reversed op over its whole output. Windowed: the same ops over their windows
+    (which can outgrow the tensor where windows of paths with different strides merge), plus
+    :data:`WINDOW_OVERHEAD_MACS` per element of every input window."""
+    forward, windows = plan_windows(graph, layer)
+    windowed = full = 0.0
+    for node in forward:
+        out = node.outputs[0]
+        if not graph.variable_inputs(node) or out not in windows or len(graph.shape(out)) != 4:
+            continue
+        per_position = _macs_per_position(graph, node)
+        _, _, h, w = graph.shape(out)
+        win = windows[out]
+        full += per_position * h * w
+        windowed += per_position * win.h * win.w
+        for t in graph.variable_inputs(node):
+            if t in windows and len(graph.shape(t)) == 4:
+                windowed += WINDOW_OVERHEAD_MACS * graph.shape(t)[1] * windows[t].h * windows[t].w
+    return windowed, full
+
+
 class WindowContext(InverseContext):
     """An InverseContext whose forward tensors and shapes are per-seed windows."""
 

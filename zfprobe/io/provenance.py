@@ -31,4 +31,6 @@ def model_manifest(probe) -> dict:
     return {"path": probe.source, "sha256": model_sha256(probe),
             "input": probe.input_name, "input_shape": list(probe.input_shape),
             "backend": getattr(probe.backend, "name", type(probe.backend).__name__),
-            "device": getattr(probe.backend, "device", "cpu")}
+            "device": getattr(probe.backend, "device", "cpu"),
+            # which projection program ran per layer (windowed or full) and the cost estimates
+            "projection_paths": list(getattr(probe, "projection_paths", {}).values())}

@@ -1,0 +1,178 @@
+"""Benchmark: zfprobe on the model-zoo corpus (tests/zoo_nets.py: torchvision and timm CNNs,
+random weights), on the CPU. Per net:
+
+- cold attach: a fresh Python process that has imported torch and built the model, then times
+  ``import zfprobe`` + ``zfprobe.attach(model, example)``; native capture (torch.fx, the default)
+  and the ONNX route (``capture="onnx"``, what attach did before); and, in another fresh process,
+  the model's own first forward pass. Ratio = cold attach / first forward.
+- per probed layer (tests/zoo_nets.py: shallow, middle, deepest), 16 unit seeds (the strongest
+  unit of the 16 most active channels), deconvnet rule, warm (best of ``--repeats``): the default
+  path (the cost model's choice, :meth:`zfprobe.probe.Probe.projection_path`) against the full
+  program. Ratio = default / full (the issue's bound: <= 1.1).
+- the deepest layer's 16 units with the gradient rule against Captum's ``NeuronGradient``
+  batched (the image repeated 16 times, a selector picking each row's own unit: one forward and
+  one backward); both results are compared. Cold = first call (zfprobe: attach included).
+
+Run:  python benchmarks/zoo.py [--nets resnet50 resnet18 ...] [--repeats 3] [--no-cold]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+TESTS = os.path.join(ROOT, "tests")
+sys.path.insert(0, TESTS)
+
+_COLD = """
+import sys, time, warnings
+sys.path.insert(0, {tests!r})
+warnings.simplefilter("ignore")
+import torch
+import zoo_nets
+model, x = zoo_nets.build({name!r}), zoo_nets.example({name!r})
+t0 = time.perf_counter()
+if {mode!r} == "forward":
+    with torch.no_grad():
+        model(x)
+else:
+    import zfprobe
+    probe = zfprobe.attach(model, x, capture={mode!r})
+    assert probe.graph.metadata["frontend"].startswith("torch.fx" if {mode!r} == "fx" else "torch.onnx")
+print(time.perf_counter() - t0)
+"""
+
+
+def cold(name: str, mode: str) -> float | None:
+    """Seconds of ``mode`` (forward / fx / onnx) in a fresh process; None where it fails."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    run = subprocess.run([sys.executable, "-c", _COLD.format(tests=TESTS, name=name, mode=mode)],
+                         capture_output=True, text=True, env=env, timeout=900)
+    if run.returncode != 0:
+        return None
+    return float(run.stdout.strip().splitlines()[-1])
+
+
+def best_of(fn, repeats: int) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def unit_seeds(acts: np.ndarray, n: int = 16) -> tuple[np.ndarray, list]:
+    c = acts.shape[1]
+    channels = np.argsort(-acts[0].reshape(c, -1).max(axis=1))[:n]
+    seeds = np.zeros((len(channels),) + acts.shape[1:], np.float32)
+    units = []
+    for k, ch in enumerate(channels):
+        pos = np.unravel_index(int(np.argmax(acts[0, ch])), acts.shape[2:])
+        seeds[(k, ch) + pos] = 1.0
+        units.append((int(ch),) + tuple(int(p) for p in pos))
+    return seeds, units
+
+
+def captum_batched(model, layer: str, x, units):
+    import torch
+    from captum.attr import NeuronGradient
+
+    rows = torch.arange(len(units))
+    idx = [torch.tensor([u[i] for u in units]) for i in range(3)]
+    grad = NeuronGradient(model, model.get_submodule(layer))
+    inp = x.expand(len(units), -1, -1, -1).contiguous()
+    return grad.attribute(inp, neuron_selector=lambda out: out[rows, idx[0], idx[1], idx[2]]).detach().numpy()
+
+
+def bench_net(name: str, repeats: int, do_cold: bool) -> dict:
+    import zfprobe
+    import zoo_nets
+
+    row: dict = {"net": name, "size": zoo_nets.ALL[name].size}
+    if do_cold:
+        row["forward"] = cold(name, "forward")
+        row["fx"] = cold(name, "fx")
+        row["onnx"] = cold(name, "onnx")
+    model, x = zoo_nets.build(name), zoo_nets.example(name)
+    for m in model.modules():  # Captum's backward hooks need out-of-place activations
+        if hasattr(m, "inplace") and m.inplace is True:
+            m.inplace = False
+    images = x.numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        probe = zfprobe.attach(model, x)
+        t_attach = time.perf_counter() - t0
+    row["layers"] = []
+    deepest = zoo_nets.ALL[name].layers[-1]
+    for layer in zoo_nets.ALL[name].layers:
+        acts = probe.activations(images, layer)
+        if acts.ndim != 4:
+            continue
+        seeds, units = unit_seeds(acts)
+        choice = probe.projection_path(layer)
+        if layer == deepest:
+            t_first, _ = best_of(lambda: probe.project(images, layer, seeds, rule="gradient"), 1)
+            row["zf_cold"] = t_attach + t_first
+            row["zf_warm"], ours = best_of(lambda: probe.project(images, layer, seeds, rule="gradient"), repeats)
+            row["captum_cold"], _ = best_of(lambda: captum_batched(model, layer, x, units), 1)
+            row["captum_warm"], theirs = best_of(lambda: captum_batched(model, layer, x, units), repeats)
+            row["diff"] = float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30))
+        probe.project(images, layer, seeds)
+        probe.project(images, layer, seeds, windowed=False)
+        t_default = t_full = float("inf")
+        for _ in range(repeats):  # interleaved, so load from elsewhere hits both alike
+            t_default = min(t_default, best_of(lambda: probe.project(images, layer, seeds), 1)[0])
+            t_full = min(t_full, best_of(lambda: probe.project(images, layer, seeds, windowed=False), 1)[0])
+        row["layers"].append((layer, choice["path"], t_default, t_full))
+    return row
+
+
+def _fmt(v, spec=".2f"):
+    return "  fail" if v is None else format(v, spec)
+
+
+def main() -> None:
+    import zoo_nets
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", nargs="*", default=list(zoo_nets.ALL))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-cold", action="store_true", help="skip the fresh-process attach timings")
+    args = parser.parse_args()
+    import torch
+
+    warnings.simplefilter("ignore")  # Captum's note that it set requires_grad
+    print(f"CPU, {torch.get_num_threads()} threads, {os.cpu_count()} cores; warm = best of {args.repeats}")
+    print("net | px | first forward s | cold attach fx s (x forward) | cold attach ONNX route s (x forward) | "
+          "default/full per layer (path) | zfprobe vs Captum batched, 16 units of the deepest layer: "
+          "cold s, warm s, speed-up warm")
+    worst = 0.0
+    for name in args.nets:
+        try:
+            r = bench_net(name, args.repeats, not args.no_cold)
+        except Exception as exc:  # report and go on with the next net
+            print(f"{name} | failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}", flush=True)
+            continue
+        fwd = r.get("forward")
+        ratio = lambda t: "" if t is None or not fwd else f" ({t / fwd:.1f}x)"  # noqa: E731
+        layers = ", ".join(f"{lay} {td / tf:.2f} ({path[0]})" for lay, path, td, tf in r["layers"])
+        worst = max([worst] + [td / tf for _, _, td, tf in r["layers"]])
+        captum = ""
+        if "zf_warm" in r:
+            captum = (f"zf {r['zf_cold']:.2f} / {r['zf_warm']:.3f}, captum {r['captum_cold']:.2f} / "
+                      f"{r['captum_warm']:.3f}, {r['captum_warm'] / r['zf_warm']:.2f}x (diff {r['diff']:.0e})")
+        print(f"{name} | {r['size']} | {_fmt(fwd)} | {_fmt(r.get('fx'))}{ratio(r.get('fx'))} | "
+              f"{_fmt(r.get('onnx'))}{ratio(r.get('onnx'))} | {layers} | {captum}", flush=True)
+    print(f"worst default / full over the swept layers: {worst:.2f}")
+
+
+if __name__ == "__main__":
+    main()

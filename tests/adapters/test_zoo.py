@@ -1,0 +1,89 @@
+"""The model-zoo corpus (tests/zoo_nets.py): torchvision and timm CNN families, random weights.
+
+For each net: ``zfprobe.attach`` captures it natively (torch.fx, no fallback to the ONNX route);
+every layer is passable by the deconvnet; and at three layers (shallow, middle, deepest) the
+projections of the strongest units of two channels equal the independent autograd oracle
+(tests/torch_nets_extra.py: torch autograd with the rule at every rectifier, however written)
+under the three rules, to ``RTOL`` of the oracle's largest value per seed (random-weight nets
+reach activations in the hundreds; float32 kernels that sum in another order differ by ~1e-5
+relative there). The windowed default path and the full program are both checked.
+
+Nets in ``zoo_nets.KNOWN_ORACLE_GAPS`` (an engine issue the ONNX route shares) are compared with
+the ONNX route instead. ``zoo_nets.FAST`` runs by default; the other families are marked slow (``--runslow``).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import torch_nets_extra as extra
+import zfprobe
+import zoo_nets
+from conftest import natural_images
+
+RULES = ("deconvnet", "gradient", "guided")
+RTOL = 2e-4
+
+
+def _params():
+    for name in zoo_nets.NETS:
+        marks = () if name in zoo_nets.FAST else (pytest.mark.slow,)
+        if name in zoo_nets.OPEN:
+            marks += (pytest.mark.xfail(reason=zoo_nets.OPEN[name], strict=False),)
+        yield pytest.param(name, marks=marks, id=name)
+
+
+def _seeds(acts: np.ndarray) -> np.ndarray:
+    """The strongest unit of the two channels with the largest activations (image 0)."""
+    flat = acts[0].reshape(acts.shape[1], -1)
+    channels = np.argsort(-flat.max(axis=1))[:2]
+    seeds = np.zeros((2,) + acts.shape[1:], np.float32)
+    for k, c in enumerate(channels):
+        pos = np.unravel_index(int(np.argmax(acts[0, c])), acts.shape[2:])
+        seeds[(k, c) + pos] = acts[(0, c) + pos]
+    return seeds
+
+
+def _assert_close(got, want, what):
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    for k in range(len(want)):
+        scale = np.abs(want[k]).max()
+        assert scale > 0, f"{what}: the oracle's projection of seed {k} is zero"
+        err = np.abs(got[k] - want[k]).max() / scale
+        assert err <= RTOL, f"{what}: seed {k} differs from the oracle by {err:.3e} (relative)"
+
+
+@pytest.mark.parametrize("name", list(_params()))
+def test_zoo_net_is_captured_natively_and_projects_like_autograd(name):
+    module = zoo_nets.build(name)
+    size = zoo_nets.NETS[name].size
+    images = natural_images(1, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to the ONNX route fails the test
+        probe = zfprobe.attach(module, images)
+    assert probe.graph.metadata["frontend"].startswith("torch.fx"), name
+    blocked = [info for info in probe.layers() if not info.invertible]
+    assert not blocked, f"{name}: {blocked[0].name}: {blocked[0].blocker}"
+    x = torch.from_numpy(images)
+    gap = zoo_nets.KNOWN_ORACLE_GAPS.get(name)
+    reference = zfprobe.attach(module, images, capture="onnx") if gap else None
+    for layer in zoo_nets.NETS[name].layers:
+        acts = probe.activations(images, layer)
+        with torch.no_grad():
+            want_acts = extra.layer_fn(module, layer)(x).numpy()
+        assert np.abs(acts - want_acts).max() <= RTOL * np.abs(want_acts).max(), (name, layer)
+        seeds = _seeds(acts)
+        if gap:  # the same projections as the ONNX route (see zoo_nets.KNOWN_ORACLE_GAPS)
+            for rule in RULES:
+                _assert_close(probe.project(images, layer, seeds, rule=rule),
+                              reference.project(images, layer, seeds, rule=rule), f"{name} {layer} {rule} vs ONNX")
+            continue
+        want = {rule: extra.rule_projection(module, images, layer, seeds, None, rule, min_rectifiers=0)
+                for rule in RULES}
+        for rule in RULES:
+            _assert_close(probe.project(images, layer, seeds, rule=rule), want[rule], f"{name} {layer} {rule}")
+        _assert_close(probe.project(images, layer, seeds, rule="deconvnet", windowed=False), want["deconvnet"],
+                      f"{name} {layer} full program")
