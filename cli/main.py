@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY, LRN_MODES
+from zfprobe.engine.rules import AUTO, DECONVNET, LRN_IDENTITY, LRN_MODES, RULE_CHOICES
 from zfprobe.cli.common import (RULES, Interrupted, default_layer, open_probe, probe_and_image, parse_unit,
                                 preprocessing_from_options, preprocessing_options, quiet_native_logs,
-                                report_failure)
+                                report_failure, say_rule)
 from zfprobe.errors import OptionError
 from zfprobe.io.interrupts import install_handlers, take_notes
 from zfprobe.io.outputs import check_output_file, check_output_path, output_lock
@@ -117,7 +117,8 @@ def layers(model, input_size, in_channels):
 @click.option("--unit", help="One unit CHANNEL,Y,X instead of each channel's strongest position.")
 @click.option("--mode", type=click.Choice(["unit", "map"]), default="unit", show_default=True,
               help="unit: the strongest position of each channel; map: the whole feature map.")
-@click.option("--rule", type=click.Choice(RULES), default=DECONVNET, show_default=True)
+@click.option("--rule", type=click.Choice(RULE_CHOICES), default=AUTO, show_default=True,
+              help="auto: guided backprop where no max-pool switch ties the deconvnet to the image, else deconvnet.")
 @click.option("--lrn", type=click.Choice(LRN_MODES), default=LRN_IDENTITY, show_default=True,
               help="How LRN layers are reversed (the paper: identity).")
 @preprocessing_options
@@ -147,10 +148,11 @@ def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset,
         channels, position = [parsed[0]] + channels, parsed[1]
     if percentile is not None and not 0 < percentile <= 100:
         raise OptionError("--percentile must be in (0, 100]")
+    say_rule(probe, layer, rule)
     result = probe.visualize(image, layer, channels=channels, top=top, mode=mode, position=position, rule=rule,
                              lrn=lrn, percentile=None if max_scale else percentile, preprocessing=prep, frame=frame)
     files = result.save(out_dir, probe)
-    click.echo(f"{len(result.seeds)} projection(s) of {layer} ({rule}) in "
+    click.echo(f"{len(result.seeds)} projection(s) of {layer} ({result.rule}) in "
                f"{sum(result.timings.values()):.2f} s -> {out_dir} ({len(files)} files; see contact_sheet.png)")
 
 

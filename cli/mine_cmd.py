@@ -6,8 +6,8 @@ import warnings
 
 import click
 
-from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY, LRN_MODES
-from zfprobe.cli.common import RULES, open_probe, preprocessing_from_options, preprocessing_options
+from zfprobe.engine.rules import AUTO, LRN_IDENTITY, LRN_MODES, RULE_CHOICES
+from zfprobe.cli.common import open_probe, say_rule, preprocessing_from_options, preprocessing_options
 from zfprobe.errors import OptionError
 from zfprobe.io.pictures import DEFAULT_PERCENTILE
 
@@ -24,7 +24,8 @@ MIN_TILE, MAX_TILE = 4, 1024  # tile side on the sheets, in pixels
 @click.option("--top", "-k", "k", type=int, default=9, show_default=True, help="Images kept per channel.")
 @click.option("--channels", "-c", help="Channels to project and show, e.g. 0-15,40 (default: all; mining covers all).")
 @click.option("--per-page", type=int, default=64, show_default=True, help="Channels per contact sheet page.")
-@click.option("--rule", type=click.Choice(RULES), default=DECONVNET, show_default=True)
+@click.option("--rule", type=click.Choice(RULE_CHOICES), default=AUTO, show_default=True,
+              help="auto: per layer, guided backprop where no max-pool switch ties the deconvnet to the image, else deconvnet.")
 @click.option("--lrn", type=click.Choice(LRN_MODES), default=LRN_IDENTITY, show_default=True)
 @click.option("--batch-size", type=int, help="Images per forward pass (default: from a 256 MB activation budget).")
 @click.option("--limit", type=int, help="Use only the first N images of the dataset.")
@@ -112,6 +113,7 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
     if not no_project:
         for layer in layers:  # a layer the deconvnet cannot pass fails now, not after mining
             probe.deconv_program(layer, rule, lrn)
+            say_rule(probe, layer, rule)
     dataset = open_dataset(data, prep, probe.input_shape, array_key, exclude=(out_dir,))
     with output_lock(out_dir):  # held until the outputs are published: one run per folder
         state = os.path.join(out_dir, STATE_FILE)
@@ -178,7 +180,7 @@ def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, pe
         for layer in layers:
             top = result.layers[layer]
             rf = receptive_field(probe.graph, top.tensor, prep.layout)
-            pictures[layer] = LayerPictures(layer, top.tensor, rule, parse_channels(channels, top.channels), rf.size, rf.stride)
+            pictures[layer] = LayerPictures(layer, top.tensor, probe.choose_rule(layer, rule).rule, parse_channels(channels, top.channels), rf.size, rf.stride)
     files = save_mining(out_dir, probe, result, pictures, rule, lrn, per_page, tile,
                         channel_pngs=not no_channel_pngs and not no_project, sheets=not no_project,
                         extra={"no_project": bool(no_project)})

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY
+from zfprobe.engine.rules import AUTO, DECONVNET, LRN_IDENTITY
 from zfprobe.engine.deconv import PROJECTION, SEED, SEED_IMAGE, DeconvOptions, build_deconvnet, build_forward, path_nodes
 from zfprobe.errors import ImageError, LayerNotFoundError
 from zfprobe.engine.graph import Graph
@@ -178,10 +178,24 @@ class Probe:
             feeds[n] = np.ascontiguousarray(value, dtype=want.dtype)
         return cached[1], feeds
 
+    def choose_rule(self, layer: str, rule: str = AUTO):
+        """The rule ``rule`` stands for at ``layer`` (``auto``: guided backprop where no max-pool
+        switch ties the deconvnet to the image) and why; see :mod:`zfprobe.engine.rule_choice`."""
+        from zfprobe.engine.rule_choice import choose_rule
+
+        tensor = self.resolve(layer)
+        key = ("rule", tensor, rule)
+        if key not in self._programs:
+            self._programs[key] = choose_rule(self.graph, tensor, rule, layer)
+        return self._programs[key]
+
+    def _rule(self, layer: str, rule: str) -> str:
+        return self.choose_rule(layer, rule).rule if rule == AUTO else rule
+
     def deconv_program(self, layer: str, rule: str = DECONVNET, lrn: str = LRN_IDENTITY,
                        single_image: bool = False) -> Graph:
         tensor = self.resolve(layer)
-        options = DeconvOptions(rule, lrn)
+        options = DeconvOptions(self._rule(layer, rule), lrn)
         key = ("deconv", tensor, options, single_image)
         if key not in self._programs:
             self._programs[key] = build_deconvnet(self.graph, tensor, options, single_image)
@@ -199,6 +213,7 @@ class Probe:
         images = self.check_images(images)
         seeds = np.ascontiguousarray(seeds, dtype=np.float32)
         tensor = self.resolve(layer)
+        rule = self._rule(layer, rule)
         if tuple(seeds.shape[1:]) != tuple(self.graph.shape(tensor)[1:]):
             raise ValueError(f"seeds of shape {seeds.shape} do not match layer {layer} {self.graph.shape(tensor)}")
         k = seeds.shape[0]
@@ -250,14 +265,14 @@ class Probe:
         from zfprobe.adapters.backends.onnx_export import to_onnx
         from zfprobe.io.outputs import write_file_atomically
 
-        write_file_atomically(path, to_onnx(self.deconv_program(layer, rule, lrn)).SerializeToString())
+        write_file_atomically(path, to_onnx(self.deconv_program(layer, self._rule(layer, rule), lrn)).SerializeToString())
 
     def windowed_program(self, layer: str, rule: str, lrn: str, single_image: bool) -> Graph | None:
         """The windowed deconvnet of ``layer``, or None where the path does not allow windows."""
         from zfprobe.engine.windowed import NotWindowable, build_windowed_deconvnet
 
         tensor = self.resolve(layer)
-        options = DeconvOptions(rule, lrn)
+        options = DeconvOptions(self._rule(layer, rule), lrn)
         key = ("windowed", tensor, options, single_image)
         if key not in self._programs:
             try:

@@ -205,8 +205,9 @@ class ReportBuilder:
         from zfprobe.io.pictures import DEFAULT_PERCENTILE
 
         top = result.layers[layer]
+        choice = self.probe.choose_rule(layer)  # auto: guided where no max-pool switch carries the image
         key = hashlib.sha256(json.dumps([self.sha, layer, dataset.fingerprint(), result.k, result.images_seen,
-                                         DEFAULT_PERCENTILE, "v1"], sort_keys=True, default=str).encode()).hexdigest()[:24]
+                                         DEFAULT_PERCENTILE, choice.rule, "v2"], sort_keys=True, default=str).encode()).hexdigest()[:24]
         path = os.path.join(cache, f"tiles-{key}.npz")
         if os.path.isfile(path):
             try:
@@ -215,8 +216,8 @@ class ReportBuilder:
                 rf = receptive_field(self.probe.graph, top.tensor, self.prep.layout)
                 status = channel_status(top)
                 chans = list(range(top.channels))
-                pics = LayerPictures(layer, top.tensor, "deconvnet", chans, rf.size, rf.stride, {c: [] for c in chans},
-                                     status=status, percentile=DEFAULT_PERCENTILE)
+                pics = LayerPictures(layer, top.tensor, choice.rule, chans, rf.size, rf.stride, {c: [] for c in chans},
+                                     status=status, percentile=DEFAULT_PERCENTILE, rule_reason=choice.reason)
                 entries = {(u.channel, u.rank): u for u in top.units(chans)}
                 for c, r, proj, patch in zip(arrays["channel"], arrays["rank"], arrays["projection"], arrays["patch"]):
                     pics.tiles[int(c)].append((entries[(int(c), int(r))], proj, patch))
@@ -318,7 +319,8 @@ class ReportBuilder:
         n_weak = sum(1 for c in pics.channels if pics.status.get(c) == "weak")
         body = (f'<p>{len(pics.channels)} channels; receptive field {"x".join(map(str, pics.rf_size))}; '
                 f'{n_dead} dead (never active on the data), {n_weak} weak. Each block: the top {result.k} '
-                f'projections (deconvnet) | the image patches. Channels with a unit page are links.</p>'
+                f'projections ({esc(pics.rule)}) | the image patches. Channels with a unit page are links.</p>'
+                f'<p class="note">Rule: {esc(pics.rule)}, because {esc(pics.rule_reason)}.</p>'
                 '<div class="pager"><label for="filter">Filter channels</label>'
                 '<input id="filter" type="search" placeholder="e.g. 12, 0-15, dead, weak" aria-describedby="filterhelp">'
                 '<span id="filterhelp" class="note">channel numbers, ranges, "dead", "weak" or "alive"</span></div>'

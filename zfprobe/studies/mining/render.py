@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY
+from zfprobe.engine.rules import AUTO, LRN_IDENTITY
 from zfprobe.studies.mining.compute import STATE_FILE, MinedUnit, MiningResult, parse_channels, project_units
 from zfprobe.io.pictures import DEFAULT_PERCENTILE, describe_mapping, load_font, signed_to_uint8, with_legend
 
@@ -53,6 +53,7 @@ class LayerPictures:
     seconds: float = 0.0
     status: dict[int, str] = field(default_factory=dict)  # c -> 'dead' / 'weak' / ''
     percentile: float | None = DEFAULT_PERCENTILE
+    rule_reason: str = ""  # why this rule (zfprobe.engine.rule_choice)
 
 
 def units_to_project(result: MiningResult, layer: str, channels: list[int] | None = None) -> list[MinedUnit]:
@@ -70,7 +71,7 @@ def projection_tiles(probe, dataset, layer: str, units, rule: str, lrn: str, per
         yield up.unit, signed_to_uint8(up.projection_crop, percentile), up.patch
 
 
-def render_layer(probe, result: MiningResult, layer: str, rule: str = DECONVNET, lrn: str = LRN_IDENTITY,
+def render_layer(probe, result: MiningResult, layer: str, rule: str = AUTO, lrn: str = LRN_IDENTITY,
                  channels: list[int] | None = None, percentile: float | None = DEFAULT_PERCENTILE,
                  image_chunk: int = 32, tiles=None) -> LayerPictures:
     """Project every kept unit of ``channels`` (default: all; dead channels are not projected)
@@ -82,8 +83,10 @@ def render_layer(probe, result: MiningResult, layer: str, rule: str = DECONVNET,
     chans = list(range(top.channels)) if channels is None else list(channels)
     rf = receptive_field(probe.graph, top.tensor, result.dataset.prep.layout)
     status = channel_status(top)
+    choice = probe.choose_rule(layer, rule)
+    rule = choice.rule
     pics = LayerPictures(layer, top.tensor, rule, chans, rf.size, rf.stride, {c: [] for c in chans},
-                         status={c: status[c] for c in chans}, percentile=percentile)
+                         status={c: status[c] for c in chans}, percentile=percentile, rule_reason=choice.reason)
     t0 = time.perf_counter()
     if tiles is None:
         tiles = projection_tiles(probe, result.dataset, layer, units_to_project(result, layer, chans), rule, lrn,
@@ -256,7 +259,8 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
                                   "sheets": sheet_files, "projection_seconds": round(pics.seconds, 3),
                                   "dead_channels": [c for c in pics.channels if status[c] == "dead"],
                                   "weak_channels": [c for c in pics.channels if status[c] == "weak"],
-                                  "display_percentile": pics.percentile}
+                                  "display_percentile": pics.percentile,
+                                  "rule": pics.rule, "rule_reason": pics.rule_reason}
         buf = io.StringIO()
         fields = ["layer", "channel", "rank", "image_index", "image", "position", "value", "box"]
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")

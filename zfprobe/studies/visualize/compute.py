@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY
+from zfprobe.engine.rules import AUTO, LRN_IDENTITY
 from zfprobe.io.preprocess import Preprocessing
 from zfprobe.io.provenance import file_sha256, model_manifest  # noqa: F401 (file_sha256: re-exported)
 from zfprobe.io.pictures import (DEFAULT_PERCENTILE, contact_sheet, describe_mapping, projection_to_hwc,
@@ -63,6 +63,7 @@ class Visualization:
     timings: dict = field(default_factory=dict)
     frame: str = "rf"
     boxes: list | None = None      # per seed: nominal RF box ((y0, y1), (x0, x1)), None for maps / global RFs
+    rule_choice: dict | None = None  # how the rule was chosen and why (zfprobe.engine.rule_choice)
 
     def _hwc(self, p: np.ndarray) -> np.ndarray:
         prep = self.preprocessing
@@ -152,6 +153,7 @@ class Visualization:
             "layer": self.layer,
             "tensor": self.tensor,
             "rule": self.rule,
+            "rule_choice": self.rule_choice,
             "lrn": self.lrn,
             "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
             "display": {"mapping": describe_mapping(self.percentile), "percentile": self.percentile,
@@ -163,18 +165,21 @@ class Visualization:
 
 
 def visualize(probe, image, layer: str, channels: list[int] | None = None, top: int | None = None,
-              mode: str = "unit", position: tuple[int, ...] | None = None, rule: str = DECONVNET,
+              mode: str = "unit", position: tuple[int, ...] | None = None, rule: str = AUTO,
               lrn: str = LRN_IDENTITY, percentile: float | None = DEFAULT_PERCENTILE,
               preprocessing: Preprocessing | None = None, frame: str = "rf") -> Visualization:
     """Project units of ``image`` (a path, or a preprocessed array [1, ...]) at ``layer``.
 
     Without channels or top, the 9 strongest channels are shown. One forward pass picks the
-    seeds; one batched deconvnet run projects them all.
+    seeds; one batched deconvnet run projects them all. ``rule="auto"`` picks guided backprop
+    where no max-pool switch ties the deconvnet to the image (``result.rule_choice`` says why).
     """
     from zfprobe.engine.deconv import DeconvOptions
     from zfprobe.errors import OptionError
     from zfprobe.engine.receptive_field import receptive_field
 
+    choice = probe.choose_rule(layer, rule)
+    rule = choice.rule
     DeconvOptions(rule, lrn)  # validate early, before any computation
     if frame not in FRAMES:
         raise OptionError(f"frame must be one of {', '.join(FRAMES)}, not '{frame}'")
@@ -196,4 +201,4 @@ def visualize(probe, image, layer: str, channels: list[int] | None = None, top: 
         boxes = [None if s.position is None or rf.is_global else rf.nominal_box(tuple(s.position)) for s in seeds]
     return Visualization(layer, probe.resolve(layer), rule, lrn, seeds, projections, display, prep, image_path,
                          percentile, {"forward_and_seeds": round(t1 - t0, 4), "projection": round(t2 - t1, 4)},
-                         frame, boxes)
+                         frame, boxes, choice.to_dict())
