@@ -123,12 +123,11 @@ def default_layer(probe, layer: str | None, command: str) -> str:
     return chosen
 
 
-def say_rule(probe, layer: str, rule: str):
-    """Resolve ``rule`` (``auto`` by default) at ``layer`` and say in one line which rule and why."""
-    choice = probe.choose_rule(layer, rule)
-    if rule == "auto" or choice.rules_identical or (choice.switches == 0 and choice.rectifiers):
-        click.echo(f"zfprobe: note: rule {choice.rule} at {layer}: {choice.reason}", err=True)
-    return choice
+def say_rule(layer: str, choice: dict) -> None:
+    """One line on stderr: which rule ran at ``layer`` and why (``choice``: RuleChoice.to_dict()).
+    Said after the work succeeded, so an error is always the only line."""
+    if choice["requested"] == "auto" or choice["rules_identical"] or not choice["max_pool_switches"]:
+        click.echo(f"zfprobe: note: rule {choice['rule']} at {layer}: {choice['reason']}", err=True)
 
 
 def preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize):

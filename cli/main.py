@@ -117,6 +117,9 @@ def layers(model, input_size, in_channels):
 @click.option("--unit", help="One unit CHANNEL,Y,X instead of each channel's strongest position.")
 @click.option("--mode", type=click.Choice(["unit", "map"]), default="unit", show_default=True,
               help="unit: the strongest position of each channel; map: the whole feature map.")
+@click.option("--position", "positions", type=click.Choice(["inside", "any"]), default="inside", show_default=True,
+              help="inside: each channel's strongest unit among those with >= 50% of their receptive field inside "
+                   "the image (not lifted by the padding); any: the strongest anywhere.")
 @click.option("--rule", type=click.Choice(RULE_CHOICES), default=AUTO, show_default=True,
               help="auto: guided backprop where no max-pool switch ties the deconvnet to the image, else deconvnet.")
 @click.option("--lrn", type=click.Choice(LRN_MODES), default=LRN_IDENTITY, show_default=True,
@@ -129,7 +132,7 @@ def layers(model, input_size, in_channels):
               help="rf: crop each unit's projection and image to its receptive field (+25%); full: whole frame with the RF box.")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
               help="Output folder [default: ./zfprobe-visualize-<model>].")
-def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset, input_size, mean, std, scale, bgr,
+def visualize(model, image, layer, channels, top, unit, mode, positions, rule, lrn, preset, input_size, mean, std, scale, bgr,
               resize, percentile, max_scale, frame, device, out_dir):
     """Project units of LAYER for IMAGE to pixel space; write PNGs, a contact sheet and a manifest.
 
@@ -148,10 +151,14 @@ def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset,
         channels, position = [parsed[0]] + channels, parsed[1]
     if percentile is not None and not 0 < percentile <= 100:
         raise OptionError("--percentile must be in (0, 100]")
-    say_rule(probe, layer, rule)
     result = probe.visualize(image, layer, channels=channels, top=top, mode=mode, position=position, rule=rule,
-                             lrn=lrn, percentile=None if max_scale else percentile, preprocessing=prep, frame=frame)
+                             lrn=lrn, percentile=None if max_scale else percentile, preprocessing=prep, frame=frame,
+                             positions=positions)
     files = result.save(out_dir, probe)
+    say_rule(layer, result.rule_choice)
+    warning = result.zero_warning()
+    if warning:
+        click.echo(f"zfprobe: warning: {warning}", err=True)
     click.echo(f"{len(result.seeds)} projection(s) of {layer} ({result.rule}) in "
                f"{sum(result.timings.values()):.2f} s -> {out_dir} ({len(files)} files; see contact_sheet.png)")
 

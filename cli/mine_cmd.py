@@ -113,7 +113,6 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
     if not no_project:
         for layer in layers:  # a layer the deconvnet cannot pass fails now, not after mining
             probe.deconv_program(layer, rule, lrn)
-            say_rule(probe, layer, rule)
     dataset = open_dataset(data, prep, probe.input_shape, array_key, exclude=(out_dir,))
     with output_lock(out_dir):  # held until the outputs are published: one run per folder
         state = os.path.join(out_dir, STATE_FILE)
@@ -173,6 +172,10 @@ def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, pe
                                    rule, lrn, percentile, progress=not quiet, **ray)
         for layer in layers:
             pictures[layer] = render_layer(probe, result, layer, rule, lrn, chans[layer], percentile, tiles=tiles[layer])
+            say_rule(layer, probe.choose_rule(layer, rule).to_dict())
+            warning = pictures[layer].zero_warning()
+            if warning:
+                click.echo(f"zfprobe: warning: {warning}", err=True)
     else:
         from zfprobe.studies.mining.render import LayerPictures
         from zfprobe.engine.receptive_field import receptive_field

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")  # zfprobe/data
 PHOTOS = os.path.join(DATA, "photos")
 DIGITS = os.path.join(DATA, "samples")
 # Activation-like outputs and residual sums make the most readable layers; other ops are used only

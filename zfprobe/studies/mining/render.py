@@ -55,6 +55,19 @@ class LayerPictures:
     percentile: float | None = DEFAULT_PERCENTILE
     rule_reason: str = ""  # why this rule (zfprobe.engine.rule_choice)
 
+    def zero_tiles(self) -> list[tuple[int, int]]:
+        """(channel, rank) of the projection tiles that are one flat value: exactly-zero projections."""
+        return [(c, u.rank) for c in self.channels for u, proj, _ in self.tiles.get(c, [])
+                if proj.size and proj.min() == proj.max()]
+
+    def zero_warning(self) -> str | None:
+        from zfprobe.studies.visualize.compute import zero_projection_warning
+
+        zero = self.zero_tiles()
+        total = sum(len(t) for t in self.tiles.values())
+        line = zero_projection_warning([f"c{c} rank {r + 1}" for c, r in zero], total, self.rule)
+        return f"{self.layer}: {line} (labelled 'zero' on the sheets)" if line else None
+
 
 def units_to_project(result: MiningResult, layer: str, channels: list[int] | None = None) -> list[MinedUnit]:
     """The kept units of ``channels`` (default: all) that get a projection: dead channels get none."""
@@ -260,7 +273,8 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
                                   "dead_channels": [c for c in pics.channels if status[c] == "dead"],
                                   "weak_channels": [c for c in pics.channels if status[c] == "weak"],
                                   "display_percentile": pics.percentile,
-                                  "rule": pics.rule, "rule_reason": pics.rule_reason}
+                                  "rule": pics.rule, "rule_reason": pics.rule_reason,
+                                  "zero_projections": [list(t) for t in pics.zero_tiles()]}
         buf = io.StringIO()
         fields = ["layer", "channel", "rank", "image_index", "image", "position", "value", "box"]
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")

@@ -15,7 +15,7 @@ from zfprobe.io.preprocess import Preprocessing
 from zfprobe.io.provenance import file_sha256, model_manifest  # noqa: F401 (file_sha256: re-exported)
 from zfprobe.io.pictures import (DEFAULT_PERCENTILE, contact_sheet, describe_mapping, projection_to_hwc,
                             signed_to_uint8, with_legend)
-from zfprobe.engine.seeds import Seed, SeedRequest, seed_tensor
+from zfprobe.engine.seeds import POSITION_RULES, Seed, SeedRequest, allowed_positions, seed_tensor
 
 DISPLAY_MAPPING = ("each projection p is shown as 128 + 127 * clip(p / s, -1, 1) per pixel and colour channel, "
                    "s = max |p| of that projection, or (default) a percentile of its non-zero |p|: grey = 0, "
@@ -46,6 +46,16 @@ def draw_box(image: np.ndarray, box, colour=(255, 40, 40)) -> np.ndarray:
     return np.asarray(im)
 
 
+def zero_projection_warning(names: list[str], total: int, rule: str, values: list[float] | None = None) -> str | None:
+    """The one-line warning for projections that are exactly zero (shown as flat grey tiles)."""
+    if not names:
+        return None
+    why = ("their seed value is <= 0 (the unit is not active)" if values and all(v <= 0 for v in values) else
+           f"every path from them to the input is masked under the {rule} rule (rectifiers off or at their limits)")
+    listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return f"{len(names)} of {total} projection(s) are exactly zero ({listed}): {why}; their tiles are flat grey"
+
+
 @dataclass
 class Visualization:
     """The projections of one image's seeds at one layer, ready to save or inspect."""
@@ -64,6 +74,16 @@ class Visualization:
     frame: str = "rf"
     boxes: list | None = None      # per seed: nominal RF box ((y0, y1), (x0, x1)), None for maps / global RFs
     rule_choice: dict | None = None  # how the rule was chosen and why (zfprobe.engine.rule_choice)
+    positions: str = "inside"      # where the strongest unit may sit (zfprobe.engine.seeds.POSITION_RULES)
+
+    def zero_seeds(self) -> list[Seed]:
+        """Seeds whose projection is exactly zero (nothing of the unit reaches the input)."""
+        return [s for s, p in zip(self.seeds, self.projections) if not np.any(p)]
+
+    def zero_warning(self) -> str | None:
+        """One line explaining exactly-zero projections, or None when every projection shows something."""
+        return zero_projection_warning([f"c{s.channel}" for s in self.zero_seeds()], len(self.seeds), self.rule,
+                                       [s.value for s in self.zero_seeds()])
 
     def _hwc(self, p: np.ndarray) -> np.ndarray:
         prep = self.preprocessing
@@ -154,11 +174,16 @@ class Visualization:
             "tensor": self.tensor,
             "rule": self.rule,
             "rule_choice": self.rule_choice,
+            "positions": {"rule": self.positions,
+                          "meaning": ("each channel's strongest unit among those with >= 50% of their receptive field "
+                                      "inside the image (a field larger than the image counts as image-sized)"
+                                      if self.positions == "inside" else "each channel's strongest unit anywhere")},
             "lrn": self.lrn,
             "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
             "display": {"mapping": describe_mapping(self.percentile), "percentile": self.percentile,
                         "frame": self.frame, "crop_margin": RF_MARGIN if self.frame == "rf" else None},
-            "seeds": [dict(s.to_dict(), file=self.file_name(s), rf_box=self._box(i)) for i, s in enumerate(self.seeds)],
+            "seeds": [dict(s.to_dict(), file=self.file_name(s), rf_box=self._box(i), zero=not np.any(p))
+                      for i, (s, p) in enumerate(zip(self.seeds, self.projections))],
             "files": files or [],
             "timings_s": self.timings,
         }
@@ -167,12 +192,14 @@ class Visualization:
 def visualize(probe, image, layer: str, channels: list[int] | None = None, top: int | None = None,
               mode: str = "unit", position: tuple[int, ...] | None = None, rule: str = AUTO,
               lrn: str = LRN_IDENTITY, percentile: float | None = DEFAULT_PERCENTILE,
-              preprocessing: Preprocessing | None = None, frame: str = "rf") -> Visualization:
+              preprocessing: Preprocessing | None = None, frame: str = "rf", positions: str = "inside") -> Visualization:
     """Project units of ``image`` (a path, or a preprocessed array [1, ...]) at ``layer``.
 
     Without channels or top, the 9 strongest channels are shown. One forward pass picks the
     seeds; one batched deconvnet run projects them all. ``rule="auto"`` picks guided backprop
     where no max-pool switch ties the deconvnet to the image (``result.rule_choice`` says why).
+    ``positions="inside"`` picks each channel's strongest unit among those with at least half of
+    their receptive field inside the image (``"any"``: anywhere, border units included).
     """
     from zfprobe.engine.deconv import DeconvOptions
     from zfprobe.errors import OptionError
@@ -190,15 +217,18 @@ def visualize(probe, image, layer: str, channels: list[int] | None = None, top: 
         display = np.zeros((1, 1, 3), np.uint8)
     probe.deconv_program(layer, rule, lrn)  # surfaces non-invertible nodes before computing
     acts = probe.activations(tensor, layer)
-    seeds = SeedRequest(list(channels or []), top, mode, position).resolve(acts)
+    rf = receptive_field(probe.graph, probe.resolve(layer), prep.layout) if prep is not None else None
+    allowed = allowed_positions(rf, tuple(acts.shape[2:]), positions) if rf is not None else None
+    if rf is None and positions not in POSITION_RULES:
+        allowed_positions(None, (), positions)  # the same error for a bad value
+    seeds = SeedRequest(list(channels or []), top, mode, position, allowed).resolve(acts)
     batch, images_of = seed_tensor(acts, seeds)
     t1 = time.perf_counter()
     projections = probe.project(tensor, layer, batch, images_of, rule=rule, lrn=lrn)
     t2 = time.perf_counter()
     boxes = None
-    if prep is not None:
-        rf = receptive_field(probe.graph, probe.resolve(layer), prep.layout)
+    if rf is not None:
         boxes = [None if s.position is None or rf.is_global else rf.nominal_box(tuple(s.position)) for s in seeds]
     return Visualization(layer, probe.resolve(layer), rule, lrn, seeds, projections, display, prep, image_path,
                          percentile, {"forward_and_seeds": round(t1 - t0, 4), "projection": round(t2 - t1, 4)},
-                         frame, boxes, choice.to_dict())
+                         frame, boxes, choice.to_dict(), positions)
