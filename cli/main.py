@@ -156,6 +156,10 @@ def visualize(model, image, layer, channels, top, unit, mode, positions, rule, l
                              positions=positions)
     files = result.save(out_dir, probe)
     say_rule(layer, result.rule_choice)
+    if result.predictions:
+        from zfprobe.io.classes import describe_predictions
+
+        click.echo(f"top-5: {describe_predictions(result.predictions)}")
     warning = result.zero_warning()
     if warning:
         click.echo(f"zfprobe: warning: {warning}", err=True)

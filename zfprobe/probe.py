@@ -236,6 +236,20 @@ class Probe:
             results.append(self.backend.run(program, feeds, [PROJECTION])[0])
         return results[0] if len(results) == 1 else np.concatenate(results)
 
+    def predictions(self, images: np.ndarray, k: int = 5, names: list[str] | None = None) -> list[dict] | None:
+        """The ``k`` most probable classes of the first image ([{class, name, probability}]), or
+        None when the model has no class output. Names: ``names``, the sidecar's ``labels``, or
+        the bundled ImageNet names for a 1,000-way output (zfprobe.io.classes)."""
+        from zfprobe.io.classes import class_names_for, top_predictions
+        from zfprobe.studies.occlusion.options import class_output
+
+        out = class_output(self.graph)
+        if out is None:
+            return None
+        scores = self.activations(np.asarray(images)[:1], out.tensor).reshape(-1)
+        given = names if names is not None else (self.preprocessing.labels if self.preprocessing else None)
+        return top_predictions(scores, class_names_for(scores.size, given), k)
+
     def visualize(self, image, layer: str, **options):
         """Project units of one image at ``layer``; see :func:`zfprobe.studies.visualize.compute.visualize`."""
         from zfprobe.studies.visualize.compute import visualize

@@ -349,15 +349,34 @@ class ReportBuilder:
         analyses = "".join(f'<li><a href="analyses/{esc(n)}.html">{esc(n)}</a> ({esc(c)})</li>' for n, c in links) \
             or '<li class="note">none: put zfprobe output folders inside this report folder or pass --include</li>'
         s = result.summary()
+        predictions = self._predictions(result.dataset)
         body = (f"<h2>Model</h2>" + table(["", ""], [["file", probe.source], ["sha256", self.sha or "-"],
                                                      ["input", f"{probe.input_name} {list(probe.input_shape)}"],
                                                      ["dataset", f"{data} ({s['images_used']} images used)"]])
                 + "<h2>Preprocessing</h2>" + table(list(prep.keys()), [list(prep.values())])
+                + (("<h2>Top-5 predictions</h2>" + table(["image", "top-5: class name probability"], predictions))
+                   if predictions else "")
                 + "<h2>Graph</h2>" + graph_svg([(n.name, n.op_type) for n in probe.graph.nodes])
                 + f'<h2 id="mined">Mined layers</h2><ul>{mined}</ul>'
                 + f'<h2 id="analyses">Analyses</h2><ul>{analyses}</ul>'
                 + '<h2 id="layers">Layers</h2>' + table(["layer", "op", "output", "RF size", "RF stride", "deconvnet"], rows, raw=True))
         stage.write_bytes("index.html", page(f"zfprobe report: {os.path.basename(probe.source or 'model')}", body).encode())
+
+    def _predictions(self, dataset, n: int = 4) -> list[list[str]]:
+        """Rows (image, its top-5 classes) for the first ``n`` images, when the model classifies."""
+        from zfprobe.io.classes import describe_predictions
+
+        rows = []
+        for i in range(min(n, len(dataset))):
+            try:
+                x = dataset.load(i)[1]
+            except Exception:  # noqa: BLE001 - an unreadable image is reported by the mining pass
+                continue
+            preds = self.probe.predictions(x)
+            if preds is None:
+                return []
+            rows.append([esc(os.path.basename(str(dataset.name(i)))), esc(describe_predictions(preds))])
+        return rows
 
     def _manifest(self, result, data, layer_rows, links) -> dict:
         from zfprobe.io.provenance import __version__

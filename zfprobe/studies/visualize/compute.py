@@ -75,6 +75,7 @@ class Visualization:
     boxes: list | None = None      # per seed: nominal RF box ((y0, y1), (x0, x1)), None for maps / global RFs
     rule_choice: dict | None = None  # how the rule was chosen and why (zfprobe.engine.rule_choice)
     positions: str = "inside"      # where the strongest unit may sit (zfprobe.engine.seeds.POSITION_RULES)
+    predictions: list | None = None  # the model's top-5 classes for this image ([{class, name, probability}])
 
     def zero_seeds(self) -> list[Seed]:
         """Seeds whose projection is exactly zero (nothing of the unit reaches the input)."""
@@ -174,6 +175,7 @@ class Visualization:
             "tensor": self.tensor,
             "rule": self.rule,
             "rule_choice": self.rule_choice,
+            "predictions": self.predictions,
             "positions": {"rule": self.positions,
                           "meaning": ("each channel's strongest unit among those with >= 50% of their receptive field "
                                       "inside the image (a field larger than the image counts as image-sized)"
@@ -231,4 +233,4 @@ def visualize(probe, image, layer: str, channels: list[int] | None = None, top: 
         boxes = [None if s.position is None or rf.is_global else rf.nominal_box(tuple(s.position)) for s in seeds]
     return Visualization(layer, probe.resolve(layer), rule, lrn, seeds, projections, display, prep, image_path,
                          percentile, {"forward_and_seeds": round(t1 - t0, 4), "projection": round(t2 - t1, 4)},
-                         frame, boxes, choice.to_dict(), positions)
+                         frame, boxes, choice.to_dict(), positions, probe.predictions(tensor))
