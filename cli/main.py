@@ -128,12 +128,14 @@ def layers(model, input_size, in_channels):
 @click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
               help="Display scale s = this percentile of each projection's non-zero |p| (stronger pixels saturate).")
 @click.option("--max-scale", is_flag=True, help="Scale each projection by its max |p| instead (no saturation).")
+@click.option("--dealias", "dealias_px", type=float, default=2.0, show_default=True,
+              help="Display only: show projections low-passed at this many pixels (Gaussian sigma = PX/2; 0: off).")
 @click.option("--frame", type=click.Choice(["rf", "full"]), default="rf", show_default=True,
               help="rf: crop each unit's projection and image to its receptive field (+25%); full: whole frame with the RF box.")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
               help="Output folder [default: ./zfprobe-visualize-<model>].")
 def visualize(model, image, layer, channels, top, unit, mode, positions, rule, lrn, preset, input_size, mean, std, scale, bgr,
-              resize, percentile, max_scale, frame, device, out_dir):
+              resize, percentile, max_scale, dealias_px, frame, device, out_dir):
     """Project units of LAYER for IMAGE to pixel space; write PNGs, a contact sheet and a manifest.
 
     Only MODEL is required: without --image a bundled sample image is used, without --layer the
@@ -151,9 +153,11 @@ def visualize(model, image, layer, channels, top, unit, mode, positions, rule, l
         channels, position = [parsed[0]] + channels, parsed[1]
     if percentile is not None and not 0 < percentile <= 100:
         raise OptionError("--percentile must be in (0, 100]")
+    if not 0 <= dealias_px <= 64:
+        raise OptionError("--dealias must be between 0 and 64 pixels")
     result = probe.visualize(image, layer, channels=channels, top=top, mode=mode, position=position, rule=rule,
                              lrn=lrn, percentile=None if max_scale else percentile, preprocessing=prep, frame=frame,
-                             positions=positions)
+                             positions=positions, dealias_px=dealias_px)
     files = result.save(out_dir, probe)
     say_rule(layer, result.rule_choice)
     if result.predictions:

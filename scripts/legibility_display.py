@@ -49,52 +49,61 @@ def measure(which: str = "effnet", n_images: int = 2, top: int = 6) -> None:
     from PIL import Image
 
     from zfprobe.engine.receptive_field import receptive_field
-    from zfprobe.io.display import dealias, lowpass_energy, masked_patch, structure_fraction
+    from zfprobe.io.display import dealias, edge_alignment, masked_patch
     from zfprobe.io.pictures import DEFAULT_PERCENTILE, contact_sheet, signed_to_uint8
     from zfprobe.studies.mining.compute import crop
     from zfprobe.studies.visualize.compute import crop_box
 
     probe, layers, images, prep = nets(which, n_images)
-    print(f"| net | layer | stride | rule | tiles | exactly zero | low-pass energy (median) | legibility before (median / min) | after de-aliasing (median / min) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| net | layer | stride | rule | tiles | exactly zero | edge alignment: plain | de-aliased at 2 px | at the layer's stride | visible (>= 16 levels) plain | units alike (corr.) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for depth, layer in zip(("early", "middle", "deepest"), layers):
         rf = receptive_field(probe.graph, probe.resolve(layer), "NCHW")
         stride = rf.stride
         fig_rows = {}
         for rule in RULES:
-            energy, before, after, zero, n = [], [], [], 0, 0
+            plain, fine, coarse, visible, alike, zero, n = [], [], [], [], [], 0, 0
             for i, image in enumerate(images):
                 vis = probe.visualize(image, layer, top=top, rule=rule, preprocessing=prep)
+                flat = vis.projections.reshape(len(vis.projections), -1)
+                alike += [np.corrcoef(flat[a], flat[b])[0, 1] for a in range(len(flat)) for b in range(a + 1, len(flat))
+                          if flat[a].std() and flat[b].std()]
                 for k, (s, p) in enumerate(zip(vis.seeds, vis.projections)):
                     n += 1
                     if not np.any(p):
                         zero += 1
                         continue
                     hwc = vis._hwc(p)
-                    box = crop_box(vis.boxes[k], hwc.shape[:2])
+                    box = crop_box(vis.boxes[k], hwc.shape[:2]) if vis.boxes[k] else ((0, hwc.shape[0] - 1), (0, hwc.shape[1] - 1))
                     raw = crop(hwc, box, 0.0)
+                    patch = crop(vis.image, box, 128).astype(np.uint8)
                     t_before = signed_to_uint8(raw, DEFAULT_PERCENTILE)
-                    t_after = signed_to_uint8(crop(dealias(hwc, stride), box, 0.0), DEFAULT_PERCENTILE)
-                    energy.append(lowpass_energy(raw, stride))
-                    before.append(structure_fraction(t_before, stride))
-                    after.append(structure_fraction(t_after, stride))
+                    d_fine = crop(dealias(hwc, 2), box, 0.0)
+                    d_coarse = crop(dealias(hwc, stride), box, 0.0)
+                    plain.append(edge_alignment(raw, patch))
+                    fine.append(edge_alignment(d_fine, patch))
+                    coarse.append(edge_alignment(d_coarse, patch))
+                    visible.append(float(np.mean(np.abs(t_before.astype(int) - 128).max(axis=-1) >= 16)))
+                    if i == 0 and rule == RULES[0]:
+                        where = f"@{s.position[0]},{s.position[1]}" if s.position else ""
+                        fig_rows.setdefault("image", []).append((patch, f"c{s.channel} {where}"))
                     if i == 0:
-                        patch = crop(vis.image, box, 128).astype(np.uint8)
-                        fig_rows.setdefault("image", []).append((patch, f"c{s.channel} @{s.position[0]},{s.position[1]}"))
-                        fig_rows.setdefault(rule, []).append((t_before, f"{rule} {before[-1]:.2f}"))
+                        fig_rows.setdefault(rule, []).append((t_before, f"{rule} {plain[-1]:.2f}"))
                         if rule == "guided":
-                            fig_rows.setdefault("guided de-aliased", []).append((t_after, f"de-aliased {after[-1]:.2f}"))
-                            fig_rows.setdefault("masked", []).append((masked_patch(patch, raw, stride), "masked patch"))
-            med = lambda v: float(np.median(v)) if v else float("nan")  # noqa: E731
-            print(f"| {which} | {depth} {layer} | {stride[0]} | {rule} | {n} | {zero} | {med(energy):.2f} | "
-                  f"{med(before):.2f} / {min(before, default=float('nan')):.2f} | {med(after):.2f} / {min(after, default=float('nan')):.2f} |")
+                            fig_rows.setdefault("fine", []).append((signed_to_uint8(d_fine, DEFAULT_PERCENTILE), f"guided, 2 px {fine[-1]:.2f}"))
+                            fig_rows.setdefault("coarse", []).append((signed_to_uint8(d_coarse, DEFAULT_PERCENTILE), f"guided, {stride[0]} px {coarse[-1]:.2f}"))
+                            fig_rows.setdefault("masked", []).append((masked_patch(patch, d_fine, 1), "masked patch"))
+            med = lambda v: f"{float(np.median(v)):.2f}" if v else "-"  # noqa: E731
+            print(f"| {which} | {depth} {layer} | {stride[0]} | {rule} | {n} | {zero} | {med(plain)} | {med(fine)} | "
+                  f"{med(coarse)} | {med(visible)} | {med(alike)} |", flush=True)
         tiles, captions = [], []
-        for key in ("image", "deconvnet", "guided", "guided de-aliased", "masked"):
+        for key in ("image", "deconvnet", "guided", "fine", "coarse", "masked"):
             row = fig_rows.get(key, [])[:top]
             tiles += [t for t, _ in row]
             captions += [c for _, c in row]
-        sheet = contact_sheet(tiles, captions, columns=top, tile_size=160,
-                              title=f"{which} {layer} (stride {stride[0]}): image | deconvnet | guided | guided de-aliased | masked patch")
+        per_row = len(fig_rows["image"][:top])
+        sheet = contact_sheet(tiles, captions, columns=per_row if per_row > 1 else len(tiles), tile_size=160,
+                              title=f"{which} {layer} (stride {stride[0]}): image | deconvnet | guided | de-aliased 2 px | at stride | masked")
         out = f"docs/img/display_{which}_{depth}.png"
         Image.fromarray(sheet).save(out)
 

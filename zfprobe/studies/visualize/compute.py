@@ -21,6 +21,11 @@ DISPLAY_MAPPING = ("each projection p is shown as 128 + 127 * clip(p / s, -1, 1)
                    "s = max |p| of that projection, or (default) a percentile of its non-zero |p|: grey = 0, "
                    "brighter = positive")
 FRAMES = ("rf", "full")
+# Display only (docs/legibility.md, "Display treatments"): projections are shown low-passed at 2 px
+# (a Gaussian of sigma 1 px removes the pixel-level checkerboard of strided reversals and keeps
+# the detail; at the layer's own stride it leaves blobs), enlarged bilinearly, and beside a
+# masked patch (the image crop weighted by the normalized |projection|).
+DEFAULT_DEALIAS_PX = 2.0
 RF_MARGIN = 0.25  # the crop extends the receptive field by this fraction of its size on each side
 
 
@@ -76,6 +81,7 @@ class Visualization:
     rule_choice: dict | None = None  # how the rule was chosen and why (zfprobe.engine.rule_choice)
     positions: str = "inside"      # where the strongest unit may sit (zfprobe.engine.seeds.POSITION_RULES)
     predictions: list | None = None  # the model's top-5 classes for this image ([{class, name, probability}])
+    dealias_px: float = DEFAULT_DEALIAS_PX  # display only: Gaussian low-pass, sigma = dealias_px / 2 (0: off)
 
     def zero_seeds(self) -> list[Seed]:
         """Seeds whose projection is exactly zero (nothing of the unit reaches the input)."""
@@ -93,6 +99,13 @@ class Visualization:
     def _box(self, i: int):
         return self.boxes[i] if self.boxes else None
 
+    def _display(self, p: np.ndarray) -> np.ndarray:
+        """The projection as shown: [H, W, C] RGB, low-passed at ``dealias_px`` (display only)."""
+        from zfprobe.io.display import dealias
+
+        hwc = self._hwc(p)
+        return dealias(hwc, self.dealias_px) if self.dealias_px and self.dealias_px > 1 else hwc
+
     def tiles(self) -> list[np.ndarray]:
         """One picture per seed: cropped at the unit's receptive field (with a margin) when the
         frame is 'rf' and the unit has one, else the whole frame (with the RF box drawn)."""
@@ -100,7 +113,7 @@ class Visualization:
 
         out = []
         for i, p in enumerate(self.projections):
-            hwc, box = self._hwc(p), self._box(i)
+            hwc, box = self._display(p), self._box(i)
             if box is not None and self.frame == "rf":
                 out.append(signed_to_uint8(crop(hwc, crop_box(box, hwc.shape[:2]), 0.0), self.percentile))
             else:
@@ -123,19 +136,37 @@ class Visualization:
                 out.append(draw_box(self.image, box))
         return out
 
+    def masked_tiles(self) -> list[np.ndarray]:
+        """Per seed, the image view weighted by the normalized |projection| (grey where the unit
+        does not look), the crop as in :meth:`tiles`."""
+        from zfprobe.io.display import masked_patch
+        from zfprobe.studies.mining.compute import crop
+
+        out = []
+        for i, (p, view) in enumerate(zip(self.projections, self.image_tiles())):
+            hwc, box = self._display(p), self._box(i)
+            if box is not None and self.frame == "rf":
+                hwc = crop(hwc, crop_box(box, hwc.shape[:2]), 0.0)
+                out.append(masked_patch(view, hwc))
+            else:
+                out.append(masked_patch(self.image, hwc))
+        return out
+
     def sheet(self) -> np.ndarray:
-        """The contact sheet: each projection beside the same view of the image, with a legend."""
-        tiles, views = self.tiles(), self.image_tiles()
+        """The contact sheet: per seed the image view, the projection and the masked patch, with a legend."""
+        tiles, views, masked = self.tiles(), self.image_tiles(), self.masked_tiles()
         pictures, captions = [], []
-        for s, t, v in zip(self.seeds, tiles, views):
+        for s, t, v, m in zip(self.seeds, tiles, views, masked):
             where = " map" if s.position is None else (f" @{','.join(map(str, s.position))}" if s.position else "")
-            pictures += [v, t]
-            captions += [f"c{s.channel}{where} image", f"c{s.channel} {s.value:.3g}"]
+            pictures += [v, t, m]
+            captions += [f"c{s.channel}{where} image", f"c{s.channel} {s.value:.3g}" + (" ZERO" if not t.std() else ""),
+                         f"c{s.channel} masked patch"]
         if not pictures:
             pictures, captions = [self.image], ["input"]
         view = "receptive field (+25% margin)" if self.frame == "rf" and self.boxes and any(self.boxes) else "full frame"
-        sheet = contact_sheet(pictures, captions, columns=min(6, len(pictures)), tile_size=160,
-                              title=f"{self.layer} - {self.rule} - {view}: image | projection")
+        sheet = contact_sheet(pictures, captions, columns=min(9, len(pictures)), tile_size=160,
+                              title=f"{self.layer} - {self.rule} - {view}: image | projection | masked patch",
+                              smooth=True)
         return with_legend(sheet, self.percentile)
 
     @staticmethod
@@ -147,7 +178,7 @@ class Visualization:
         """Write per-seed PNGs, a contact sheet and manifest.json, all or nothing."""
         from zfprobe.io.outputs import OutputStage
 
-        tiles = [signed_to_uint8(self._hwc(p), self.percentile) for p in self.projections]  # full frame, per seed
+        tiles = [signed_to_uint8(self._display(p), self.percentile) for p in self.projections]  # full frame, per seed
         sheet = self.sheet()
         with OutputStage(out_dir) as stage:
             files = [stage.write_png(self.file_name(s), t) for s, t in zip(self.seeds, tiles)]
@@ -183,7 +214,11 @@ class Visualization:
             "lrn": self.lrn,
             "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
             "display": {"mapping": describe_mapping(self.percentile), "percentile": self.percentile,
-                        "frame": self.frame, "crop_margin": RF_MARGIN if self.frame == "rf" else None},
+                        "frame": self.frame, "crop_margin": RF_MARGIN if self.frame == "rf" else None,
+                        "dealias": (f"display only: Gaussian low-pass, sigma {self.dealias_px / 2:g} px" if self.dealias_px
+                                    and self.dealias_px > 1 else None),
+                        "sheet": "per seed: image view | projection | masked patch (image weighted by the normalized "
+                                 "|projection|); small crops enlarged bilinearly"},
             "seeds": [dict(s.to_dict(), file=self.file_name(s), rf_box=self._box(i), zero=not np.any(p))
                       for i, (s, p) in enumerate(zip(self.seeds, self.projections))],
             "files": files or [],
@@ -194,7 +229,8 @@ class Visualization:
 def visualize(probe, image, layer: str, channels: list[int] | None = None, top: int | None = None,
               mode: str = "unit", position: tuple[int, ...] | None = None, rule: str = AUTO,
               lrn: str = LRN_IDENTITY, percentile: float | None = DEFAULT_PERCENTILE,
-              preprocessing: Preprocessing | None = None, frame: str = "rf", positions: str = "inside") -> Visualization:
+              preprocessing: Preprocessing | None = None, frame: str = "rf", positions: str = "inside",
+              dealias_px: float = DEFAULT_DEALIAS_PX) -> Visualization:
     """Project units of ``image`` (a path, or a preprocessed array [1, ...]) at ``layer``.
 
     Without channels or top, the 9 strongest channels are shown. One forward pass picks the
@@ -233,4 +269,4 @@ def visualize(probe, image, layer: str, channels: list[int] | None = None, top: 
         boxes = [None if s.position is None or rf.is_global else rf.nominal_box(tuple(s.position)) for s in seeds]
     return Visualization(layer, probe.resolve(layer), rule, lrn, seeds, projections, display, prep, image_path,
                          percentile, {"forward_and_seeds": round(t1 - t0, 4), "projection": round(t2 - t1, 4)},
-                         frame, boxes, choice.to_dict(), positions, probe.predictions(tensor))
+                         frame, boxes, choice.to_dict(), positions, probe.predictions(tensor), dealias_px)
