@@ -126,12 +126,28 @@ def default_layer(probe, layer: str | None, command: str) -> str:
     return chosen
 
 
+def say_rule(layer: str, choice: dict) -> None:
+    """One line on stderr: which rule ran at ``layer`` and why (``choice``: RuleChoice.to_dict()).
+    Said after the work succeeded, so an error is always the only line."""
+    if choice["requested"] == "auto" or choice["rules_identical"] or not choice["max_pool_switches"]:
+        click.echo(f"zfprobe: note: rule {choice['rule']} at {layer}: {choice['reason']}", err=True)
+
+
 def preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize):
     prep = probe.preprocessing
     if prep is None:
         raise OptionError("this model's input is not an image batch [N, C, H, W]; zfprobe cannot visualize it")
     if preset:
         prep = prep.with_preset(preset)
+    elif mean is None and std is None and scale is None:
+        from zfprobe.io.preprocess import suggested_preset
+
+        guess = suggested_preset(prep)
+        if guess:
+            h, w = prep.size
+            click.echo(f"zfprobe: warning: no --preset given for a 3-channel {h}x{w} model: inputs are scaled by "
+                       f"1/255 with no mean/std; ImageNet models usually want --preset {guess} (or write "
+                       f'{{"preset": "{guess}"}} into <model>.json)', err=True)
     if scale is not None:
         check_finite(scale, "--scale", nonzero=True)
     for key, value in (("mean", parse_floats(mean, "--mean")), ("std", parse_floats(std, "--std", nonzero=True)),

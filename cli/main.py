@@ -12,10 +12,10 @@ from pathlib import Path
 
 import click
 
-from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY, LRN_MODES
+from zfprobe.engine.rules import AUTO, DECONVNET, LRN_IDENTITY, LRN_MODES, RULE_CHOICES
 from zfprobe.cli.common import (RULES, Interrupted, default_layer, one_line_warning, open_probe, probe_and_image, parse_unit,
                                 preprocessing_from_options, preprocessing_options, quiet_native_logs,
-                                report_failure)
+                                report_failure, say_rule)
 from zfprobe.cli.validation import checked_params
 from zfprobe.errors import OptionError
 from zfprobe.io.interrupts import install_handlers, take_notes
@@ -125,19 +125,25 @@ def layers(model, input_size, in_channels):
 @click.option("--unit", help="One unit CHANNEL,Y,X instead of each channel's strongest position.")
 @click.option("--mode", type=click.Choice(["unit", "map"]), default="unit", show_default=True,
               help="unit: the strongest position of each channel; map: the whole feature map.")
-@click.option("--rule", type=click.Choice(RULES), default=DECONVNET, show_default=True)
+@click.option("--position", "positions", type=click.Choice(["inside", "any"]), default="inside", show_default=True,
+              help="inside: each channel's strongest unit among those with >= 50% of their receptive field inside "
+                   "the image (not lifted by the padding); any: the strongest anywhere.")
+@click.option("--rule", type=click.Choice(RULE_CHOICES), default=AUTO, show_default=True,
+              help="auto: guided backprop where no max-pool switch ties the deconvnet to the image, else deconvnet.")
 @click.option("--lrn", type=click.Choice(LRN_MODES), default=LRN_IDENTITY, show_default=True,
               help="How LRN layers are reversed (the paper: identity).")
 @preprocessing_options
 @click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
               help="Display scale s = this percentile of each projection's non-zero |p| (stronger pixels saturate).")
 @click.option("--max-scale", is_flag=True, help="Scale each projection by its max |p| instead (no saturation).")
+@click.option("--dealias", "dealias_px", type=float, default=2.0, show_default=True,
+              help="Display only: show projections low-passed at this many pixels (Gaussian sigma = PX/2; 0: off).")
 @click.option("--frame", type=click.Choice(["rf", "full"]), default="rf", show_default=True,
               help="rf: crop each unit's projection and image to its receptive field (+25%); full: whole frame with the RF box.")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
               help="Output folder [default: ./zfprobe-visualize-<model>].")
-def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset, input_size, mean, std, scale, bgr,
-              resize, percentile, max_scale, frame, device, out_dir):
+def visualize(model, image, layer, channels, top, unit, mode, positions, rule, lrn, preset, input_size, mean, std, scale, bgr,
+              resize, percentile, max_scale, dealias_px, frame, device, out_dir):
     """Project units of LAYER for IMAGE to pixel space; write PNGs, a contact sheet and a manifest.
 
     Only MODEL is required: without --image a bundled sample image is used, without --layer the
@@ -155,14 +161,22 @@ def visualize(model, image, layer, channels, top, unit, mode, rule, lrn, preset,
         channels, position = [parsed[0]] + channels, parsed[1]
     if percentile is not None and not 0 < percentile <= 100:
         raise OptionError("--percentile must be in (0, 100]")
-    from zfprobe.studies.visualize.stream import save_visualization
+    if not 0 <= dealias_px <= 64:
+        raise OptionError("--dealias must be between 0 and 64 pixels")
+    result = probe.visualize(image, layer, channels=channels, top=top, mode=mode, position=position, rule=rule,
+                             lrn=lrn, percentile=None if max_scale else percentile, preprocessing=prep, frame=frame,
+                             positions=positions, dealias_px=dealias_px)
+    files = result.save(out_dir, probe)
+    say_rule(layer, result.rule_choice)
+    if result.predictions:
+        from zfprobe.io.classes import describe_predictions
 
-    # projected and written in bounded batches (the same pictures as probe.visualize(...).save)
-    files, n_seeds, seconds = save_visualization(probe, image, layer, out_dir, channels=channels, top=top, mode=mode,
-                                                 position=position, rule=rule, lrn=lrn, frame=frame, preprocessing=prep,
-                                                 percentile=None if max_scale else percentile)
-    click.echo(f"{n_seeds} projection(s) of {layer} ({rule}) in "
-               f"{seconds:.2f} s -> {out_dir} ({len(files)} files; see contact_sheet.png)")
+        click.echo(f"top-5: {describe_predictions(result.predictions)}")
+    warning = result.zero_warning()
+    if warning:
+        click.echo(f"zfprobe: warning: {warning}", err=True)
+    click.echo(f"{len(result.seeds)} projection(s) of {layer} ({result.rule}) in "
+               f"{sum(result.timings.values()):.2f} s -> {out_dir} ({len(files)} files; see contact_sheet.png)")
 
 
 @cli.command("export-deconv")

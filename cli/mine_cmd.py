@@ -7,8 +7,8 @@ from contextlib import contextmanager
 
 import click
 
-from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY, LRN_MODES
-from zfprobe.cli.common import RULES, open_probe, preprocessing_from_options, preprocessing_options
+from zfprobe.engine.rules import AUTO, LRN_IDENTITY, LRN_MODES, RULE_CHOICES
+from zfprobe.cli.common import open_probe, say_rule, preprocessing_from_options, preprocessing_options
 from zfprobe.errors import OptionError
 from zfprobe.io.pictures import DEFAULT_PERCENTILE
 
@@ -35,7 +35,8 @@ def checkpoint_interval() -> float:
 @click.option("--top", "-k", "k", type=int, default=9, show_default=True, help="Images kept per channel.")
 @click.option("--channels", "-c", help="Channels to project and show, e.g. 0-15,40 (default: all; mining covers all).")
 @click.option("--per-page", type=int, default=64, show_default=True, help="Channels per contact sheet page.")
-@click.option("--rule", type=click.Choice(RULES), default=DECONVNET, show_default=True)
+@click.option("--rule", type=click.Choice(RULE_CHOICES), default=AUTO, show_default=True,
+              help="auto: per layer, guided backprop where no max-pool switch ties the deconvnet to the image, else deconvnet.")
 @click.option("--lrn", type=click.Choice(LRN_MODES), default=LRN_IDENTITY, show_default=True)
 @click.option("--batch-size", type=int, help="Images per forward pass (default: sized from --memory).")
 @click.option("--limit", type=int, help="Use only the first N images of the dataset.")
@@ -228,7 +229,8 @@ def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, pe
             if ray is not None:  # the projection stage on the cluster, a group of units per pipeline
                 from zfprobe.adapters.engines.ray_engine import tile_source
 
-                source = tile_source(probe, result.dataset, layer, rule, lrn, percentile, **ray)
+                source = tile_source(probe, result.dataset, layer, probe.choose_rule(layer, rule).rule, lrn, percentile,
+                                     **ray)
             pictures[layer] = streamed_layer(probe, result, layer, rule, lrn, chans[layer], percentile, source=source)
     else:
         from zfprobe.studies.mining.render import LayerPictures
@@ -237,8 +239,13 @@ def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, pe
         for layer in layers:
             top = result.layers[layer]
             rf = receptive_field(probe.graph, top.tensor, prep.layout)
-            pictures[layer] = LayerPictures(layer, top.tensor, rule, parse_channels(channels, top.channels), rf.size, rf.stride)
+            pictures[layer] = LayerPictures(layer, top.tensor, probe.choose_rule(layer, rule).rule, parse_channels(channels, top.channels), rf.size, rf.stride)
     files = save_mining(out_dir, probe, result, pictures, rule, lrn, per_page, tile,
                         channel_pngs=not no_channel_pngs and not no_project, sheets=not no_project,
                         extra={"no_project": bool(no_project)})
+    for layer in layers:  # after the run: which rule and why, and any exactly-zero projections
+        say_rule(layer, probe.choose_rule(layer, rule).to_dict())
+        warning = None if no_project else pictures[layer].zero_warning()
+        if warning:
+            click.echo(f"zfprobe: warning: {warning}", err=True)
     return files, result

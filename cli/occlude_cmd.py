@@ -69,6 +69,10 @@ def command(model, image, layer, size, stride, label, fill, channel, labels_file
     if names is not None and result.label is not None and len(names) <= result.label:
         click.echo(f"zfprobe: note: the class-name file has {len(names)} names; class {result.label} has none", err=True)
     files = save_result(result, out_dir, probe)
+    if result.predictions:
+        from zfprobe.io.classes import describe_predictions
+
+        click.echo(f"top-5: {describe_predictions(result.predictions)}")
     n = len(result.rows) * len(result.cols)
     what = f"map {result.channel} of {layer} (unoccluded total {result.base_activation:.4g})"
     if result.label is not None:

@@ -33,8 +33,12 @@ def main(report: str, prefix: str) -> None:
     try:
         for kind, rel in pages.items():
             d.get((Path(report).resolve() / rel).as_uri())
-            d.execute_script("document.querySelectorAll('img').forEach(function(i){i.loading='eager';});")
-            time.sleep(1.5)
+            d.execute_script("document.querySelectorAll('img').forEach(function(i){i.loading='eager'; i.src = i.src;});")
+            deadline = time.time() + 20  # wait until every image has loaded (lazy images included)
+            while time.time() < deadline and not d.execute_script(
+                    "return Array.from(document.images).every(function(i){return i.complete;})"):
+                time.sleep(0.1)
+            time.sleep(0.5)
             out = ROOT / "docs" / "img" / f"{prefix}_{kind}.png"
             d.save_screenshot(str(out))
             print(out)

@@ -4,7 +4,9 @@ Definition (what zfprobe's ``Probe.project`` must return): for seed ``k``,
 
     proj[k] = J(x_{seed_image[k]})^T seeds[k]
 
-the vector-Jacobian product of the probed layer's output w.r.t. the input image, except that at
+the vector-Jacobian product of the probed layer's output w.r.t. the input image (when the probed
+layer is itself a ReLU6 / Clip(0, m), the seed sits past that clip's ceiling: its own backward
+is the rule's ReLU, see ``SEED_PAST_CEILING``), except that at
 every rectifier the backward pass is replaced according to ``rule`` (``g`` = incoming signal,
 ``x`` = the rectifier's forward input):
 
@@ -96,6 +98,10 @@ _NP = {"float32": np.float32, "float64": np.float64}
 # state: the current rule, a count of rectifier calls, the reference values for decisions
 
 _RULE = {"rule": None, "calls": 0}
+# zfprobe seeds a ReLU6 / Clip(0, m) layer past its own ceiling (docs/methods.md, "Units that
+# project"): when the probed layer is such a clip, the oracle back-propagates from it as from a
+# rule-aware ReLU of the clip's input. Set "on" to False for the plain definition.
+SEED_PAST_CEILING = {"on": True}
 _REF: dict = {"values": None}      # ONNX tensor name -> torch tensor, for the running forward
 
 
@@ -410,9 +416,27 @@ class _Captured(Exception):
         self.value = value
 
 
+def _ceiling_clip(module: nn.Module) -> bool:
+    """A rectifier with an upper clip (nn.ReLU6 / Hardtanh(0, m), the swapped ONNX Clip(0, m))."""
+    if isinstance(module, RuleClip):
+        return module.hi is not None
+    return isinstance(module, nn.Hardtanh) and module.min_val == 0
+
+
+def _past_ceiling(module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """The seed placed past the layer's own ceiling (zfprobe's choice, docs/methods.md): the
+    layer's forward values, with the backward of the rule-aware rectifier WITHOUT its upper clip
+    (computed here from the clip's input, independently of zfprobe)."""
+    r = rule_clip(x, None, getattr(module, "ref_name", None))
+    return output.detach() + (r - r.detach())
+
+
 def _capture_hook(index):
     def hook(module, inputs, output):
-        raise _Captured(output[index] if index is not None else output)
+        value = output[index] if index is not None else output
+        if SEED_PAST_CEILING["on"] and _RULE["rule"] is not None and _ceiling_clip(module):
+            value = _past_ceiling(module, inputs[0], value)
+        raise _Captured(value)
 
     return hook
 

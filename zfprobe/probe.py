@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY
+from zfprobe.engine.rules import AUTO, DECONVNET, LRN_IDENTITY
 from zfprobe.engine.deconv import PROJECTION, SEED, SEED_IMAGE, DeconvOptions, build_deconvnet, build_forward
 from zfprobe.errors import ImageError, LayerNotFoundError
 from zfprobe.engine.graph import Graph
@@ -180,10 +180,24 @@ class Probe:
             feeds[n] = np.ascontiguousarray(value, dtype=want.dtype)
         return cached[1], feeds
 
+    def choose_rule(self, layer: str, rule: str = AUTO):
+        """The rule ``rule`` stands for at ``layer`` (``auto``: guided backprop where no max-pool
+        switch ties the deconvnet to the image) and why; see :mod:`zfprobe.engine.rule_choice`."""
+        from zfprobe.engine.rule_choice import choose_rule
+
+        tensor = self.resolve(layer)
+        key = ("rule", tensor, rule)
+        if key not in self._programs:
+            self._programs[key] = choose_rule(self.graph, tensor, rule, layer)
+        return self._programs[key]
+
+    def _rule(self, layer: str, rule: str) -> str:
+        return self.choose_rule(layer, rule).rule if rule == AUTO else rule
+
     def deconv_program(self, layer: str, rule: str = DECONVNET, lrn: str = LRN_IDENTITY,
                        single_image: bool = False) -> Graph:
         tensor = self.resolve(layer)
-        options = DeconvOptions(rule, lrn)
+        options = DeconvOptions(self._rule(layer, rule), lrn)
         key = ("deconv", tensor, options, single_image)
         if key not in self._programs:
             self._programs[key] = build_deconvnet(self.graph, tensor, options, single_image)
@@ -204,6 +218,7 @@ class Probe:
         images = self.check_images(images)
         seeds = np.ascontiguousarray(seeds, dtype=np.float32)
         tensor = self.resolve(layer)
+        rule = self._rule(layer, rule)
         if tuple(seeds.shape[1:]) != tuple(self.graph.shape(tensor)[1:]):
             raise ValueError(f"seeds of shape {seeds.shape} do not match layer {layer} {self.graph.shape(tensor)}")
         k = seeds.shape[0]
@@ -226,6 +241,20 @@ class Probe:
                      **weights}
             results.append(self.backend.run(program, feeds, [PROJECTION])[0])
         return results[0] if len(results) == 1 else np.concatenate(results)
+
+    def predictions(self, images: np.ndarray, k: int = 5, names: list[str] | None = None) -> list[dict] | None:
+        """The ``k`` most probable classes of the first image ([{class, name, probability}]), or
+        None when the model has no class output. Names: ``names``, the sidecar's ``labels``, or
+        the bundled ImageNet names for a 1,000-way output (zfprobe.io.classes)."""
+        from zfprobe.io.classes import class_names_for, top_predictions
+        from zfprobe.studies.occlusion.options import class_output
+
+        out = class_output(self.graph)
+        if out is None:
+            return None
+        scores = self.activations(np.asarray(images)[:1], out.tensor).reshape(-1)
+        given = names if names is not None else (self.preprocessing.labels if self.preprocessing else None)
+        return top_predictions(scores, class_names_for(scores.size, given), k)
 
     def visualize(self, image, layer: str, **options):
         """Project units of one image at ``layer``; see :func:`zfprobe.studies.visualize.compute.visualize`."""
@@ -256,14 +285,14 @@ class Probe:
         from zfprobe.adapters.backends.onnx_export import to_onnx
         from zfprobe.io.outputs import write_file_atomically
 
-        write_file_atomically(path, to_onnx(self.deconv_program(layer, rule, lrn)).SerializeToString())
+        write_file_atomically(path, to_onnx(self.deconv_program(layer, self._rule(layer, rule), lrn)).SerializeToString())
 
     def windowed_program(self, layer: str, rule: str, lrn: str, single_image: bool) -> Graph | None:
         """The windowed deconvnet of ``layer``, or None where the path does not allow windows."""
         from zfprobe.engine.windowed import NotWindowable, build_windowed_deconvnet
 
         tensor = self.resolve(layer)
-        options = DeconvOptions(rule, lrn)
+        options = DeconvOptions(self._rule(layer, rule), lrn)
         key = ("windowed", tensor, options, single_image)
         if key not in self._programs:
             try:

@@ -184,3 +184,65 @@ def test_channel_filter_and_screenshot(report, browser):
     browser.save_screenshot(str(shot))
     im = Image.open(shot)
     assert im.size[0] >= 1000 and np.asarray(im).std() > 10
+
+
+def test_defaults_rule_toggle_and_zoom(report, browser):
+    """Issue 23: the model page gives each default with its reason; unit pages toggle the rule
+    shown; layer-page thumbnails zoom to twice their size."""
+    from selenium.webdriver.common.by import By
+
+    from zfprobe.studies.mining.render import safe_name
+
+    out, _, _ = report
+    index = (out / "index.html").read_text()
+    assert 'id="defaults"' in index and "rule at relu3" in index and "max-pool switch" in index
+    m = json.loads((out / "manifest.json").read_text())
+    unit = out / "units" / safe_name("relu3") / f"c{m['layers']['relu3']['unit_pages'][0]:04d}.html"
+    browser.get(unit.as_uri())
+    shown = lambda: browser.execute_script(  # noqa: E731
+        "return Array.from(document.querySelectorAll('img[data-rule]')).filter(function(i){return !i.hidden;})"
+        ".map(function(i){return i.getAttribute('data-rule');})")
+    everything = shown()
+    assert set(everything) == {"deconvnet", "gradient", "guided"}
+    browser.find_element(By.CSS_SELECTOR, 'input[name="rule"][value="guided"]').click()
+    assert set(shown()) == {"guided"} and len(shown()) == len(everything) // 3
+    browser.find_element(By.CSS_SELECTOR, 'input[name="rule"][value="all"]').click()
+    assert len(shown()) == len(everything)
+    browser.get((out / m["layers"]["relu3"]["page"]).as_uri())
+    _load_all_images(browser)
+    width = "return document.querySelector('img.thumb').getBoundingClientRect().width"
+    natural = browser.execute_script("return document.querySelector('img.thumb').naturalWidth")
+    assert browser.execute_script(width) == natural
+    browser.find_element(By.ID, "zoom").click()
+    assert browser.execute_script(width) == 2 * natural
+
+
+def test_layer_names_with_slashes_load_their_images(tmp_path, browser):
+    """ONNX node names such as '/c2/Conv' become folders '%2Fc2%2FConv' on disk; the pages must
+    quote them in src / href, or the browser decodes them back into slashes and finds nothing."""
+    import torch
+    from torch import nn
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import nets
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return torch.relu(self.c2(torch.relu(self.c1(x))))
+
+    model = tmp_path / "slashes.onnx"
+    names = nets.export_onnx(nets._init_(Net(), 0), torch.zeros(1, 3, 32, 32), model)
+    layer = names["c2"]
+    assert "/" in layer
+    out = tmp_path / "rep"
+    r = run_cli("report", model, "--layers", layer, "--unit-pages", "1", "--occlusion-images", "0", "-q", "-o", out,
+                env_extra={"ZFPROBE_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    for page in (out / m["layers"][layer]["page"], out / "index.html"):
+        browser.get(page.as_uri())
+        assert _load_all_images(browser) == [], page

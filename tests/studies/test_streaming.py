@@ -1,4 +1,4 @@
-"""Pictures in bounded batches (zfprobe/studies/mining/stream.py, visualize/stream.py):
+"""Pictures in bounded batches (zfprobe/studies/mining/stream.py):
 
 * the streamed outputs are byte-identical to the whole-array path (render_layer + the sheets of
   the tiles held in memory; Visualization.save), with groups as small as one channel;
@@ -53,16 +53,6 @@ def test_streamed_mining_pictures_equal_the_whole_array_path(probe, tmp_path, mo
     want, got = digests(tmp_path / "held"), digests(tmp_path / "streamed")
     assert len(want) == 5 + 10 + 32 + 64 and got == want  # sheets (7 channels a page) and channel PNGs
     assert all(not p.tiles for p in streamed.values())  # nothing kept after writing
-
-
-def test_streamed_visualize_equals_visualization_save(probe, tmp_path):
-    from zfprobe.studies.visualize.stream import save_visualization
-
-    probe.visualize(DIGIT, "relu2", top=20).save(str(tmp_path / "held"))
-    files_, n, _ = save_visualization(probe, DIGIT, "relu2", str(tmp_path / "streamed"), top=20, batch=3)
-    assert n == 20 and len(files_) == 23
-    want, got = digests(tmp_path / "held"), digests(tmp_path / "streamed")
-    assert len(want) == 22 and got == want
 
 
 def _peak_while(fn) -> int:

@@ -36,6 +36,10 @@ class DeconvOptions:
 
     rule: str = DECONVNET
     lrn: str = LRN_IDENTITY
+    # The seed sits past the probed layer's own upper clip (a ReLU6 / Clip(0, m) output), as the
+    # paper seeds a feature map after its rectifier: the unit's ceiling does not mask its own seed
+    # (a unit at 6.0 would otherwise project to exactly zero under every rule). docs/methods.md.
+    seed_past_ceiling: bool = True
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -72,6 +76,7 @@ def build_deconvnet(graph: Graph, layer: str, options: DeconvOptions = DeconvOpt
     b.dtypes[SEED] = np.dtype(np.float32)
     b.dtypes[SEED_IMAGE] = np.dtype(np.int64)
     ctx = InverseContext(b, graph, options, SEED_IMAGE, single_image)
+    ctx.seed_tensor = layer
 
     forward = graph.ancestors([layer])
     for node in forward:

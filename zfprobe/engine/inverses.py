@@ -11,7 +11,7 @@ mode); they run over the whole path before anything is built.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -52,6 +52,7 @@ class InverseContext:
         self.seed_image = seed_image
         self._saved: dict[str, str] = {}
         self.extra_outputs: dict[str, str] = {}
+        self.seed_tensor: str | None = None  # the probed layer (its own ceiling does not mask the seed)
 
     # -- forward -----------------------------------------------------------------------------
     def emit_forward(self, node: Node) -> None:
@@ -152,10 +153,13 @@ def _relu(ctx, node, gy):
 @inverse("Clip")
 def _clip(ctx, node, gy):
     """ReLU6-style clips (min 0) rectify like ReLU below and pass the local derivative above;
-    other clips take their local derivative under every rule."""
+    other clips take their local derivative under every rule. The probed layer's own ReLU6 does
+    not apply its ceiling to the seed (``seed_past_ceiling``, docs/methods.md)."""
     x, g = node.inputs[0], gy[0]
     lo, hi = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
     rule = ctx.options.rule
+    if lo == 0.0 and node.outputs[0] == ctx.seed_tensor and getattr(ctx.options, "seed_past_ceiling", False):
+        hi = np.inf
     upper = ctx.mask(x, "Less", hi) if np.isfinite(hi) else None
     lower = ctx.mask(x, "Greater", lo) if np.isfinite(lo) else None
     if lo == 0.0 and rule != "gradient":

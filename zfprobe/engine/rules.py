@@ -7,5 +7,9 @@ from __future__ import annotations
 
 DECONVNET, GRADIENT, GUIDED = "deconvnet", "gradient", "guided"
 RULES = (DECONVNET, GRADIENT, GUIDED)
+# chosen per layer from the path to the input (zfprobe.engine.rule_choice): guided backprop where no
+# max-pool switch ties the deconvnet to the image, the deconvnet otherwise
+AUTO = "auto"
+RULE_CHOICES = (AUTO,) + RULES
 LRN_IDENTITY = "identity"
 LRN_MODES = (LRN_IDENTITY, GRADIENT)

@@ -541,6 +541,7 @@ def build_windowed_deconvnet(graph: Graph, layer: str, options, n_images_one: bo
     b.dtypes["zf_seed_image"] = np.dtype(np.int64)
     ctx = WindowContext(b, graph, options, "zf_seed_image", (sh, sw), n_images_one)
     ctx.layouts = layouts
+    ctx.seed_tensor = layer
     for node in forward:
         ctx.emit_forward(node)
 

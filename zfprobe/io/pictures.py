@@ -70,8 +70,9 @@ def load_font(size: int):
 
 
 def contact_sheet(tiles: list[np.ndarray], captions: list[str], columns: int | None = None,
-                  tile_size: int = 160, title: str | None = None) -> np.ndarray:
-    """A grid of captioned RGB tiles (uint8 [H, W, 3]) -> one uint8 image."""
+                  tile_size: int = 160, title: str | None = None, smooth: bool = False) -> np.ndarray:
+    """A grid of captioned RGB tiles (uint8 [H, W, 3]) -> one uint8 image. Small tiles are
+    enlarged by nearest neighbour (every pixel visible) or, with ``smooth``, bilinearly."""
     from PIL import Image, ImageDraw
 
     n = len(tiles)
@@ -85,7 +86,7 @@ def contact_sheet(tiles: list[np.ndarray], captions: list[str], columns: int | N
     for i, (tile, caption) in enumerate(zip(tiles, captions)):
         r, c = divmod(i, columns)
         x0, y0 = pad + c * (tile_size + pad), title_h + pad + r * (tile_size + caption_h + pad)
-        im = Image.fromarray(tile).resize((tile_size, tile_size), Image.NEAREST if tile.shape[0] < tile_size else Image.BILINEAR)
+        im = Image.fromarray(tile).resize((tile_size, tile_size), Image.NEAREST if tile.shape[0] < tile_size and not smooth else Image.BILINEAR)
         sheet.paste(im, (x0, y0))
         draw.text((x0, y0 + tile_size + 1), caption[:28], fill="black", font=load_font(11))
     return np.asarray(sheet)

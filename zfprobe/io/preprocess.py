@@ -40,6 +40,7 @@ class Preprocessing:
     layout: str = "NCHW"
     resize: str = "crop"  # crop: shorter side to size then centre crop; stretch: to size exactly
     labels: list[str] | None = field(default=None, repr=False)
+    origin: str = field(default="shape", repr=False)  # "shape": defaults from the input shape; "sidecar": <model>.json
 
     def with_preset(self, name: str) -> "Preprocessing":
         if name not in PRESETS:
@@ -73,6 +74,7 @@ class Preprocessing:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("labels", None)
+        d.pop("origin", None)
         return d
 
     def per_channel(self, values: tuple[float, ...]) -> np.ndarray:
@@ -114,6 +116,7 @@ def default_preprocessing(input_shape: tuple[int, ...], model_path: str | None =
     prep = Preprocessing(size=(h, w), channels=c, layout=layout)
     sidecar = _sidecar(model_path)
     if sidecar:
+        prep.origin = "sidecar"
         where = f" in '{os.path.splitext(model_path)[0]}.json'"
         if "preset" in sidecar:
             if not isinstance(sidecar["preset"], str) or sidecar["preset"] not in PRESETS:
@@ -132,6 +135,21 @@ def default_preprocessing(input_shape: tuple[int, ...], model_path: str | None =
         except OptionError as exc:
             raise OptionError(f"{exc}{where}") from None
     return prep
+
+
+# Input sizes of common ImageNet classifiers (torchvision, timm, Keras applications, ONNX zoo).
+IMAGENET_SIZES = frozenset({224, 227, 229, 240, 256, 260, 288, 299, 300, 320, 331, 380})
+
+
+def suggested_preset(prep: Preprocessing) -> str | None:
+    """The preset an ImageNet-shaped model most likely wants when nothing says so (no sidecar):
+    ``imagenet`` (mean/std, torchvision / timm / most ONNX exports) for a channels-first 3-channel
+    square input of a common ImageNet size, ``tf`` ([-1, 1], Keras applications) for channels-last;
+    None for any other input (the defaults, 1/255, stay)."""
+    h, w = prep.size
+    if prep.origin != "shape" or prep.channels != 3 or h != w or h not in IMAGENET_SIZES:
+        return None
+    return "imagenet" if prep.layout == "NCHW" else "tf"
 
 
 def _sidecar(model_path: str | None) -> dict | None:

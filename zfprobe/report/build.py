@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from zfprobe.errors import OptionError
-from zfprobe.report.html import ASSETS, esc, graph_svg, page, table
+from zfprobe.report.html import ASSETS, esc, graph_svg, page, rule_toggle, table, url
 
 from zfprobe.engine.rules import RULES
-THUMB_TILE = 40   # px per tile in the layer-page thumbnails
+THUMB_TILE = 64   # px per tile in the layer-page thumbnails (x2 with the page's zoom button)
 UNIT_TILE = 128   # px per tile on unit pages
 HEAT_SIZE = 192   # px of an occlusion map on a unit page
 
@@ -242,25 +242,27 @@ class ReportBuilder:
                 for what in ("patch",) + RULES:
                     rel = f"units/{d}/c{c:04d}_r{u.rank}_{what}.png"
                     store.write(rel, _png(_resize(e[what], UNIT_TILE))) if fresh else store.copy(rel)
-                    cells.append(f'<img src="../../{rel}" alt="{esc(what)} of channel {c}, rank {u.rank + 1}" '
-                                 f'width="{UNIT_TILE}" height="{UNIT_TILE}" loading="lazy">')
+                    tag = f' data-rule="{what}"' if what in RULES else ""
+                    cells.append(f'<img src="../../{url(rel)}" alt="{esc(what)} of channel {c}, rank {u.rank + 1}" '
+                                 f'width="{UNIT_TILE}" height="{UNIT_TILE}" loading="lazy"{tag}>')
                 rows.append(cells)
-            body = (f'<p><a href="../../layers/{d}.html">back to layer {esc(layer)}</a></p>'
+            body = (f'<p><a href="../../layers/{url(d)}.html">back to layer {esc(layer)}</a></p>'
                     f"<h2>Top {len(rows)} images</h2><p class=\"note\">Image patch at the unit's receptive field and "
                     "its projection under each rule (grey = 0; s = 99th percentile of the non-zero |p| per tile).</p>"
+                    + rule_toggle(pics.rule, pics.rule_reason)
                     + table(["rank", "value", "image", "patch", *RULES], rows, raw=True, caption=f"channel {c} of {layer}"))
             occ = []
             for i, (name, heat) in enumerate(occlusions.get(c, [])):
                 rel = f"units/{d}/c{c:04d}_occlusion{i}.png"
                 store.write(rel, _png(heat)) if fresh else store.copy(rel)
                 h, w = heat.shape[:2] if heat is not None else (HEAT_SIZE, HEAT_SIZE)
-                occ.append(f'<figure><img src="../../{rel}" alt="occlusion map of channel {c} on {esc(os.path.basename(name))}" '
+                occ.append(f'<figure><img src="../../{url(rel)}" alt="occlusion map of channel {c} on {esc(os.path.basename(name))}" '
                            f'width="{w}" height="{h}"><figcaption>{esc(os.path.basename(name))}: total activation of '
                            f'channel {c} with a grey square at each position (dark = the square removes the most)</figcaption></figure>')
             if occ:
                 body += "<h2>Occlusion maps</h2>" + "".join(occ)
             rel = f"units/{d}/c{c:04d}.html"
-            stage.write_bytes(rel, page(f"{layer} channel {c}", body, depth=2).encode())
+            stage.write_bytes(rel, page(f"{layer} channel {c}", body, depth=2, script=True).encode())
             out[c] = rel
         return out
 
@@ -285,10 +287,10 @@ class ReportBuilder:
             rel = f"img/{d}/c{c:04d}.png"  # written by write_thumbnails
             badge = f' <span class="badge {status}">{status}</span>' if status else ""
             best = "never active" if status == "dead" else f"max {float(strongest[c]):.3g}"
-            img = (f'<img class="thumb" src="../{rel}" loading="lazy" alt="channel {c}: top {result.k} projections '
+            img = (f'<img class="thumb" src="../{url(rel)}" loading="lazy" alt="channel {c}: top {result.k} projections '
                    f'(left) and image patches (right){", dead" if status == "dead" else ""}">')
             if c in units:
-                img = f'<a href="../{units[c]}">{img}</a>'
+                img = f'<a href="../{url(units[c])}">{img}</a>'
             figures.append(f'<figure class="ch" data-channel="{c}" data-status="{status}">{img}'
                            f"<figcaption>channel {c}{badge} - {best}</figcaption></figure>")
         n_dead = sum(1 for c in pics.channels if pics.status.get(c) == "dead")
@@ -299,10 +301,14 @@ class ReportBuilder:
              "activations; build with --all-channels for every one)")
         body = (f'<p>{shown}; receptive field {"x".join(map(str, pics.rf_size))}; '
                 f'{n_dead} dead (never active on the data), {n_weak} weak. Each block: the top {result.k} '
-                f'projections (deconvnet) | the image patches. Channels with a unit page are links.</p>'
+                f'projections ({esc(pics.rule)}) | the image patches. Channels with a unit page are links.</p>'
+                f'<p class="note">Rule: {esc(pics.rule)}, because {esc(pics.rule_reason)}.</p>'
                 '<div class="pager"><label for="filter">Filter channels</label>'
                 '<input id="filter" type="search" placeholder="e.g. 12, 0-15, dead, weak" aria-describedby="filterhelp">'
                 '<span id="filterhelp" class="note">channel numbers, ranges, "dead", "weak" or "alive"</span></div>'
+                '<div class="pager"><button id="zoom" type="button" aria-pressed="false">Zoom thumbnails x2</button>'
+                '<span class="note">each block: 9 projections (left) | 9 image patches (right), '
+                f'{THUMB_TILE} px per tile; click a linked block for its unit page</span></div>'
                 '<div class="pager"><button id="prev" type="button">Previous</button><span id="pageinfo" aria-live="polite"></span>'
                 '<button id="next" type="button">Next</button></div>'
                 f'<div id="channels" class="grid" data-per-page="{self.opt.per_page}">{"".join(figures)}</div>')
@@ -319,24 +325,63 @@ class ReportBuilder:
             rf = describe(rfs[info.tensor]) if info.tensor in rfs else ("-", "-")
             name = esc(info.name)
             if info.name in layer_rows:
-                name = f'<a href="layers/{layer_rows[info.name][0]}.html">{name}</a>'
+                name = f'<a href="layers/{url(layer_rows[info.name][0])}.html">{name}</a>'
             rows.append([name, esc(info.op_type), esc("x".join(map(str, info.shape[1:]))), esc(rf[0]), esc(rf[1]),
                          "yes" if info.invertible else esc(f"no: {info.blocker}")])
         prep = self.prep.to_dict()
-        mined = "".join(f'<li><a href="layers/{d}.html">{esc(layer)}</a> ({len(p.channels)} channels, '
+        mined = "".join(f'<li><a href="layers/{url(d)}.html">{esc(layer)}</a> ({len(p.channels)} channels, '
                         f'{sum(1 for s in p.status.values() if s == "dead")} dead)</li>' for layer, (d, p, _) in layer_rows.items())
         analyses = "".join(f'<li><a href="analyses/{esc(n)}.html">{esc(n)}</a> ({esc(c)})</li>' for n, c in links) \
             or '<li class="note">none: put zfprobe output folders inside this report folder or pass --include</li>'
         s = result.summary()
-        body = (f"<h2>Model</h2>" + table(["", ""], [["file", probe.source], ["sha256", self.sha or "-"],
+        predictions = self._predictions(result.dataset)
+        body = ("<h2>Model</h2>" + table(["", ""], [["file", probe.source], ["sha256", self.sha or "-"],
                                                      ["input", f"{probe.input_name} {list(probe.input_shape)}"],
                                                      ["dataset", f"{data} ({s['images_used']} images used)"]])
                 + "<h2>Preprocessing</h2>" + table(list(prep.keys()), [list(prep.values())])
+                + (("<h2>Top-5 predictions</h2>" + table(["image", "top-5: class name probability"], predictions))
+                   if predictions else "")
+                + '<h2 id="defaults">Defaults and why</h2>' + table(["what", "choice", "why"], self._defaults(layer_rows))
                 + "<h2>Graph</h2>" + graph_svg([(n.name, n.op_type) for n in probe.graph.nodes])
                 + f'<h2 id="mined">Mined layers</h2><ul>{mined}</ul>'
                 + f'<h2 id="analyses">Analyses</h2><ul>{analyses}</ul>'
                 + '<h2 id="layers">Layers</h2>' + table(["layer", "op", "output", "RF size", "RF stride", "deconvnet"], rows, raw=True))
         stage.write_bytes("index.html", page(f"zfprobe report: {os.path.basename(probe.source or 'model')}", body).encode())
+
+    def _defaults(self, layer_rows) -> list[list[str]]:
+        """One row per default the report took, with its reason (shown on the model page)."""
+        from zfprobe.io.pictures import describe_mapping, DEFAULT_PERCENTILE
+        from zfprobe.io.preprocess import suggested_preset
+
+        rows = []
+        for layer, (_, pics, _) in layer_rows.items():
+            rows.append([f"rule at {layer}", pics.rule, pics.rule_reason])
+        rows.append(["layers", ", ".join(layer_rows), "given with --layers" if self.opt.layers else
+                     "3 layers spread over depth (about 1/3, 2/3 and the deepest the deconvnet passes)"])
+        guess = suggested_preset(self.prep)
+        rows.append(["preprocessing", "from <model>.json" if self.prep.origin == "sidecar" else "from the input shape",
+                     f"no preset given; ImageNet models usually want --preset {guess}" if guess else
+                     "the model's sidecar or the command line"])
+        rows.append(["units", f"top {self.opt.k} images per channel, each at its strongest position",
+                     "the paper's Fig. 2"])
+        rows.append(["display", describe_mapping(DEFAULT_PERCENTILE), "robust contrast, see docs/legibility.md"])
+        return rows  # table() escapes the cells
+
+    def _predictions(self, dataset, n: int = 4) -> list[list[str]]:
+        """Rows (image, its top-5 classes) for the first ``n`` images, when the model classifies."""
+        from zfprobe.io.classes import describe_predictions
+
+        rows = []
+        for i in range(min(n, len(dataset))):
+            try:
+                x = dataset.load(i)[1]
+            except Exception:  # noqa: BLE001 - an unreadable image is reported by the mining pass
+                continue
+            preds = self.probe.predictions(x)
+            if preds is None:
+                return []
+            rows.append([esc(os.path.basename(str(dataset.name(i)))), esc(describe_predictions(preds))])
+        return rows
 
     def _manifest(self, result, data, layer_rows, links) -> dict:
         from zfprobe.io.provenance import __version__

@@ -93,3 +93,24 @@ def graph_svg(nodes: list[tuple[str, str]], per_row: int = 40, cell: int = 14) -
             f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">{"".join(rects)}</svg>'
             f'<figcaption class="note">{len(nodes)} nodes in execution order (left to right, top to bottom). '
             f'{legend}</figcaption></figure>')
+
+
+def rule_toggle(default: str, reason: str) -> str:
+    """Radio buttons that show the projections of one rule or all three (report.js), the default
+    rule first with its reason."""
+    from zfprobe.engine.rules import RULES
+
+    opts = [("all", "all three")] + [(r, r + (" (default)" if r == default else "")) for r in RULES]
+    buttons = "".join(f'<label><input type="radio" name="rule" value="{esc(v)}"{" checked" if v == "all" else ""}> '
+                      f"{esc(t)}</label> " for v, t in opts)
+    return (f'<fieldset id="rules" class="pager"><legend>Rule shown</legend>{buttons}</fieldset>'
+            f'<p class="note">Default rule here: {esc(default)}, because {esc(reason)}.</p>')
+
+
+def url(path: str) -> str:
+    """A relative file path as it must appear in src / href: percent signs and other reserved
+    characters quoted (the layer folders of ONNX names such as "/_blocks.2/Add" are written
+    "%2F_blocks.2%2FAdd" on disk, which a browser would decode back into slashes)."""
+    from urllib.parse import quote
+
+    return quote(path, safe="/")

@@ -15,7 +15,7 @@ import numpy as np
 
 from zfprobe.io.pictures import DEFAULT_PERCENTILE
 
-CACHE_VERSION = "thumbs-v1"
+CACHE_VERSION = "thumbs-v2"  # v2: the layer's default rule is part of the key
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -26,9 +26,9 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def cache_folder(cache: str, sha: str | None, layer: str, result, tile: int) -> str:
+def cache_folder(cache: str, sha: str | None, layer: str, result, tile: int, rule: str = "") -> str:
     key = hashlib.sha256(json.dumps([sha, layer, result.dataset.fingerprint(), result.k, result.images_seen,
-                                     DEFAULT_PERCENTILE, tile, CACHE_VERSION], sort_keys=True, default=str).encode())
+                                     DEFAULT_PERCENTILE, tile, rule, CACHE_VERSION], sort_keys=True, default=str).encode())
     return os.path.join(cache, f"thumbs-{key.hexdigest()[:24]}")
 
 
@@ -41,7 +41,7 @@ def write_thumbnails(stage, probe, result, layer: str, folder: str, cache: str, 
     from zfprobe.studies.mining.stream import streamed_layer
 
     pics = streamed_layer(probe, result, layer, channels=channels)
-    saved = cache_folder(cache, sha, layer, result, tile)
+    saved = cache_folder(cache, sha, layer, result, tile, pics.rule)
     names = {c: f"c{c:04d}.png" for c in pics.channels}
     done = progress or (lambda n: None)
     if all(os.path.isfile(os.path.join(saved, n)) for n in names.values()):

@@ -54,3 +54,30 @@
   });
   render();
 })();
+
+// Layer pages: thumbnails twice as large (pixels kept sharp), toggled by the zoom button.
+(function () {
+  var zoom = document.getElementById("zoom");
+  var grid = document.getElementById("channels");
+  if (!zoom || !grid) return;
+  zoom.addEventListener("click", function () {
+    var on = zoom.getAttribute("aria-pressed") !== "true";
+    zoom.setAttribute("aria-pressed", String(on));
+    grid.classList.toggle("zoomed", on);
+    grid.querySelectorAll("img.thumb").forEach(function (img) {
+      img.style.width = on && img.naturalWidth ? (2 * img.naturalWidth) + "px" : "";
+    });
+  });
+})();
+
+// Unit pages: show the projections of one rule, or all three.
+(function () {
+  var box = document.getElementById("rules");
+  if (!box) return;
+  box.addEventListener("change", function (e) {
+    var rule = e.target.value;
+    document.querySelectorAll("img[data-rule]").forEach(function (img) {
+      img.hidden = rule !== "all" && img.getAttribute("data-rule") !== rule;
+    });
+  });
+})();

@@ -35,7 +35,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY
+from zfprobe.engine.rules import AUTO, LRN_IDENTITY
 from zfprobe.io.datasets import Dataset
 from zfprobe.io.interrupts import deferred, pause
 from zfprobe.errors import OptionError, ZfprobeError
@@ -509,7 +509,7 @@ class UnitProjection:
     box: tuple[tuple[int, int], ...]  # the nominal box, unclipped ((y0, y1), (x0, x1))
 
 
-def project_units(probe, dataset: Dataset, layer: str, units: Sequence[MinedUnit], rule: str = DECONVNET,
+def project_units(probe, dataset: Dataset, layer: str, units: Sequence[MinedUnit], rule: str = AUTO,
                   lrn: str = LRN_IDENTITY, image_chunk: int = 32, keep_full: bool = False) -> Iterator[UnitProjection]:
     """Deconvnet projection and crops of each unit, batched: each backend call sends as many
     seeds as the memory budget allows (``probe.seed_batch_size``) with only the images they
@@ -518,6 +518,7 @@ def project_units(probe, dataset: Dataset, layer: str, units: Sequence[MinedUnit
     from zfprobe.engine.receptive_field import receptive_field
     from zfprobe.io.pictures import projection_to_hwc
 
+    rule = probe.choose_rule(layer, rule).rule  # auto: guided where no max-pool switch carries the image
     DeconvOptions(rule, lrn)
     tensor = probe.resolve(layer)
     shape = tuple(probe.graph.shape(tensor))

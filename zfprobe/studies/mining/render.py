@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY
+from zfprobe.engine.rules import AUTO, LRN_IDENTITY
 from zfprobe.studies.mining.compute import STATE_FILE, MinedUnit, MiningResult, parse_channels, project_units
 from zfprobe.io.pictures import DEFAULT_PERCENTILE, describe_mapping, load_font, signed_to_uint8, with_legend
 
@@ -60,6 +60,10 @@ class LayerPictures:
     source: Callable | None = None
     units: Callable | None = None
     crop: tuple[int, int] | None = None
+    rule_reason: str = ""  # why this rule (zfprobe.engine.rule_choice)
+    # streamed pictures hold no tiles: the (channel, rank) of every tile drawn, and of the zero ones
+    drawn: set = field(default_factory=set)
+    drawn_zero: set = field(default_factory=set)
 
     def _repr_png_(self) -> bytes:
         """Jupyter: the layer's first sheet, as ``save_mining`` writes it (sheet_001.png)."""
@@ -67,6 +71,22 @@ class LayerPictures:
 
         sheet, _ = next(iter_layer_pages(self, self.k))  # only the first page is drawn
         return png_bytes(sheet)
+
+    def zero_tiles(self) -> list[tuple[int, int]]:
+        """(channel, rank) of the projection tiles that are one flat value: exactly-zero projections
+        (for streamed pictures, of the tiles drawn so far)."""
+        if self.source is not None:
+            return sorted(self.drawn_zero)
+        return [(c, u.rank) for c in self.channels for u, proj, _ in self.tiles.get(c, [])
+                if proj.size and proj.min() == proj.max()]
+
+    def zero_warning(self) -> str | None:
+        from zfprobe.studies.visualize.compute import zero_projection_warning
+
+        zero = self.zero_tiles()
+        total = len(self.drawn) if self.source is not None else sum(len(t) for t in self.tiles.values())
+        line = zero_projection_warning([f"c{c} rank {r + 1}" for c, r in zero], total, self.rule)
+        return f"{self.layer}: {line} (labelled 'zero' on the sheets)" if line else None
 
 
 def units_to_project(result: MiningResult, layer: str, channels: list[int] | None = None) -> list[MinedUnit]:
@@ -84,7 +104,7 @@ def projection_tiles(probe, dataset, layer: str, units, rule: str, lrn: str, per
         yield up.unit, signed_to_uint8(up.projection_crop, percentile), up.patch
 
 
-def render_layer(probe, result: MiningResult, layer: str, rule: str = DECONVNET, lrn: str = LRN_IDENTITY,
+def render_layer(probe, result: MiningResult, layer: str, rule: str = AUTO, lrn: str = LRN_IDENTITY,
                  channels: list[int] | None = None, percentile: float | None = DEFAULT_PERCENTILE,
                  image_chunk: int = 32, tiles=None) -> LayerPictures:
     """Project every kept unit of ``channels`` (default: all; dead channels are not projected)
@@ -96,8 +116,11 @@ def render_layer(probe, result: MiningResult, layer: str, rule: str = DECONVNET,
     chans = list(range(top.channels)) if channels is None else list(channels)
     rf = receptive_field(probe.graph, top.tensor, result.dataset.prep.layout)
     status = channel_status(top)
+    choice = probe.choose_rule(layer, rule)
+    rule = choice.rule
     pics = LayerPictures(layer, top.tensor, rule, chans, rf.size, rf.stride, {c: [] for c in chans},
-                         status={c: status[c] for c in chans}, percentile=percentile, k=result.k)
+                         status={c: status[c] for c in chans}, percentile=percentile, k=result.k,
+                         rule_reason=choice.reason)
     t0 = time.perf_counter()
     if tiles is None:
         tiles = projection_tiles(probe, result.dataset, layer, units_to_project(result, layer, chans), rule, lrn,
@@ -212,6 +235,9 @@ def channel_tiles(pics, channels: Sequence[int], k: int) -> Iterator[tuple[int, 
         tiles: dict[int, list] = {c: [] for c in part}
         for unit, proj, patch in source(pics.units(part)):
             tiles[unit.channel].append((unit, proj, patch))
+            pics.drawn.add((unit.channel, unit.rank))
+            if proj.size and proj.min() == proj.max():
+                pics.drawn_zero.add((unit.channel, unit.rank))
         pics.seconds += time.perf_counter() - t0
         for c in part:
             yield c, sorted(tiles.pop(c), key=lambda t: t[0].rank)
@@ -325,7 +351,9 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
                                   "sheets": sheet_files, "projection_seconds": round(pics.seconds, 3),
                                   "dead_channels": [c for c in pics.channels if status[c] == "dead"],
                                   "weak_channels": [c for c in pics.channels if status[c] == "weak"],
-                                  "display_percentile": pics.percentile}
+                                  "display_percentile": pics.percentile,
+                                  "rule": pics.rule, "rule_reason": pics.rule_reason,
+                                  "zero_projections": [list(t) for t in pics.zero_tiles()]}
         buf = io.StringIO()
         fields = ["layer", "channel", "rank", "image_index", "image", "position", "value", "box"]
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")

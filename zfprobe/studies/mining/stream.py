@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY
+from zfprobe.engine.rules import AUTO, LRN_IDENTITY
 from zfprobe.errors import OptionError
 from zfprobe.io.pictures import DEFAULT_PERCENTILE
 
@@ -31,7 +31,7 @@ def crop_shape(rf, units) -> tuple[int, int] | None:
     return None
 
 
-def streamed_layer(probe, result, layer: str, rule: str = DECONVNET, lrn: str = LRN_IDENTITY,
+def streamed_layer(probe, result, layer: str, rule: str = AUTO, lrn: str = LRN_IDENTITY,
                    channels: Sequence[int] | None = None, percentile: float | None = DEFAULT_PERCENTILE,
                    image_chunk: int = 32, source: TileSource | None = None):
     """The LayerPictures of ``channels`` (default: all) with no tiles held: ``pics.source``
@@ -40,6 +40,8 @@ def streamed_layer(probe, result, layer: str, rule: str = DECONVNET, lrn: str = 
     from zfprobe.engine.receptive_field import receptive_field
     from zfprobe.studies.mining.render import LayerPictures, channel_status, projection_tiles, units_to_project
 
+    choice = probe.choose_rule(layer, rule)  # 'auto' becomes the layer's rule, with its reason
+    rule = choice.rule
     top = result.layers[layer]
     chans = list(range(top.channels)) if channels is None else list(channels)
     rf = receptive_field(probe.graph, top.tensor, result.dataset.prep.layout)
@@ -49,7 +51,7 @@ def streamed_layer(probe, result, layer: str, rule: str = DECONVNET, lrn: str = 
             return projection_tiles(probe, result.dataset, layer, units, rule, lrn, percentile, image_chunk)
     live = [c for c in chans if status[c] != "dead"][:1]
     return LayerPictures(layer, top.tensor, rule, chans, rf.size, rf.stride, {}, status={c: status[c] for c in chans},
-                         percentile=percentile, k=result.k, source=source, units=lambda cs: units_to_project(result, layer, cs),
+                         percentile=percentile, k=result.k, rule_reason=choice.reason, source=source, units=lambda cs: units_to_project(result, layer, cs),
                          crop=crop_shape(rf, units_to_project(result, layer, live)))
 
 

@@ -12,12 +12,13 @@ from zfprobe.studies.occlusion.engine import build_engine, run_engine
 from zfprobe.studies.occlusion.options import (METHODS, NoClassOutputError, check_geometry, class_output, fill_values,
                                        positions)
 from zfprobe.studies.occlusion.result import OcclusionResult
-from zfprobe.engine.rules import DECONVNET
+from zfprobe.engine.rules import AUTO
+from zfprobe.io.classes import top_predictions
 
 
 def occlude(probe, image, layer: str | None, size: int = 8, stride: int = 4, label: int | None = None,
             fill="grey", probability: bool | None = None, channel: int | None = None, method: str = "auto",
-            project: bool = True, rule: str = DECONVNET, preprocessing=None, class_names: list[str] | None = None,
+            project: bool = True, rule: str = AUTO, preprocessing=None, class_names: list[str] | None = None,
             memory_budget: int | None = None, progress: bool = False) -> OcclusionResult:
     """Occlusion maps of one image (a path, or a preprocessed array [1, ...]); see the module docstring.
 
@@ -68,6 +69,10 @@ def occlude(probe, image, layer: str | None, size: int = 8, stride: int = 4, lab
         if not 0 <= channel < n_channels:
             raise OptionError(f"channel {channel} is out of range: layer {layer} has {n_channels} channels (0..{n_channels - 1})")
     names = class_names if class_names is not None else (prep.labels if prep is not None else None)
+    if cls is not None:
+        from zfprobe.io.classes import class_names_for
+
+        names = class_names_for(cls.classes, names)  # a 1,000-way output: the bundled ImageNet names
 
     rows, cols = positions(h, size, stride), positions(w, size, stride)
     engine = build_engine(probe, tensor, cls, size, rows, cols, method, channels_last)
@@ -91,6 +96,7 @@ def occlude(probe, image, layer: str | None, size: int = 8, stride: int = 4, lab
         try:
             acts = probe.activations(x, layer)
             seeds, owner = seed_tensor(acts, [feature_map(acts, channel)])
+            rule = probe.choose_rule(layer, rule).rule
             projection = probe.project(x, layer, seeds, owner, rule=rule)[0]
             note = f"deconvnet ({rule}) projection of feature map {channel} of {layer} (whole map as seed)"
         except ZfprobeError as exc:
@@ -110,7 +116,8 @@ def occlude(probe, image, layer: str | None, size: int = 8, stride: int = 4, lab
         projection=projection, projection_note=note, image=display, method=engine.method,
         incremental_layers=[op.node.name for op in engine.chain[:engine.end]], preprocessing=prep,
         image_path=image_path,
-        timings={"plan": round(t1 - t0, 4), "maps": round(t2 - t1, 4), "projection": round(t3 - t2, 4)})
+        timings={"plan": round(t1 - t0, 4), "maps": round(t2 - t1, 4), "projection": round(t3 - t2, 4)},
+        predictions=top_predictions(base_probs, names) if base_probs is not None else None)
 
 
 def occlusion_maps(probe, images: np.ndarray, layer: str | None, size: int, stride: int, fill: np.ndarray | float = 0.0,

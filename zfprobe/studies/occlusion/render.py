@@ -133,7 +133,7 @@ def manifest(result, probe=None, files=None) -> dict:
         "label_source": result.label_source,
         "probabilities": (result.class_source + "; " + PROBABILITY_NOTE) if result.class_source else None,
         "unoccluded": {"activation": result.base_activation, "probability": result.base_probability,
-                       "top1": result.base_label},
+                       "top1": result.base_label, "top5": result.predictions},
         "maps": {"activation": "activation" if result.activation is not None else None,
                  "probability": "probability" if result.probability is not None else None,
                  "label_map": "label_map" if result.label_map is not None else None,

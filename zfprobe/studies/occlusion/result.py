@@ -38,6 +38,7 @@ class OcclusionResult:
     preprocessing: object = None
     image_path: str | None = None
     timings: dict = field(default_factory=dict)
+    predictions: list | None = None      # top-5 classes of the unoccluded image ([{class, name, probability}])
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"rows": np.asarray(self.rows), "cols": np.asarray(self.cols),

@@ -10,17 +10,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from zfprobe.engine.rules import DECONVNET, LRN_IDENTITY
+from zfprobe.engine.rules import AUTO, LRN_IDENTITY
 from zfprobe.io.preprocess import Preprocessing
 from zfprobe.io.provenance import file_sha256, model_manifest  # noqa: F401 (file_sha256: re-exported)
 from zfprobe.io.pictures import (DEFAULT_PERCENTILE, contact_sheet, describe_mapping, projection_to_hwc,
                             signed_to_uint8, with_legend)
-from zfprobe.engine.seeds import Seed, SeedRequest, seed_tensor
+from zfprobe.engine.seeds import POSITION_RULES, Seed, SeedRequest, allowed_positions, seed_tensor
 
 DISPLAY_MAPPING = ("each projection p is shown as 128 + 127 * clip(p / s, -1, 1) per pixel and colour channel, "
                    "s = max |p| of that projection, or (default) a percentile of its non-zero |p|: grey = 0, "
                    "brighter = positive")
 FRAMES = ("rf", "full")
+# Display only (docs/legibility.md, "Display treatments"): projections are shown low-passed at 2 px
+# (a Gaussian of sigma 1 px removes the pixel-level checkerboard of strided reversals and keeps
+# the detail; at the layer's own stride it leaves blobs), enlarged bilinearly, and beside a
+# masked patch (the image crop weighted by the normalized |projection|).
+DEFAULT_DEALIAS_PX = 2.0
 RF_MARGIN = 0.25  # the crop extends the receptive field by this fraction of its size on each side
 
 
@@ -46,6 +51,16 @@ def draw_box(image: np.ndarray, box, colour=(255, 40, 40)) -> np.ndarray:
     return np.asarray(im)
 
 
+def zero_projection_warning(names: list[str], total: int, rule: str, values: list[float] | None = None) -> str | None:
+    """The one-line warning for projections that are exactly zero (shown as flat grey tiles)."""
+    if not names:
+        return None
+    why = ("their seed value is <= 0 (the unit is not active)" if values and all(v <= 0 for v in values) else
+           f"every path from them to the input is masked under the {rule} rule (rectifiers off or at their limits)")
+    listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return f"{len(names)} of {total} projection(s) are exactly zero ({listed}): {why}; their tiles are flat grey"
+
+
 @dataclass
 class Visualization:
     """The projections of one image's seeds at one layer, ready to save or inspect."""
@@ -63,6 +78,19 @@ class Visualization:
     timings: dict = field(default_factory=dict)
     frame: str = "rf"
     boxes: list | None = None      # per seed: nominal RF box ((y0, y1), (x0, x1)), None for maps / global RFs
+    rule_choice: dict | None = None  # how the rule was chosen and why (zfprobe.engine.rule_choice)
+    positions: str = "inside"      # where the strongest unit may sit (zfprobe.engine.seeds.POSITION_RULES)
+    predictions: list | None = None  # the model's top-5 classes for this image ([{class, name, probability}])
+    dealias_px: float = DEFAULT_DEALIAS_PX  # display only: Gaussian low-pass, sigma = dealias_px / 2 (0: off)
+
+    def zero_seeds(self) -> list[Seed]:
+        """Seeds whose projection is exactly zero (nothing of the unit reaches the input)."""
+        return [s for s, p in zip(self.seeds, self.projections) if not np.any(p)]
+
+    def zero_warning(self) -> str | None:
+        """One line explaining exactly-zero projections, or None when every projection shows something."""
+        return zero_projection_warning([f"c{s.channel}" for s in self.zero_seeds()], len(self.seeds), self.rule,
+                                       [s.value for s in self.zero_seeds()])
 
     def _hwc(self, p: np.ndarray) -> np.ndarray:
         prep = self.preprocessing
@@ -71,6 +99,13 @@ class Visualization:
     def _box(self, i: int):
         return self.boxes[i] if self.boxes else None
 
+    def _display(self, p: np.ndarray) -> np.ndarray:
+        """The projection as shown: [H, W, C] RGB, low-passed at ``dealias_px`` (display only)."""
+        from zfprobe.io.display import dealias
+
+        hwc = self._hwc(p)
+        return dealias(hwc, self.dealias_px) if self.dealias_px and self.dealias_px > 1 else hwc
+
     def tiles(self) -> list[np.ndarray]:
         """One picture per seed: cropped at the unit's receptive field (with a margin) when the
         frame is 'rf' and the unit has one, else the whole frame (with the RF box drawn)."""
@@ -78,7 +113,7 @@ class Visualization:
 
         out = []
         for i, p in enumerate(self.projections):
-            hwc, box = self._hwc(p), self._box(i)
+            hwc, box = self._display(p), self._box(i)
             if box is not None and self.frame == "rf":
                 out.append(signed_to_uint8(crop(hwc, crop_box(box, hwc.shape[:2]), 0.0), self.percentile))
             else:
@@ -101,19 +136,37 @@ class Visualization:
                 out.append(draw_box(self.image, box))
         return out
 
+    def masked_tiles(self) -> list[np.ndarray]:
+        """Per seed, the image view weighted by the normalized |projection| (grey where the unit
+        does not look), the crop as in :meth:`tiles`."""
+        from zfprobe.io.display import masked_patch
+        from zfprobe.studies.mining.compute import crop
+
+        out = []
+        for i, (p, view) in enumerate(zip(self.projections, self.image_tiles())):
+            hwc, box = self._display(p), self._box(i)
+            if box is not None and self.frame == "rf":
+                hwc = crop(hwc, crop_box(box, hwc.shape[:2]), 0.0)
+                out.append(masked_patch(view, hwc))
+            else:
+                out.append(masked_patch(self.image, hwc))
+        return out
+
     def sheet(self) -> np.ndarray:
-        """The contact sheet: each projection beside the same view of the image, with a legend."""
-        tiles, views = self.tiles(), self.image_tiles()
+        """The contact sheet: per seed the image view, the projection and the masked patch, with a legend."""
+        tiles, views, masked = self.tiles(), self.image_tiles(), self.masked_tiles()
         pictures, captions = [], []
-        for s, t, v in zip(self.seeds, tiles, views):
+        for s, t, v, m in zip(self.seeds, tiles, views, masked):
             where = " map" if s.position is None else (f" @{','.join(map(str, s.position))}" if s.position else "")
-            pictures += [v, t]
-            captions += [f"c{s.channel}{where} image", f"c{s.channel} {s.value:.3g}"]
+            pictures += [v, t, m]
+            captions += [f"c{s.channel}{where} image", f"c{s.channel} {s.value:.3g}" + (" ZERO" if not t.std() else ""),
+                         f"c{s.channel} masked patch"]
         if not pictures:
             pictures, captions = [self.image], ["input"]
         view = "receptive field (+25% margin)" if self.frame == "rf" and self.boxes and any(self.boxes) else "full frame"
-        sheet = contact_sheet(pictures, captions, columns=min(6, len(pictures)), tile_size=160,
-                              title=f"{self.layer} - {self.rule} - {view}: image | projection")
+        sheet = contact_sheet(pictures, captions, columns=min(9, len(pictures)), tile_size=160,
+                              title=f"{self.layer} - {self.rule} - {view}: image | projection | masked patch",
+                              smooth=True)
         return with_legend(sheet, self.percentile)
 
     def _repr_png_(self) -> bytes:
@@ -131,7 +184,7 @@ class Visualization:
         """Write per-seed PNGs, a contact sheet and manifest.json, all or nothing."""
         from zfprobe.io.outputs import OutputStage
 
-        tiles = [signed_to_uint8(self._hwc(p), self.percentile) for p in self.projections]  # full frame, per seed
+        tiles = [signed_to_uint8(self._display(p), self.percentile) for p in self.projections]  # full frame, per seed
         sheet = self.sheet()
         with OutputStage(out_dir) as stage:
             files = [stage.write_png(self.file_name(s), t) for s, t in zip(self.seeds, tiles)]
@@ -158,29 +211,46 @@ class Visualization:
             "layer": self.layer,
             "tensor": self.tensor,
             "rule": self.rule,
+            "rule_choice": self.rule_choice,
+            "predictions": self.predictions,
+            "positions": {"rule": self.positions,
+                          "meaning": ("each channel's strongest unit among those with >= 50% of their receptive field "
+                                      "inside the image (a field larger than the image counts as image-sized)"
+                                      if self.positions == "inside" else "each channel's strongest unit anywhere")},
             "lrn": self.lrn,
             "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
             "display": {"mapping": describe_mapping(self.percentile), "percentile": self.percentile,
-                        "frame": self.frame, "crop_margin": RF_MARGIN if self.frame == "rf" else None},
-            "seeds": [dict(s.to_dict(), file=self.file_name(s), rf_box=self._box(i)) for i, s in enumerate(self.seeds)],
+                        "frame": self.frame, "crop_margin": RF_MARGIN if self.frame == "rf" else None,
+                        "dealias": (f"display only: Gaussian low-pass, sigma {self.dealias_px / 2:g} px" if self.dealias_px
+                                    and self.dealias_px > 1 else None),
+                        "sheet": "per seed: image view | projection | masked patch (image weighted by the normalized "
+                                 "|projection|); small crops enlarged bilinearly"},
+            "seeds": [dict(s.to_dict(), file=self.file_name(s), rf_box=self._box(i), zero=not np.any(p))
+                      for i, (s, p) in enumerate(zip(self.seeds, self.projections))],
             "files": files or [],
             "timings_s": self.timings,
         }
 
 
 def visualize(probe, image, layer: str, channels: list[int] | None = None, top: int | None = None,
-              mode: str = "unit", position: tuple[int, ...] | None = None, rule: str = DECONVNET,
+              mode: str = "unit", position: tuple[int, ...] | None = None, rule: str = AUTO,
               lrn: str = LRN_IDENTITY, percentile: float | None = DEFAULT_PERCENTILE,
-              preprocessing: Preprocessing | None = None, frame: str = "rf") -> Visualization:
+              preprocessing: Preprocessing | None = None, frame: str = "rf", positions: str = "inside",
+              dealias_px: float = DEFAULT_DEALIAS_PX) -> Visualization:
     """Project units of ``image`` (a path, or a preprocessed array [1, ...]) at ``layer``.
 
     Without channels or top, the 9 strongest channels are shown. One forward pass picks the
-    seeds; one batched deconvnet run projects them all.
+    seeds; one batched deconvnet run projects them all. ``rule="auto"`` picks guided backprop
+    where no max-pool switch ties the deconvnet to the image (``result.rule_choice`` says why).
+    ``positions="inside"`` picks each channel's strongest unit among those with at least half of
+    their receptive field inside the image (``"any"``: anywhere, border units included).
     """
     from zfprobe.engine.deconv import DeconvOptions
     from zfprobe.errors import OptionError
     from zfprobe.engine.receptive_field import receptive_field
 
+    choice = probe.choose_rule(layer, rule)
+    rule = choice.rule
     DeconvOptions(rule, lrn)  # validate early, before any computation
     if frame not in FRAMES:
         raise OptionError(f"frame must be one of {', '.join(FRAMES)}, not '{frame}'")
@@ -191,15 +261,18 @@ def visualize(probe, image, layer: str, channels: list[int] | None = None, top: 
         display = np.zeros((1, 1, 3), np.uint8)
     probe.deconv_program(layer, rule, lrn)  # surfaces non-invertible nodes before computing
     acts = probe.activations(tensor, layer)
-    seeds = SeedRequest(list(channels or []), top, mode, position).resolve(acts)
+    rf = receptive_field(probe.graph, probe.resolve(layer), prep.layout) if prep is not None else None
+    allowed = allowed_positions(rf, tuple(acts.shape[2:]), positions) if rf is not None else None
+    if rf is None and positions not in POSITION_RULES:
+        allowed_positions(None, (), positions)  # the same error for a bad value
+    seeds = SeedRequest(list(channels or []), top, mode, position, allowed).resolve(acts)
     batch, images_of = seed_tensor(acts, seeds)
     t1 = time.perf_counter()
     projections = probe.project(tensor, layer, batch, images_of, rule=rule, lrn=lrn)
     t2 = time.perf_counter()
     boxes = None
-    if prep is not None:
-        rf = receptive_field(probe.graph, probe.resolve(layer), prep.layout)
+    if rf is not None:
         boxes = [None if s.position is None or rf.is_global else rf.nominal_box(tuple(s.position)) for s in seeds]
     return Visualization(layer, probe.resolve(layer), rule, lrn, seeds, projections, display, prep, image_path,
                          percentile, {"forward_and_seeds": round(t1 - t0, 4), "projection": round(t2 - t1, 4)},
-                         frame, boxes)
+                         frame, boxes, choice.to_dict(), positions, probe.predictions(tensor), dealias_px)

@@ -1,0 +1,95 @@
+"""Display-only treatments of projections (the arrays and .npy files stay exact), and the
+legibility measure used to choose among them (docs/legibility.md).
+
+A layer whose units lie ``s`` pixels apart (its cumulative stride) cannot represent input detail
+finer than that grid as *its own*: a reversal through strided transposed convolutions paints a
+periodic pattern at the stride (the checkerboard of the deconvnet on nets without switches). What
+is left after a low-pass at the stride is what a reader can read as structure at the unit's scale.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+MIN_LEVELS = 16  # a grey level difference a reader sees on a screen (the existing legibility rule)
+
+
+def _sigmas(stride, ndim: int) -> tuple[float, ...]:
+    s = (stride, stride) if np.isscalar(stride) else tuple(stride)
+    return tuple(max(0.0, float(v) / 2.0) for v in s) + (0.0,) * (ndim - 2)
+
+
+def lowpass(x: np.ndarray, stride) -> np.ndarray:
+    """``x`` [H, W(, C)] blurred by a Gaussian of sigma = stride / 2 per axis (a period-s pattern
+    keeps exp(-pi^2 / 2) = 0.7% of its amplitude); stride <= 1 leaves it unchanged."""
+    from scipy.ndimage import gaussian_filter
+
+    sig = _sigmas(stride, x.ndim)
+    if max(sig[:2]) <= 0.5:
+        return np.asarray(x, dtype=np.float64)
+    return gaussian_filter(np.asarray(x, dtype=np.float64), sig, mode="constant")
+
+
+def lowpass_energy(p: np.ndarray, stride) -> float:
+    """Share of the projection's energy that survives a low-pass at the layer's stride: near 0 for
+    a checkerboard at the stride, near 1 for structure larger than the grid (NaN for p = 0)."""
+    total = float(np.sum(np.asarray(p, dtype=np.float64) ** 2))
+    return float(np.sum(lowpass(p, stride) ** 2) / total) if total > 0 else float("nan")
+
+
+def structure_fraction(tile: np.ndarray, stride) -> float:
+    """The legibility measure of a displayed uint8 tile [H, W, 3]: the share of its pixels that
+    still differ from mid grey by >= 16 levels (in any colour channel) after a low-pass at the
+    layer's stride, i.e. the visible structure at the scale the unit works at. A flat grey tile
+    scores 0, and so does a checkerboard at the stride, however contrasted."""
+    smooth = lowpass(tile.astype(np.float64), stride)
+    return float(np.mean(np.abs(smooth - 128.0).max(axis=-1) >= MIN_LEVELS))
+
+
+def edge_alignment(p: np.ndarray, image: np.ndarray) -> float:
+    """The legibility measure: how well the projection's strong pixels lie on the image's edges.
+    Pearson correlation, over the crop, between |p| (summed over colour channels) and the image's
+    gradient magnitude (Sobel on grey levels), both smoothed by a 1-pixel Gaussian. A projection
+    that reads as a picture of the image (the paper's Fig. 2 traces the patches' edges) scores
+    high; a fixed template or a checkerboard that ignores the image scores near 0, and so does a
+    flat tile (0 by definition). Contrast and colour mapping do not change it."""
+    from scipy.ndimage import gaussian_filter, sobel
+
+    grey = np.asarray(image, dtype=np.float64)
+    grey = grey.mean(axis=-1) if grey.ndim == 3 else grey
+    edges = gaussian_filter(np.hypot(sobel(grey, 0), sobel(grey, 1)), 1.0)
+    mag = np.abs(np.asarray(p, dtype=np.float64))
+    mag = gaussian_filter(mag.sum(axis=-1) if mag.ndim == 3 else mag, 1.0)
+    if mag.std() == 0 or edges.std() == 0:
+        return 0.0
+    return float(np.corrcoef(mag.ravel(), edges.ravel())[0, 1])
+
+
+def dealias(p: np.ndarray, stride) -> np.ndarray:
+    """The projection [H, W, C] low-passed at the stride, for display only."""
+    return lowpass(p, stride)
+
+
+def masked_patch(patch: np.ndarray, p: np.ndarray, stride=1, percentile: float = 99.0) -> np.ndarray:
+    """The image patch weighted by the normalized |projection| (the paper's Fig. 2 pairs patches
+    with projections): the pixels the unit responds to keep their colour, the rest fade to grey.
+    ``p`` [H, W, C] is the projection on the same crop; its magnitude is smoothed at the stride."""
+    mag = np.abs(np.asarray(p, dtype=np.float64)).max(axis=-1)
+    mag = lowpass(mag, stride)
+    nz = mag[mag > 0]
+    scale = float(np.percentile(nz, percentile)) if nz.size else 0.0
+    w = np.clip(mag / scale, 0.0, 1.0)[..., None] if scale > 0 else np.zeros(mag.shape + (1,))
+    out = 128.0 + (patch.astype(np.float64) - 128.0) * w
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def upsample(tile: np.ndarray, size: int, smooth: bool = True) -> np.ndarray:
+    """A small tile enlarged to ``size`` px on its longer side: bilinear (``smooth``) or nearest."""
+    from PIL import Image
+
+    h, w = tile.shape[:2]
+    if max(h, w) >= size:
+        return tile
+    scale = size / max(h, w)
+    im = Image.fromarray(tile).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                      Image.BILINEAR if smooth else Image.NEAREST)
+    return np.asarray(im)
