@@ -121,14 +121,16 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
     shapes = layer_shapes(probe, layers)
     for layer in layers:
         parse_channels(channels, shapes[layer][1][0])
+    dataset = open_dataset(data, prep, probe.input_shape, array_key, exclude=(out_dir,))
     if not no_project:
         from zfprobe.studies.mining.stream import check_layer_pictures
 
+        # a sheet has a slot per kept image: no more than the dataset holds (--top 1000 over 20 images: 20)
+        slots = min(k, len(dataset), limit or k)
         for layer in layers:  # a layer the deconvnet cannot pass fails now, not after mining
             probe.deconv_program(layer, rule, lrn)
-            check_layer_pictures(probe, layer, k, per_page, tile, len(parse_channels(channels, shapes[layer][1][0])),
+            check_layer_pictures(probe, layer, slots, per_page, tile, len(parse_channels(channels, shapes[layer][1][0])),
                                  prep.layout)
-    dataset = open_dataset(data, prep, probe.input_shape, array_key, exclude=(out_dir,))
     with output_lock(out_dir), checkpoint_kept_on_failure(os.path.join(out_dir, STATE_FILE)) as state:
         if restart and os.path.lexists(state):
             os.unlink(state)

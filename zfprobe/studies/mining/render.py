@@ -89,6 +89,12 @@ class LayerPictures:
         return f"{self.layer}: {line} (labelled 'zero' on the sheets)" if line else None
 
 
+def sheet_slots(result: MiningResult) -> int:
+    """Grid slots per channel on the sheets: the run's top-k, or the images it read when fewer
+    (``--top 1000`` over 20 images draws 20 slots, not 1,000 mostly empty ones)."""
+    return max(1, min(result.k, result.images_seen - len(result.skipped)))
+
+
 def units_to_project(result: MiningResult, layer: str, channels: list[int] | None = None) -> list[MinedUnit]:
     """The kept units of ``channels`` (default: all) that get a projection: dead channels get none."""
     top = result.layers[layer]
@@ -119,7 +125,7 @@ def render_layer(probe, result: MiningResult, layer: str, rule: str = AUTO, lrn:
     choice = probe.choose_rule(layer, rule)
     rule = choice.rule
     pics = LayerPictures(layer, top.tensor, rule, chans, rf.size, rf.stride, {c: [] for c in chans},
-                         status={c: status[c] for c in chans}, percentile=percentile, k=result.k,
+                         status={c: status[c] for c in chans}, percentile=percentile, k=sheet_slots(result),
                          rule_reason=choice.reason)
     t0 = time.perf_counter()
     if tiles is None:
@@ -330,7 +336,7 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
         layers_meta = {}
         for layer, pics in pictures.items():
             d = safe_name(layer)
-            k = result.k
+            k = sheet_slots(result)
             sheet_files, chan_files = [], []
             if sheets or channel_pngs:  # page by page: a page's pictures are written, then dropped
                 size = max(_tile_size(layer_crop(pics), tile), 64) if channel_pngs else None

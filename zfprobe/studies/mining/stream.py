@@ -38,7 +38,7 @@ def streamed_layer(probe, result, layer: str, rule: str = AUTO, lrn: str = LRN_I
     projects a list of units when the output stage asks for them (default: this process's
     :func:`~zfprobe.studies.mining.render.projection_tiles`; the Ray engine hands in its own)."""
     from zfprobe.engine.receptive_field import receptive_field
-    from zfprobe.studies.mining.render import LayerPictures, channel_status, projection_tiles, units_to_project
+    from zfprobe.studies.mining.render import LayerPictures, sheet_slots, channel_status, projection_tiles, units_to_project
 
     choice = probe.choose_rule(layer, rule)  # 'auto' becomes the layer's rule, with its reason
     rule = choice.rule
@@ -51,7 +51,7 @@ def streamed_layer(probe, result, layer: str, rule: str = AUTO, lrn: str = LRN_I
             return projection_tiles(probe, result.dataset, layer, units, rule, lrn, percentile, image_chunk)
     live = [c for c in chans if status[c] != "dead"][:1]
     return LayerPictures(layer, top.tensor, rule, chans, rf.size, rf.stride, {}, status={c: status[c] for c in chans},
-                         percentile=percentile, k=result.k, rule_reason=choice.reason, source=source, units=lambda cs: units_to_project(result, layer, cs),
+                         percentile=percentile, k=sheet_slots(result), rule_reason=choice.reason, source=source, units=lambda cs: units_to_project(result, layer, cs),
                          crop=crop_shape(rf, units_to_project(result, layer, live)))
 
 
