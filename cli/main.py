@@ -163,6 +163,9 @@ def visualize(model, image, layer, channels, top, unit, mode, positions, rule, l
         raise OptionError("--percentile must be in (0, 100]")
     if not 0 <= dealias_px <= 64:
         raise OptionError("--dealias must be between 0 and 64 pixels")
+    from zfprobe.studies.visualize.compute import check_sheet_fits
+
+    check_sheet_fits(len(channels) if channels else (top or 1))  # before any projection
     result = probe.visualize(image, layer, channels=channels, top=top, mode=mode, position=position, rule=rule,
                              lrn=lrn, percentile=None if max_scale else percentile, preprocessing=prep, frame=frame,
                              positions=positions, dealias_px=dealias_px)

@@ -339,18 +339,18 @@ class Probe:
             feeds.update(plan.feeds(units[sl], seed_image[sl], seed_hw))
             return plan.paste(self.backend.run(program, feeds, [OUTPUT_WINDOW])[0], units[sl], tuple(images.shape[1:]))
 
-        start = 0
         if chunk > 1 and len(seeds) > 1 and id(program) not in self._seed_costs:
             # the graph does not give the windows' sizes: measure one seed (with the session's
-            # first-run allocations, so on the safe side), then size the batches from it
-            first, grown = peak_growth(lambda: run(slice(0, 1)))
-            out.append(first)
-            start = 1
+            # first-run allocations, so on the safe side), then size the batches from it. The
+            # measuring run's result is not used: the batches are cut the same way on every call,
+            # so a projection does not depend on which call came first (float rounding follows
+            # the batch).
+            _, grown = peak_growth(lambda: run(slice(0, 1)))
             self._seed_costs[id(program)] = (program, grown)
         cost = self._seed_costs.get(id(program), (None, None))[1]
         if cost:
             chunk = min(chunk, max(1, int(budget_for("projection") // cost)))
-        for start in range(start, len(seeds), chunk):
+        for start in range(0, len(seeds), chunk):
             out.append(run(slice(start, start + chunk)))
         return out[0] if len(out) == 1 else np.concatenate(out)
 

@@ -61,6 +61,23 @@ def zero_projection_warning(names: list[str], total: int, rule: str, values: lis
     return f"{len(names)} of {total} projection(s) are exactly zero ({listed}): {why}; their tiles are flat grey"
 
 
+SHEET_TILE = 160  # px per contact-sheet tile
+SHEET_COLUMNS_PER_SEED = 3  # image view | projection | masked patch
+
+
+def check_sheet_fits(n_seeds: int) -> None:
+    """One clear line before any projection when the contact sheet of ``n_seeds`` seeds cannot
+    fit the pictures share of the memory budget (zfprobe.io.memory)."""
+    from zfprobe.errors import OptionError
+    from zfprobe.io.memory import budget_for, describe
+
+    # the tiles and the sheet they are pasted into
+    need = 2 * SHEET_COLUMNS_PER_SEED * n_seeds * 3 * (SHEET_TILE + 20) ** 2
+    if need > budget_for("pictures"):
+        raise OptionError(f"the contact sheet of {n_seeds} projections takes {describe(need)}, more than the "
+                          f"{describe(budget_for('pictures'))} for pictures; lower --top or raise --memory")
+
+
 @dataclass
 class Visualization:
     """The projections of one image's seeds at one layer, ready to save or inspect."""
@@ -164,7 +181,7 @@ class Visualization:
         if not pictures:
             pictures, captions = [self.image], ["input"]
         view = "receptive field (+25% margin)" if self.frame == "rf" and self.boxes and any(self.boxes) else "full frame"
-        sheet = contact_sheet(pictures, captions, columns=min(9, len(pictures)), tile_size=160,
+        sheet = contact_sheet(pictures, captions, columns=min(9, len(pictures)), tile_size=SHEET_TILE,
                               title=f"{self.layer} - {self.rule} - {view}: image | projection | masked patch",
                               smooth=True)
         return with_legend(sheet, self.percentile)
