@@ -59,4 +59,8 @@ def top_predictions(scores: np.ndarray, names: list[str] | None = None, k: int =
 
 def describe_predictions(preds: list[dict]) -> str:
     """One line: ``285 Egyptian cat 0.62, 281 tabby 0.21, ...``."""
-    return ", ".join(f"{p['class']}{' ' + p['name'] if p['name'] else ''} {p['probability']:.2f}" for p in preds)
+    def label(p: dict) -> str:  # a name that only repeats the number (MNIST's '7') is left out
+        name = p["name"]
+        return f"{p['class']} {name}" if name and name != str(p["class"]) else str(p["class"])
+
+    return ", ".join(f"{label(p)} {p['probability']:.2f}" for p in preds)
