@@ -129,7 +129,8 @@ def default_layer(probe, layer: str | None, command: str) -> str:
 def say_rule(layer: str, choice: dict) -> None:
     """One line on stderr: which rule ran at ``layer`` and why (``choice``: RuleChoice.to_dict()).
     Said after the work succeeded, so an error is always the only line."""
-    if choice["requested"] == "auto" or choice["rules_identical"] or not choice["max_pool_switches"]:
+    # the paper's deconvnet where max-pool switches carry the image is the plain case: nothing to say
+    if choice["rules_identical"] or not choice["max_pool_switches"]:
         click.echo(f"zfprobe: note: rule {choice['rule']} at {layer}: {choice['reason']}", err=True)
 
 
