@@ -77,3 +77,17 @@ def tree(path: Path) -> dict[str, bytes]:
     if path.is_file():
         return {".": path.read_bytes()}
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def fill_disk(disk: Path, leave: int) -> None:
+    """Fill the file system of ``disk`` (a small tmpfs) but for about ``leave`` bytes."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, os.path.getsize(filler) - leave))

@@ -19,6 +19,7 @@ same images go to zfprobe and to the oracle.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import warnings
 from dataclasses import dataclass
@@ -203,3 +204,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+# --------------------------------------------------------------------------------------------
+# file systems
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a tmpfs of a given size (and options) at tmp_path/<name>; unmounted afterwards."""
+    mounted = []
+
+    def mount(name: str, size: str = "4m", options: str = "") -> Path:
+        target = tmp_path / name
+        target.mkdir(exist_ok=True)
+        opts = f"size={size}" + (f",{options}" if options else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(target)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)

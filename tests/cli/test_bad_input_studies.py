@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clirun import judge, run, tree
+from clirun import fill_disk, judge, run, tree
 from test_bad_input import MODEL_ROWS, PREP_ROWS, OUTPUT_ROWS, _earlier_result, files  # noqa: F401 (fixture)
 
 DATA = Path(__file__).resolve().parents[2] / "zfprobe" / "data"
@@ -323,25 +323,10 @@ def test_home_not_writable_gives_no_native_warning(tmp_path):
     assert p.stderr.strip() == "", p.stderr
 
 
-def test_correspondence_on_a_full_disk_is_one_line(study, tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        filler = disk / "filler"
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
-        os.truncate(filler, max(0, filler.stat().st_size - 4096))
-        r = run(*_argv(COMMAND_BASE["correspondence"], {}, [], study, disk / "out"))
-        assert judge(r, expect_error=True) is None, r.stderr
-        assert "No space left" in r.stderr
-        assert sorted(os.listdir(disk)) == ["filler"]
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+def test_correspondence_on_a_full_disk_is_one_line(study, tmpfs):
+    disk = tmpfs("disk", size="256k")
+    fill_disk(disk, 4096)
+    r = run(*_argv(COMMAND_BASE["correspondence"], {}, [], study, disk / "out"))
+    assert judge(r, expect_error=True) is None, r.stderr
+    assert "No space left" in r.stderr
+    assert sorted(os.listdir(disk)) == ["filler"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clirun import judge, run, tree
+from clirun import fill_disk, judge, run, tree
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "zfprobe" / "data"
@@ -113,29 +113,9 @@ def test_resume_after_an_interruption_is_byte_identical(tmp_path, dataset, clean
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmpfs):
     """A 1 MB tmpfs (root only; skipped elsewhere), unmounted afterwards."""
-    target = tmp_path / "disk"
-    target.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield target
-    subprocess.run(["umount", "-l", str(target)], capture_output=True)
-
-
-def fill(disk: Path, leave: int) -> None:
-    """Fill ``disk`` but for about ``leave`` bytes."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    os.truncate(filler, max(0, os.path.getsize(filler) - leave))
+    return tmpfs("disk", size="1m")
 
 
 def test_failed_mine_on_a_full_disk_keeps_the_checkpoint_it_found(small_disk, dataset):
@@ -144,7 +124,7 @@ def test_failed_mine_on_a_full_disk_keeps_the_checkpoint_it_found(small_disk, da
     assert judge(run(*args, "--no-project", "-o", out), expect_error=False) is None
     state = out / ".mine-state.npz"
     before = state.read_bytes()
-    fill(small_disk, 8 * 4096)
+    fill_disk(small_disk, 8 * 4096)
     for extra in ([], ["--restart"]):  # resuming the finished pass, or mining again from the start
         r = run(*args, *extra, "-o", out)
         assert judge(r, expect_error=True) is None and "No space left" in r.stderr, r.stderr
@@ -153,7 +133,7 @@ def test_failed_mine_on_a_full_disk_keeps_the_checkpoint_it_found(small_disk, da
 
 
 def test_failed_mine_on_a_full_disk_leaves_no_checkpoint(small_disk, dataset):
-    fill(small_disk, 8 * 4096)
+    fill_disk(small_disk, 8 * 4096)
     out = small_disk / "out"
     r = run(*mine_args(dataset), "--batch-size", "8", "-o", out)
     assert judge(r, expect_error=True) is None and "No space left" in r.stderr, r.stderr

@@ -8,38 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from clirun import judge, run, tree
+from clirun import fill_disk, judge, run, tree
 
 DATA = Path(__file__).resolve().parents[2] / "zfprobe" / "data"
 MODEL = DATA / "mnist_cnn.onnx"
 DIGIT = DATA / "digit.png"
 VIS = ["visualize", MODEL, "-i", DIGIT, "-l", "conv2"]
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """Mount a tmpfs of a given size (and options) at tmp_path/<name>; unmounted afterwards."""
-    mounted = []
-
-    def mount(name: str, size: str = "4m", options: str = "") -> Path:
-        target = tmp_path / name
-        target.mkdir(exist_ok=True)
-        opts = f"size={size}" + (f",{options}" if options else "")
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(target)], capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-        mounted.append(target)
-        return target
-
-    yield mount
-    for target in reversed(mounted):
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
 
 def _listed(out: Path) -> set[str]:
@@ -96,16 +75,7 @@ def test_disk_full_keeps_the_earlier_result(tmpfs):
     out = disk / "out"
     assert run(*VIS, "--top", "2", "-o", out).exit_code == 0
     before = tree(out)
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    os.truncate(filler, max(0, os.path.getsize(filler) - 6 * 4096))
+    fill_disk(disk, 6 * 4096)
     r = run(*VIS, "--top", "9", "-o", out)
     assert judge(r, expect_error=True) is None, r.stderr
     assert "No space left on device" in r.stderr
