@@ -30,6 +30,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 TESTS = os.path.join(ROOT, "tests")
 sys.path.insert(0, TESTS)
 
+from torch_backend import best_of  # noqa: E402  (benchmarks/torch_backend.py: best of n, with a device sync)
+
 _COLD = """
 import sys, time, warnings
 sys.path.insert(0, {tests!r})
@@ -57,15 +59,6 @@ def cold(name: str, mode: str) -> float | None:
     if run.returncode != 0:
         return None
     return float(run.stdout.strip().splitlines()[-1])
-
-
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
 
 
 def unit_seeds(acts: np.ndarray, n: int = 16) -> tuple[np.ndarray, list]:
