@@ -630,7 +630,7 @@ def _function_converters():
     def linear(b, call):
         bias = call.arg(2, "bias")
         return _linear(b, call, call.args[0], _param_operand(b, call, call.arg(1, "weight")),
-                       _param_operand(b, call, bias) if bias is not None else None)
+                       _param_operand(b, call, bias))
 
     @converts(F.batch_norm)
     def batch_norm(b, call):
@@ -665,15 +665,15 @@ def _function_converters():
     def layer_norm(b, call):
         w, bias = call.arg(2, "weight"), call.arg(3, "bias")
         return _layer_norm(b, call, call.args[0], call.arg(1, "normalized_shape"),
-                           _param_operand(b, call, w) if w is not None else None,
-                           _param_operand(b, call, bias) if bias is not None else None, call.arg(4, "eps", 1e-5))
+                           _param_operand(b, call, w),
+                           _param_operand(b, call, bias), call.arg(4, "eps", 1e-5))
 
     @converts(F.group_norm)
     def group_norm(b, call):
         w, bias = call.arg(2, "weight"), call.arg(3, "bias")
         return _group_norm(b, call, call.args[0], call.arg(1, "num_groups"),
-                           _param_operand(b, call, w) if w is not None else None,
-                           _param_operand(b, call, bias) if bias is not None else None, call.arg(4, "eps", 1e-5))
+                           _param_operand(b, call, w),
+                           _param_operand(b, call, bias), call.arg(4, "eps", 1e-5))
 
     @converts(F.max_pool1d, F.max_pool2d, F.max_pool3d)
     def max_pool(b, call):
@@ -789,8 +789,11 @@ def _drop_path(b, call):
     return call.args[0]
 
 
-def _param_operand(b: _Builder, call: Call, v) -> str:
-    """A weight-like argument: a parameter / buffer path, a derived constant, or a fresh constant."""
+def _param_operand(b: _Builder, call: Call, v) -> str | None:
+    """A weight-like argument: a parameter / buffer path, a derived constant, or a fresh constant
+    (None for an optional one left out)."""
+    if v is None:
+        return None
     if isinstance(v, _Tensor):
         _fail(call, "a weight computed from the input")
     if isinstance(v, str):  # a constant name from get_attr or a live computation
