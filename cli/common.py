@@ -164,6 +164,14 @@ def preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize):
 
 
 
+def position_option(fn):
+    """``--position``: where each channel's strongest unit (per image, when mining) may sit."""
+    return click.option("--position", "positions", type=click.Choice(["inside", "any"]), default="inside",
+                        show_default=True,
+                        help="inside: the strongest unit among those with >= 50% of their receptive field inside "
+                             "the image (not lifted by the padding); any: the strongest anywhere.")(fn)
+
+
 def preprocessing_options(fn):
     """The options that say how an image becomes the model input (shared by every command)."""
     options = [

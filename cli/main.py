@@ -14,7 +14,7 @@ import click
 
 from zfprobe.engine.rules import AUTO, DECONVNET, LRN_IDENTITY, LRN_MODES, RULE_CHOICES
 from zfprobe.cli.common import (RULES, Interrupted, default_layer, one_line_warning, open_probe, probe_and_image, parse_unit,
-                                preprocessing_from_options, preprocessing_options, quiet_native_logs,
+                                position_option, preprocessing_from_options, preprocessing_options, quiet_native_logs,
                                 report_failure, say_rule)
 from zfprobe.cli.validation import checked_params
 from zfprobe.errors import OptionError
@@ -125,9 +125,7 @@ def layers(model, input_size, in_channels):
 @click.option("--unit", help="One unit CHANNEL,Y,X instead of each channel's strongest position.")
 @click.option("--mode", type=click.Choice(["unit", "map"]), default="unit", show_default=True,
               help="unit: the strongest position of each channel; map: the whole feature map.")
-@click.option("--position", "positions", type=click.Choice(["inside", "any"]), default="inside", show_default=True,
-              help="inside: each channel's strongest unit among those with >= 50% of their receptive field inside "
-                   "the image (not lifted by the padding); any: the strongest anywhere.")
+@position_option
 @click.option("--rule", type=click.Choice(RULE_CHOICES), default=AUTO, show_default=True,
               help="auto: guided backprop where no max-pool switch ties the deconvnet to the image, else deconvnet.")
 @click.option("--lrn", type=click.Choice(LRN_MODES), default=LRN_IDENTITY, show_default=True,

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import click
 
 from zfprobe.engine.rules import AUTO, LRN_IDENTITY, LRN_MODES, RULE_CHOICES
-from zfprobe.cli.common import open_probe, say_rule, preprocessing_from_options, preprocessing_options
+from zfprobe.cli.common import open_probe, position_option, say_rule, preprocessing_from_options, preprocessing_options
 from zfprobe.errors import OptionError
 from zfprobe.io.pictures import DEFAULT_PERCENTILE
 
@@ -45,6 +45,11 @@ def checkpoint_interval() -> float:
 @click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
               help="Display scale s = this percentile of each projection's non-zero |p| (stronger pixels saturate).")
 @click.option("--max-scale", is_flag=True, help="Scale each projection by its max |p| instead (no saturation).")
+@click.option("--dealias", "dealias_px", type=float, default=2.0, show_default=True,
+              help="Display only: show projections low-passed at this many pixels (Gaussian sigma = PX/2; 0: off).")
+@click.option("--masked", is_flag=True, help="Display only: add a third grid per channel, the patches weighted by "
+                                            "the normalized |projection|.")
+@position_option
 @click.option("--no-project", is_flag=True, help="Only mine: write index.csv and manifest.json, no pictures.")
 @click.option("--no-channel-pngs", is_flag=True, help="Do not write one PNG per channel.")
 @click.option("--restart", is_flag=True, help="Ignore a saved state in OUT and mine from the first image.")
@@ -61,7 +66,7 @@ def checkpoint_interval() -> float:
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
               help="Output folder [default: ./zfprobe-mine-<model>].")
 def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, limit, array_key, tile, percentile,
-            max_scale, no_project, no_channel_pngs, restart, quiet, engine, address, workers, gpus_per_worker, preset, input_size, mean, std, scale, bgr, resize, device, out_dir):
+            max_scale, dealias_px, masked, positions, no_project, no_channel_pngs, restart, quiet, engine, address, workers, gpus_per_worker, preset, input_size, mean, std, scale, bgr, resize, device, out_dir):
     """Top-K images per feature map of each LAYER over DATA (a folder of images, a .txt list of image
     paths, a .npy/.npz array, or a folder of .npy shards).
 
@@ -90,12 +95,16 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
         raise OptionError("--batch-size must be at least 1")
     if not 0 < percentile <= 100:
         raise OptionError("--percentile must be in (0, 100]")
+    if not 0 <= dealias_px <= 64:
+        raise OptionError("--dealias must be between 0 and 64 pixels")
     ray_options = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker}
     if engine == "local":
         given = [f"--{name.replace('_', '-')}" for name, v in ray_options.items() if v is not None]
         if given:
             raise OptionError(f"{', '.join(given)} only apply to --engine ray")
     else:
+        if dealias_px != 2.0:
+            raise OptionError("--dealias applies to --engine local (the Ray workers draw with the default 2 px)")
         if workers is not None and workers < 1:
             raise OptionError("--workers must be at least 1")
         if gpus_per_worker is not None and not 0 <= gpus_per_worker <= 64:
@@ -135,7 +144,8 @@ def command(model, data, layers, k, channels, per_page, rule, lrn, batch_size, l
         if restart and os.path.lexists(state):
             os.unlink(state)
         args = (probe, prep, dataset, out_dir, state, layers, k, channels, per_page, rule, lrn,
-                batch_size, limit, tile, percentile, no_project, no_channel_pngs, restart, quiet)
+                batch_size, limit, tile, percentile, no_project, no_channel_pngs, restart, quiet,
+                {"dealias_px": dealias_px, "masked": masked, "position": positions})
         if engine == "ray":
             from zfprobe.adapters.engines.ray_engine import connected
 
@@ -196,8 +206,9 @@ def checkpoint_kept_on_failure(state: str):
 
 
 def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, per_page, rule, lrn, batch_size, limit,
-                   tile, percentile, no_project, no_channel_pngs, restart, quiet, ray=None):
-    """Mine, project and publish; ``ray``: the Ray engine's settings (None: the local engine)."""
+                   tile, percentile, no_project, no_channel_pngs, restart, quiet, display, ray=None):
+    """Mine, project and publish; ``display``: dealias_px, masked and the position rule; ``ray``: the
+    Ray engine's settings (None: the local engine)."""
     from zfprobe.studies.mining.compute import mine, parse_channels
     from zfprobe.studies.mining.render import save_mining
     from zfprobe.studies.mining.stream import streamed_layer
@@ -214,7 +225,7 @@ def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, pe
         warnings.simplefilter("always")
         result = engine_mine(probe, dataset, list(layers), k=k, batch_size=batch_size, progress=not quiet,
                              state_path=state, resume=not restart, limit=limit, log=lambda m: click.echo(f"zfprobe: note: {m}", err=True),
-                             checkpoint_every=checkpoint_interval())
+                             checkpoint_every=checkpoint_interval(), position=display["position"])
         skipped_msgs = [str(w.message) for w in caught if str(w.message).startswith("skipped ")]
     for msg in skipped_msgs[:20]:
         click.echo(f"zfprobe: warning: {msg}", err=True)
@@ -233,7 +244,8 @@ def _mine_and_save(probe, prep, dataset, out_dir, state, layers, k, channels, pe
 
                 source = tile_source(probe, result.dataset, layer, probe.choose_rule(layer, rule).rule, lrn, percentile,
                                      **ray)
-            pictures[layer] = streamed_layer(probe, result, layer, rule, lrn, chans[layer], percentile, source=source)
+            pictures[layer] = streamed_layer(probe, result, layer, rule, lrn, chans[layer], percentile, source=source,
+                                             dealias_px=display["dealias_px"], masked=display["masked"])
     else:
         from zfprobe.studies.mining.render import LayerPictures
         from zfprobe.engine.receptive_field import receptive_field

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from zfprobe.cli.common import open_probe, preprocessing_from_options, preprocessing_options
+from zfprobe.cli.common import open_probe, position_option, preprocessing_from_options, preprocessing_options
 from zfprobe.cli.validation import nonempty
 from zfprobe.errors import OptionError
 
@@ -26,10 +26,11 @@ from zfprobe.errors import OptionError
               help="Channels shown per layer: the strongest (largest mean of their top-9 activations).")
 @click.option("--all-channels", is_flag=True, help="Show every channel of each layer (overrides --channels).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@position_option
 @preprocessing_options
 @click.option("--out", "-o", "out_dir", type=click.Path(), help="Report folder [default: ./zfprobe-report-<model>].")
 def command(model, data, layers, limit, unit_pages, occlusion_images, includes, with_, channels, all_channels, quiet,
-            preset, input_size, mean, std, scale, bgr, resize, device, out_dir):
+            positions, preset, input_size, mean, std, scale, bgr, resize, device, out_dir):
     """Write a static site for MODEL (optionally mining DATA, a folder of images or .npy/.npz):
     the layer table and graph, per-layer channel pages (top-9 from mining, dead/weak flagged,
     filter box), unit pages (three rules, occlusion maps) and pages for analysis folders."""
@@ -66,7 +67,7 @@ def command(model, data, layers, limit, unit_pages, occlusion_images, includes, 
                               f"-o {os.path.join(out_dir, missing[0])}` first, or pass --include FOLDER")
     options = ReportOptions(layers=[l.strip() for l in layers.split(",") if l.strip()] if layers else None, data=data,
                             limit=limit, unit_pages=unit_pages, occlusion_images=occlusion_images,
-                            include=list(includes), progress=not quiet, channels=None if all_channels else channels)
+                            include=list(includes), progress=not quiet, channels=None if all_channels else channels, position=positions)
     meta = build_report(probe, out_dir, options)
     t = meta["timings_s"]
     click.echo(f"report of {len(meta['layers'])} layer(s), {meta['files_count']} files, "

@@ -173,9 +173,11 @@ class _ReadBatch:
 class _ForwardTopK:
     """Stage 2: one backend session for the truncated network; each batch's own top-k per layer."""
 
-    def __init__(self, spec: ModelSpec, layers: dict, k: int, device: str, threads: int, kill_once: str = ""):
+    def __init__(self, spec: ModelSpec, layers: dict, k: int, device: str, threads: int, kill_once: str = "",
+                 allowed: dict | None = None):
         self.probe = spec.open(device, threads)
         self.layers = layers  # layer -> (tensor, shape)
+        self.allowed = allowed or {}  # layer -> positions the strongest unit may sit at (--position)
         self.tensors = [t for t, _ in layers.values()]
         self.k = k
         self.kill_once = kill_once
@@ -198,7 +200,7 @@ class _ForwardTopK:
             if len(indices):
                 acts = self.probe.activations(tensors, self.tensors)
                 for (layer, (tensor, shape)), a in zip(self.layers.items(), acts):
-                    top = LayerTopK(layer, tensor, shape, self.k)
+                    top = LayerTopK(layer, tensor, shape, self.k, self.allowed.get(layer))
                     top.update(a, indices)
                     tops[layer] = top.state()
             payloads.append(pickle.dumps((tops, skipped), protocol=5))
@@ -212,9 +214,9 @@ class _ReadForwardTopK:
     scheduling); decoding and the forward pass share the worker's core either way."""
 
     def __init__(self, dataset, spec: ModelSpec, layers: dict, k: int, device: str, threads: int,
-                 kill_once: str = ""):
+                 kill_once: str = "", allowed: dict | None = None):
         self.read = _ReadBatch(dataset)
-        self.forward = _ForwardTopK(spec, layers, k, device, threads, kill_once)
+        self.forward = _ForwardTopK(spec, layers, k, device, threads, kill_once, allowed)
 
     def __call__(self, rows: dict) -> dict:
         return self.forward(self.read(rows))
@@ -272,7 +274,7 @@ def plan(ray, workers: int, gpus_per_worker: float) -> Plan:
 def mine_ray(probe, dataset, layers: Sequence[str] | str, k: int = 9, batch_size: int | None = None,
              workers: int = 1, gpus_per_worker: float = 0.0, progress: bool = False, state_path: str | None = None,
              resume: bool = True, checkpoint_every: float = 30.0, limit: int | None = None, log=None,
-             device: str = "auto") -> MiningResult:
+             device: str = "auto", position: str = "inside") -> MiningResult:
     """:func:`zfprobe.studies.mining.compute.mine` on the connected Ray cluster (see the module docstring); the
     same arguments and the same result, plus ``workers`` forward actors with ``gpus_per_worker``."""
     from tqdm import tqdm
@@ -282,10 +284,11 @@ def mine_ray(probe, dataset, layers: Sequence[str] | str, k: int = 9, batch_size
         raise RayUnavailableError("Ray is not connected; use zfprobe.adapters.engines.ray_engine.connected()")
     _quiet_ray_data(ray)
     say = log or (lambda m: None)
-    shapes, tops, n_total, batch_size = run_setup(probe, dataset, layers, k, batch_size, limit)
+    shapes, tops, n_total, batch_size = run_setup(probe, dataset, layers, k, batch_size, limit, position)
     spec = model_spec(probe, device)
     resources = plan(ray, workers, gpus_per_worker)
-    fingerprint = run_fingerprint(probe, dataset, shapes, k) + f"|limit={n_total}|engine=ray|batch={batch_size}"
+    fingerprint = (run_fingerprint(probe, dataset, shapes, k)
+                   + f"|limit={n_total}|engine=ray|batch={batch_size}|position={position}")
     blocks = [(lo, min(lo + batch_size, n_total)) for lo in range(0, n_total, batch_size)]
     done: set[int] = set()
     skipped: list[tuple[int, str]] = []
@@ -315,7 +318,8 @@ def mine_ray(probe, dataset, layers: Sequence[str] | str, k: int = 9, batch_size
     first = None
     try:
         if todo:
-            for lo, hi, payload in _run_forward(ray, dataset, todo, spec, shapes, k, resources):
+            for lo, hi, payload in _run_forward(ray, dataset, todo, spec, shapes, k, resources,
+                                                  {l: t.allowed for l, t in tops.items()}):
                 if lo in done:  # a retried batch whose first result also arrived: the same top-k
                     continue
                 block_tops, block_skipped = pickle.loads(payload)
@@ -346,18 +350,19 @@ def mine_ray(probe, dataset, layers: Sequence[str] | str, k: int = 9, batch_size
     if n_total - len(skipped) <= 0:
         raise ZfprobeError(f"none of the {n_total} dataset item(s) could be read ({len(skipped)} skipped); nothing to mine")
     save()
-    result = MiningResult(tops, dataset, k, n_total, skipped, resumed_from, seconds)
+    result = MiningResult(tops, dataset, k, n_total, skipped, resumed_from, seconds, position)
     # pipeline start (actors, model load, the first batch) and the steady rate after it
     result.first_result_seconds, result.first_batch = first or (seconds, 0)
     return result
 
 
-def _run_forward(ray, dataset, todo, spec: ModelSpec, shapes: dict, k: int, res: Plan) -> Iterator[tuple[int, int, bytes]]:
+def _run_forward(ray, dataset, todo, spec: ModelSpec, shapes: dict, k: int, res: Plan,
+                 allowed: dict | None = None) -> Iterator[tuple[int, int, bytes]]:
     """(lo, hi, pickled (per-layer top-k states, skipped)) of each batch, as they finish."""
     ds = ray.data.from_items([{"lo": lo, "hi": hi} for lo, hi in todo],
                              override_num_blocks=max(1, min(len(todo), 8 * (res.workers + res.readers))))
     forward_args = (spec, shapes, k, _worker_device(res.gpus_per_worker, spec.device),
-                    max(1, int(res.cpus_per_worker)), os.environ.get(KILL_ONCE_ENV, ""))
+                    max(1, int(res.cpus_per_worker)), os.environ.get(KILL_ONCE_ENV, ""), allowed)
     workers = ray.data.ActorPoolStrategy(size=min(res.workers, len(todo)))
     if not res.gpus_per_worker and res.cpus_per_reader < 1:
         # CPU workers on every CPU read their own batches (see _ReadForwardTopK); where CPUs are

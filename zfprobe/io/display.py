@@ -69,6 +69,31 @@ def dealias(p: np.ndarray, stride) -> np.ndarray:
     return lowpass(p, stride)
 
 
+DEFAULT_DEALIAS_PX = 2.0  # docs/legibility.md: a Gaussian of sigma 1 px; at the layer's stride it leaves blobs
+
+
+def shown(p: np.ndarray, dealias_px: float | None = DEFAULT_DEALIAS_PX) -> np.ndarray:
+    """A projection [H, W, C] as displayed: low-passed at ``dealias_px`` (<= 1 or None: as is).
+    The caller's array is never changed (display only)."""
+    return dealias(p, dealias_px) if dealias_px and dealias_px > 1 else np.asarray(p)
+
+
+def displayed_tile(p: np.ndarray, percentile, dealias_px: float | None = DEFAULT_DEALIAS_PX) -> np.ndarray:
+    """The uint8 tile of a projection crop [H, W, C]: de-aliased, then the signed grey mapping
+    (zfprobe.io.pictures). An exactly-zero projection stays one flat grey (and is labelled so)."""
+    from zfprobe.io.pictures import signed_to_uint8
+
+    return signed_to_uint8(shown(p, dealias_px), percentile)
+
+
+def masked_from_tile(patch: np.ndarray, tile: np.ndarray) -> np.ndarray:
+    """The masked patch from a displayed projection tile (uint8, grey = 0): the patch weighted by
+    the tile's normalized distance from grey. Where only the drawn tiles are at hand (the mining
+    sheets draw from uint8 tiles); the tile is already de-aliased, so no smoothing is added."""
+    signed = tile.astype(np.float64) - 128.0
+    return masked_patch(patch, signed, stride=1, percentile=100.0)
+
+
 def masked_patch(patch: np.ndarray, p: np.ndarray, stride=1, percentile: float = 99.0) -> np.ndarray:
     """The image patch weighted by the normalized |projection| (the paper's Fig. 2 pairs patches
     with projections): the pixels the unit responds to keep their colour, the rest fade to grey.

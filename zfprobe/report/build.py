@@ -38,6 +38,7 @@ class ReportOptions:
     per_page: int = 64
     progress: bool = True
     channels: int | None = 64    # channels per layer shown (the strongest); None: every one (--all-channels)
+    position: str = "inside"     # where each image's strongest unit may sit when mining (--position)
 
 
 def cache_root() -> str:
@@ -51,10 +52,10 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    """A unit-page tile at ``size`` px, resized bilinearly (display only, docs/legibility.md)."""
     from PIL import Image
 
-    method = Image.NEAREST if max(img.shape[:2]) <= size else Image.BILINEAR
-    return np.asarray(Image.fromarray(img).resize((size, size), method))
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
 
 
 def _heatmap(values: np.ndarray, image: np.ndarray, size: int) -> np.ndarray:
@@ -138,7 +139,7 @@ class ReportBuilder:
             t = time.perf_counter()
             bar.set_description_str(f"report: mining {', '.join(self.layers)}")
             result = mine(probe, dataset, self.layers, k=opt.k, state_path=os.path.join(cache, "mine-state.npz"),
-                          resume=True, limit=opt.limit, progress=False)
+                          resume=True, limit=opt.limit, progress=False, position=opt.position)
             if result.images_seen - len(result.skipped) == 0:
                 raise OptionError(f"no image of '{data}' could be read")
             self._timed("mining", t)
@@ -207,7 +208,8 @@ class ReportBuilder:
     def _unit_pages(self, stage, result, layer, pics, d, samples) -> dict[int, str]:
         """Unit pages for the ``unit_pages`` strongest live channels of ``layer``."""
         from zfprobe.studies.mining.compute import project_units
-        from zfprobe.io.pictures import DEFAULT_PERCENTILE, signed_to_uint8
+        from zfprobe.io.display import displayed_tile, masked_from_tile
+        from zfprobe.io.pictures import DEFAULT_PERCENTILE
 
         from zfprobe.report.thumbnails import CachedFiles, unit_cache_folder
 
@@ -222,15 +224,18 @@ class ReportBuilder:
         # a rerun with the same model, data, layer and pages copies the pictures from the cache
         store = CachedFiles(stage, unit_cache_folder(self.cache, self.sha, layer, result,
                                                      [chans, [n for n, _ in samples], UNIT_TILE, list(RULES)]))
-        rels = [f"units/{d}/c{u.channel:04d}_r{u.rank}_{what}.png" for u in units for what in ("patch",) + RULES]
+        views = ("patch",) + RULES + ("masked",)  # masked: the patch weighted by the default rule's |p|
+        rels = [f"units/{d}/c{u.channel:04d}_r{u.rank}_{what}.png" for u in units for what in views]
         rels += [f"units/{d}/c{c:04d}_occlusion{i}.png" for c in chans for i in range(len(samples))]
         fresh = not store.complete(rels)
         tiles: dict[tuple[int, int], dict] = {(u.channel, u.rank): {"unit": u} for u in units}
         for rule in RULES if fresh else ():
             for up in project_units(self.probe, result.dataset, layer, units, rule):
                 entry = tiles[(up.unit.channel, up.unit.rank)]
-                entry[rule] = signed_to_uint8(up.projection_crop, DEFAULT_PERCENTILE)
+                entry[rule] = displayed_tile(up.projection_crop, DEFAULT_PERCENTILE)  # display only: de-aliased
                 entry["patch"] = up.patch
+        for entry in tiles.values() if fresh else ():
+            entry["masked"] = masked_from_tile(entry["patch"], entry[pics.rule])
         occlusions = self._occlusions(layer, chans, samples) if fresh else \
             {c: [(name, None) for name, _ in samples] for c in chans}
         out = {}
@@ -239,7 +244,7 @@ class ReportBuilder:
             for u in top.entries(c):
                 e = tiles[(c, u.rank)]
                 cells = [str(u.rank + 1), f"{u.value:.4g}", esc(result.dataset.name(u.image)) + f"<br>at {esc(u.position)}"]
-                for what in ("patch",) + RULES:
+                for what in views:
                     rel = f"units/{d}/c{c:04d}_r{u.rank}_{what}.png"
                     store.write(rel, _png(_resize(e[what], UNIT_TILE))) if fresh else store.copy(rel)
                     tag = f' data-rule="{what}"' if what in RULES else ""
@@ -248,9 +253,11 @@ class ReportBuilder:
                 rows.append(cells)
             body = (f'<p><a href="../../layers/{url(d)}.html">back to layer {esc(layer)}</a></p>'
                     f"<h2>Top {len(rows)} images</h2><p class=\"note\">Image patch at the unit's receptive field and "
-                    "its projection under each rule (grey = 0; s = 99th percentile of the non-zero |p| per tile).</p>"
+                    "its projection under each rule (grey = 0; s = 99th percentile of the non-zero |p| per tile; "
+                    "shown low-passed at 2 px and enlarged bilinearly), and the patch weighted by the normalized "
+                    f"|projection| under the default rule ({esc(pics.rule)}).</p>"
                     + rule_toggle(pics.rule, pics.rule_reason)
-                    + table(["rank", "value", "image", "patch", *RULES], rows, raw=True, caption=f"channel {c} of {layer}"))
+                    + table(["rank", "value", "image", "patch", *RULES, "masked patch"], rows, raw=True, caption=f"channel {c} of {layer}"))
             occ = []
             for i, (name, heat) in enumerate(occlusions.get(c, [])):
                 rel = f"units/{d}/c{c:04d}_occlusion{i}.png"
@@ -362,9 +369,14 @@ class ReportBuilder:
         rows.append(["preprocessing", "from <model>.json" if self.prep.origin == "sidecar" else "from the input shape",
                      f"no preset given; ImageNet models usually want --preset {guess}" if guess else
                      "the model's sidecar or the command line"])
-        rows.append(["units", f"top {self.opt.k} images per channel, each at its strongest position",
-                     "the paper's Fig. 2"])
-        rows.append(["display", describe_mapping(DEFAULT_PERCENTILE), "robust contrast, see docs/legibility.md"])
+        where = ("among the units with >= 50% of their receptive field inside the image"
+                 if self.opt.position == "inside" else "anywhere (--position any)")
+        rows.append(["units", f"top {self.opt.k} images per channel, each at its strongest position {where}",
+                     "the paper's Fig. 2; border units lifted by the zero padding do not win (docs/legibility.md)"
+                     if self.opt.position == "inside" else "the paper's Fig. 2"])
+        rows.append(["display", describe_mapping(DEFAULT_PERCENTILE) + "; low-passed at 2 px, enlarged bilinearly",
+                     "robust contrast; the pixel checkerboard of strided reversals removed (display only; "
+                     "see docs/legibility.md)"])
         return rows  # table() escapes the cells
 
     def _predictions(self, dataset, n: int = 4) -> list[list[str]]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from zfprobe.io.pictures import DEFAULT_PERCENTILE
 
-CACHE_VERSION = "thumbs-v2"  # v2: the layer's default rule is part of the key
+CACHE_VERSION = "thumbs-v3"  # v2: the layer's default rule is part of the key; v3: de-aliased, bilinear, --position
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -28,7 +28,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def cache_folder(cache: str, sha: str | None, layer: str, result, tile: int, rule: str = "") -> str:
     key = hashlib.sha256(json.dumps([sha, layer, result.dataset.fingerprint(), result.k, result.images_seen,
-                                     DEFAULT_PERCENTILE, tile, rule, CACHE_VERSION], sort_keys=True, default=str).encode())
+                                     DEFAULT_PERCENTILE, tile, rule, getattr(result, "position", "inside"),
+                                     CACHE_VERSION], sort_keys=True, default=str).encode())
     return os.path.join(cache, f"thumbs-{key.hexdigest()[:24]}")
 
 
@@ -101,5 +102,6 @@ class CachedFiles:
 
 def unit_cache_folder(cache: str, sha: str | None, layer: str, result, extra) -> str:
     key = hashlib.sha256(json.dumps([sha, layer, result.dataset.fingerprint(), result.k, result.images_seen,
-                                     DEFAULT_PERCENTILE, extra, "units-v1"], sort_keys=True, default=str).encode())
+                                     DEFAULT_PERCENTILE, extra, getattr(result, "position", "inside"), "units-v2"],
+                                    sort_keys=True, default=str).encode())
     return os.path.join(cache, f"units-{key.hexdigest()[:24]}")

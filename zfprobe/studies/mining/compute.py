@@ -71,11 +71,14 @@ class LayerTopK:
     """The running top-k of one layer: ``values``, ``images``, ``positions`` (flat raster index
     over the spatial axes), each ``[C, k]``; empty slots have image -1 (value -inf)."""
 
-    def __init__(self, layer: str, tensor: str, shape: tuple[int, ...], k: int):
+    def __init__(self, layer: str, tensor: str, shape: tuple[int, ...], k: int, allowed: np.ndarray | None = None):
         self.layer, self.tensor, self.k = layer, tensor, int(k)
         self.shape = tuple(shape)  # without batch: (C, *spatial) or (F,)
         self.channels = self.shape[0]
         self.spatial = self.shape[1:]
+        # the positions an image's strongest unit may sit at (flat bool over the spatial axes;
+        # None: anywhere); see zfprobe.engine.seeds.allowed_positions (--position)
+        self.allowed = None if allowed is None else np.asarray(allowed, bool).reshape(-1)
         self._values = np.full((self.channels, self.k), -np.inf, np.float32)
         self._images = np.full((self.channels, self.k), _NO_IMAGE, np.int64)
         self._positions = np.full((self.channels, self.k), -1, np.int64)
@@ -94,13 +97,19 @@ class LayerTopK:
         if b == 0:
             return
         flat = acts.reshape(b, self.channels, -1)
-        maxima = channel_maxima(acts) if maxima is None else np.asarray(maxima).reshape(b, self.channels)
+        if self.allowed is not None:  # one image at a time: no second copy of the whole batch
+            maxima = np.stack([np.where(self.allowed, flat[i], -np.inf).max(axis=1) for i in range(b)])
+        elif maxima is None:
+            maxima = channel_maxima(acts)
+        maxima = np.asarray(maxima).reshape(b, self.channels)
         # NaN counts as -inf (it never beats a real value; it may fill a slot nothing else fills)
         best = np.where(np.isnan(maxima), -np.inf, maxima)
         rows, chans = np.nonzero(best >= self._values[:, -1])  # >=: a tie may still win on index
         if rows.size == 0:
             return
-        if 2 * rows.size > maxima.size:  # early batches: most rows are candidates
+        if self.allowed is not None:
+            pos = np.where(self.allowed, flat[rows, chans], -np.inf).argmax(axis=1)
+        elif 2 * rows.size > maxima.size:  # early batches: most rows are candidates
             pos = flat.argmax(axis=2)[rows, chans]              # first maximum in raster order
         else:
             pos = flat[rows, chans].argmax(axis=1)
@@ -190,6 +199,7 @@ class MiningResult:
     skipped: list[tuple[int, str]] = field(default_factory=list)
     resumed_from: int = 0
     seconds: float = 0.0
+    position: str = "inside"  # where each image's strongest unit could sit (zfprobe.engine.seeds.POSITION_RULES)
 
     @property
     def images_per_second(self) -> float:
@@ -246,6 +256,21 @@ def auto_batch_size(probe, layers: Sequence[str], budget: int | None = None) -> 
     return batch_that_fits(runs * per_run + waiting, budget_for("activations") if budget is None else budget)
 
 
+def position_masks(probe, shapes: dict, layout: str, position: str = "inside") -> dict:
+    """Per layer, the boolean map of the positions its strongest units may sit at under the
+    ``position`` rule (zfprobe.engine.seeds.allowed_positions; None: anywhere). Mining takes each
+    image's strongest position among them, as ``visualize`` picks its units."""
+    from zfprobe.engine.receptive_field import receptive_field
+    from zfprobe.engine.seeds import allowed_positions
+
+    out = {}
+    for layer, (tensor, shape) in shapes.items():
+        spatial = tuple(shape[1:])
+        rf = receptive_field(probe.graph, tensor, layout) if len(spatial) == 2 and position != "any" else None
+        out[layer] = allowed_positions(rf, spatial, position) if rf is not None else allowed_positions(None, (), position)
+    return out
+
+
 def run_fingerprint(probe, dataset: Dataset, layers: dict, k: int) -> str:
     model = probe.source
     st = os.stat(model) if model and os.path.isfile(model) else None
@@ -264,7 +289,7 @@ class RunSetup(NamedTuple):
 
 
 def run_setup(probe, dataset: Dataset, layers: Sequence[str] | str, k: int, batch_size: int | None,
-              limit: int | None) -> RunSetup:
+              limit: int | None, position: str = "inside") -> RunSetup:
     """The layers' shapes, an empty top-k per layer, the number of items to use and the batch
     size; a bad layer list, ``k`` or batch size is an :class:`OptionError`."""
     if isinstance(layers, str):
@@ -274,7 +299,8 @@ def run_setup(probe, dataset: Dataset, layers: Sequence[str] | str, k: int, batc
     if k < 1:
         raise OptionError("--top must be at least 1")
     shapes = layer_shapes(probe, layers)
-    tops = {l: LayerTopK(l, t, s, k) for l, (t, s) in shapes.items()}
+    masks = position_masks(probe, shapes, dataset.prep.layout, position)
+    tops = {l: LayerTopK(l, t, s, k, masks[l]) for l, (t, s) in shapes.items()}
     n_total = len(dataset) if limit is None else min(len(dataset), int(limit))
     batch_size = int(batch_size or auto_batch_size(probe, list(layers)))
     if batch_size < 1:
@@ -284,16 +310,20 @@ def run_setup(probe, dataset: Dataset, layers: Sequence[str] | str, k: int, batc
 
 def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch_size: int | None = None,
          progress: bool = False, state_path: str | None = None, resume: bool = True,
-         checkpoint_every: float = 30.0, limit: int | None = None, log=None) -> MiningResult:
+         checkpoint_every: float = 30.0, limit: int | None = None, log=None, position: str = "inside") -> MiningResult:
     """Find, for each channel of each layer, the ``k`` images with the strongest activation.
+
+    ``position``: where an image's strongest unit may sit: "inside" (default) among the units with
+    at least half of their receptive field inside the image, as ``visualize`` picks its units
+    (a unit lifted by the zero padding at the border does not win); "any": anywhere.
 
     ``state_path``: where to checkpoint (atomically, every ``checkpoint_every`` seconds and at the
     end or on interruption); with ``resume`` a matching state continues, a stale one is ignored.
     ``limit``: use only the first ``limit`` items of the dataset.
     """
-    shapes, tops, n_total, batch_size = run_setup(probe, dataset, layers, k, batch_size, limit)
+    shapes, tops, n_total, batch_size = run_setup(probe, dataset, layers, k, batch_size, limit, position)
     # only a checkpoint needs it (hashing an in-memory array costs as much as mining a few % of it)
-    fingerprint = run_fingerprint(probe, dataset, shapes, k) + f"|limit={n_total}" if state_path else ""
+    fingerprint = run_fingerprint(probe, dataset, shapes, k) + f"|limit={n_total}|position={position}" if state_path else ""
     start, skipped = 0, []
     if state_path and resume and os.path.isfile(state_path):
         loaded = load_state(state_path, fingerprint, tops)
@@ -383,7 +413,7 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
     if consumed - len(skipped) <= 0:
         raise ZfprobeError(f"none of the {n_total} dataset item(s) could be read ({len(skipped)} skipped); nothing to mine")
     save()
-    return MiningResult(tops, dataset, k, consumed, skipped, start, seconds)
+    return MiningResult(tops, dataset, k, consumed, skipped, start, seconds, position)
 
 
 def _drain(pending: deque, finish_first) -> None:

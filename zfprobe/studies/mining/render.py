@@ -19,7 +19,8 @@ import numpy as np
 
 from zfprobe.engine.rules import AUTO, LRN_IDENTITY
 from zfprobe.studies.mining.compute import STATE_FILE, MinedUnit, MiningResult, parse_channels, project_units
-from zfprobe.io.pictures import DEFAULT_PERCENTILE, describe_mapping, load_font, signed_to_uint8, with_legend
+from zfprobe.io.display import DEFAULT_DEALIAS_PX, displayed_tile, masked_from_tile, upsample
+from zfprobe.io.pictures import DEFAULT_PERCENTILE, describe_mapping, load_font, with_legend
 
 GAP, BLOCK_GAP, CAPTION_H = 2, 10, 14
 WEAK_FRACTION = 0.05
@@ -64,6 +65,9 @@ class LayerPictures:
     # streamed pictures hold no tiles: the (channel, rank) of every tile drawn, and of the zero ones
     drawn: set = field(default_factory=set)
     drawn_zero: set = field(default_factory=set)
+    # display only (docs/legibility.md): the tiles' de-aliasing, and a third grid of masked patches
+    dealias_px: float | None = DEFAULT_DEALIAS_PX
+    masked: bool = False
 
     def _repr_png_(self) -> bytes:
         """Jupyter: the layer's first sheet, as ``save_mining`` writes it (sheet_001.png)."""
@@ -104,18 +108,22 @@ def units_to_project(result: MiningResult, layer: str, channels: list[int] | Non
 
 
 def projection_tiles(probe, dataset, layer: str, units, rule: str, lrn: str, percentile: float | None,
-                     image_chunk: int = 32):
-    """(unit, projection crop as uint8, image patch) of each unit, projected by ``probe``."""
+                     image_chunk: int = 32, dealias_px: float | None = DEFAULT_DEALIAS_PX):
+    """(unit, projection crop as displayed uint8, image patch) of each unit, projected by ``probe``.
+    Display only: the tile is de-aliased at ``dealias_px`` (zfprobe.io.display.displayed_tile);
+    ``project_units`` gives the exact crops."""
     for up in project_units(probe, dataset, layer, units, rule, lrn, image_chunk=image_chunk):
-        yield up.unit, signed_to_uint8(up.projection_crop, percentile), up.patch
+        yield up.unit, displayed_tile(up.projection_crop, percentile, dealias_px), up.patch
 
 
 def render_layer(probe, result: MiningResult, layer: str, rule: str = AUTO, lrn: str = LRN_IDENTITY,
                  channels: list[int] | None = None, percentile: float | None = DEFAULT_PERCENTILE,
-                 image_chunk: int = 32, tiles=None) -> LayerPictures:
+                 image_chunk: int = 32, tiles=None, dealias_px: float | None = DEFAULT_DEALIAS_PX,
+                 masked: bool = False) -> LayerPictures:
     """Project every kept unit of ``channels`` (default: all; dead channels are not projected)
     and keep uint8 crops. ``tiles``: the :func:`projection_tiles` of those units made elsewhere
-    (the Ray engine projects on its workers); by default they are projected here."""
+    (the Ray engine projects on its workers); by default they are projected here. Display only:
+    ``dealias_px`` (tiles low-passed), ``masked`` (a third grid of masked patches on the sheets)."""
     from zfprobe.engine.receptive_field import receptive_field
 
     top = result.layers[layer]
@@ -126,11 +134,11 @@ def render_layer(probe, result: MiningResult, layer: str, rule: str = AUTO, lrn:
     rule = choice.rule
     pics = LayerPictures(layer, top.tensor, rule, chans, rf.size, rf.stride, {c: [] for c in chans},
                          status={c: status[c] for c in chans}, percentile=percentile, k=sheet_slots(result),
-                         rule_reason=choice.reason)
+                         rule_reason=choice.reason, dealias_px=dealias_px, masked=masked)
     t0 = time.perf_counter()
     if tiles is None:
         tiles = projection_tiles(probe, result.dataset, layer, units_to_project(result, layer, chans), rule, lrn,
-                                 percentile, image_chunk)
+                                 percentile, image_chunk, dealias_px)
     for unit, proj, patch in tiles:
         pics.tiles[unit.channel].append((unit, proj, patch))
     for c in chans:
@@ -146,13 +154,15 @@ def _tile_size(crop_hw: tuple[int, int], tile: int | None) -> int:
     return int(min(128, max(64, s * max(1, int(np.ceil(64 / max(s, 1)))))))
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
+def _resize(img: np.ndarray, size: int, smooth: bool = True) -> np.ndarray:
+    """A tile at ``size`` x ``size`` px: enlarged bilinearly (``smooth``, the default: a 30 px crop
+    shown at 64-128 px reads as an image, not as blocks) or by nearest neighbour; reduced bilinearly."""
     from PIL import Image
 
     if img.shape[0] == size and img.shape[1] == size:
         return img
     im = Image.fromarray(img)
-    method = Image.NEAREST if max(img.shape[:2]) <= size else Image.BILINEAR
+    method = Image.NEAREST if max(img.shape[:2]) <= size and not smooth else Image.BILINEAR
     return np.asarray(im.resize((size, size), method))
 
 
@@ -161,7 +171,7 @@ def _grid_cols(k: int) -> int:
     return int(np.ceil(np.sqrt(k)))
 
 
-def _grid(images: list[np.ndarray], k: int, size: int) -> np.ndarray:
+def _grid(images: list[np.ndarray], k: int, size: int, smooth: bool = True) -> np.ndarray:
     cols = _grid_cols(k)
     rows = int(np.ceil(k / cols))
     out = np.full((rows * size + (rows - 1) * GAP, cols * size + (cols - 1) * GAP, 3), 255, np.uint8)
@@ -169,26 +179,31 @@ def _grid(images: list[np.ndarray], k: int, size: int) -> np.ndarray:
         r, c = divmod(i, cols)
         y, x = r * (size + GAP), c * (size + GAP)
         if i < len(images):
-            out[y: y + size, x: x + size] = _resize(images[i], size)
+            out[y: y + size, x: x + size] = _resize(images[i], size, smooth)
         else:
             out[y: y + size, x: x + size] = 235  # an empty slot (fewer images than k)
     return out
 
 
-def channel_block(channel: int, tiles, k: int, size: int, caption: bool = True, status: str = "") -> np.ndarray:
-    """[projections grid | patches grid] of one channel, with a caption line above; a dead
-    channel gets an empty block marked 'dead'."""
+def channel_block(channel: int, tiles, k: int, size: int, caption: bool = True, status: str = "",
+                  masked: bool = False, smooth: bool = True) -> np.ndarray:
+    """[projections grid | patches grid (| masked patches grid)] of one channel, with a caption
+    line above; a dead channel gets an empty block marked 'dead'. ``smooth``: enlarge bilinearly."""
     from PIL import Image, ImageDraw
 
     if status == "dead":
         tiles = []
-    left = _grid([t[1] for t in tiles], k, size)
-    right = _grid([t[2] for t in tiles], k, size)
-    h, w = left.shape[0], left.shape[1] * 2 + BLOCK_GAP // 2
+    grids = [_grid([t[1] for t in tiles], k, size, smooth), _grid([t[2] for t in tiles], k, size, smooth)]
+    if masked:
+        grids.append(_grid([masked_from_tile(t[2], t[1]) for t in tiles], k, size, smooth))
+    left = grids[0]
+    gw = left.shape[1]
+    h, w = left.shape[0], len(grids) * gw + (len(grids) - 1) * (BLOCK_GAP // 2)
     top = CAPTION_H if caption else 0
     block = np.full((h + top, w, 3), 255, np.uint8)
-    block[top:, : left.shape[1]] = left
-    block[top:, left.shape[1] + BLOCK_GAP // 2:] = right
+    for i, g in enumerate(grids):
+        x = i * (gw + BLOCK_GAP // 2)
+        block[top:, x: x + gw] = g
     im = Image.fromarray(block)
     draw = ImageDraw.Draw(im)
     if caption:
@@ -272,10 +287,11 @@ def iter_layer_pages(pics: LayerPictures, k: int, per_page: int = 64, tile: int 
         blocks, singles = [], {}
         for c, tiles in channel_tiles(pics, page_chans, k):
             status = pics.status.get(c, "")
+            masked = getattr(pics, "masked", False)
             if sheets:
-                blocks.append(channel_block(c, tiles, k, size, status=status))
+                blocks.append(channel_block(c, tiles, k, size, status=status, masked=masked))
             if channel_size:
-                singles[c] = channel_block(c, tiles, k, channel_size, status=status)
+                singles[c] = channel_block(c, tiles, k, channel_size, status=status, masked=masked)
         yield (_sheet_page(pics, blocks, k, p, n_pages, title) if sheets else None), singles
 
 
@@ -292,7 +308,8 @@ def _sheet_page(pics: LayerPictures, blocks: list[np.ndarray], k: int, p: int, n
         y, x = head + BLOCK_GAP + r * (bh + BLOCK_GAP), BLOCK_GAP + c * (bw + BLOCK_GAP)
         sheet[y: y + bh, x: x + bw] = b
     im = Image.fromarray(sheet)
-    text = f"{title or pics.layer}  ({pics.rule}; RF {'x'.join(map(str, pics.rf_size))}; top {k}: projections | patches)"
+    grids = "projections | patches" + (" | masked patches" if getattr(pics, "masked", False) else "")
+    text = f"{title or pics.layer}  ({pics.rule}; RF {'x'.join(map(str, pics.rf_size))}; top {k}: {grids})"
     if n_pages > 1:
         text += f"  page {p + 1}/{n_pages}"
     ImageDraw.Draw(im).text((BLOCK_GAP, 5), text, fill="black", font=load_font(13))
@@ -358,6 +375,8 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
                                   "dead_channels": [c for c in pics.channels if status[c] == "dead"],
                                   "weak_channels": [c for c in pics.channels if status[c] == "weak"],
                                   "display_percentile": pics.percentile,
+                                  "display_dealias_px": pics.dealias_px if pics.dealias_px and pics.dealias_px > 1 else 0,
+                                  "masked_patches": bool(pics.masked),
                                   "rule": pics.rule, "rule_reason": pics.rule_reason,
                                   "zero_projections": [list(t) for t in pics.zero_tiles()]}
         buf = io.StringIO()
@@ -376,9 +395,12 @@ def save_mining(out_dir: str, probe, result: MiningResult, pictures: dict[str, L
             "skipped": [{"index": i, "name": result.dataset.name(i), "reason": r} for i, r in result.skipped],
             "rule": rule, "lrn": lrn, "k": result.k,
             "ranking": "per channel: each image's strongest position; value descending, then image index ascending",
+            "position": getattr(result, "position", "inside"),
             "preprocessing": result.dataset.prep.to_dict(),
             "display": {"mapping": describe_mapping(next(iter(pictures.values())).percentile) if pictures else DISPLAY_MAPPING,
                         "crops": "nominal receptive field box; grey beyond the image border",
+                        "display_only": "tiles de-aliased (Gaussian low-pass, sigma dealias_px / 2) and enlarged "
+                                        "bilinearly; masked patch = patch weighted by the tile's normalized |p|",
                         "dead": "strongest value over the data <= 0 (never active); not projected",
                         "weak": f"strongest value below {WEAK_FRACTION:g} x the layer's median channel maximum"},
             "layers": layers_meta,

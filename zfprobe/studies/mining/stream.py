@@ -33,10 +33,12 @@ def crop_shape(rf, units) -> tuple[int, int] | None:
 
 def streamed_layer(probe, result, layer: str, rule: str = AUTO, lrn: str = LRN_IDENTITY,
                    channels: Sequence[int] | None = None, percentile: float | None = DEFAULT_PERCENTILE,
-                   image_chunk: int = 32, source: TileSource | None = None):
+                   image_chunk: int = 32, source: TileSource | None = None, dealias_px: float | None = None,
+                   masked: bool = False):
     """The LayerPictures of ``channels`` (default: all) with no tiles held: ``pics.source``
     projects a list of units when the output stage asks for them (default: this process's
-    :func:`~zfprobe.studies.mining.render.projection_tiles`; the Ray engine hands in its own)."""
+    :func:`~zfprobe.studies.mining.render.projection_tiles`; the Ray engine hands in its own).
+    Display only: ``dealias_px`` (None: the default) and ``masked`` (a third grid of masked patches)."""
     from zfprobe.engine.receptive_field import receptive_field
     from zfprobe.studies.mining.render import LayerPictures, sheet_slots, channel_status, projection_tiles, units_to_project
 
@@ -46,13 +48,16 @@ def streamed_layer(probe, result, layer: str, rule: str = AUTO, lrn: str = LRN_I
     chans = list(range(top.channels)) if channels is None else list(channels)
     rf = receptive_field(probe.graph, top.tensor, result.dataset.prep.layout)
     status = channel_status(top)
+    from zfprobe.io.display import DEFAULT_DEALIAS_PX
+
+    dealias_px = DEFAULT_DEALIAS_PX if dealias_px is None else dealias_px
     if source is None:
         def source(units):
-            return projection_tiles(probe, result.dataset, layer, units, rule, lrn, percentile, image_chunk)
+            return projection_tiles(probe, result.dataset, layer, units, rule, lrn, percentile, image_chunk, dealias_px)
     live = [c for c in chans if status[c] != "dead"][:1]
     return LayerPictures(layer, top.tensor, rule, chans, rf.size, rf.stride, {}, status={c: status[c] for c in chans},
                          percentile=percentile, k=sheet_slots(result), rule_reason=choice.reason, source=source, units=lambda cs: units_to_project(result, layer, cs),
-                         crop=crop_shape(rf, units_to_project(result, layer, live)))
+                         crop=crop_shape(rf, units_to_project(result, layer, live)), dealias_px=dealias_px, masked=masked)
 
 
 def page_bytes(k: int, per_page: int, size: int) -> int:

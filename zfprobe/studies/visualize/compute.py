@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from zfprobe.engine.rules import AUTO, LRN_IDENTITY
+from zfprobe.io.display import DEFAULT_DEALIAS_PX  # noqa: F401 (the display default of every sheet)
 from zfprobe.io.preprocess import Preprocessing
 from zfprobe.io.provenance import file_sha256, model_manifest  # noqa: F401 (file_sha256: re-exported)
 from zfprobe.io.pictures import (DEFAULT_PERCENTILE, contact_sheet, describe_mapping, projection_to_hwc,
@@ -25,7 +26,6 @@ FRAMES = ("rf", "full")
 # (a Gaussian of sigma 1 px removes the pixel-level checkerboard of strided reversals and keeps
 # the detail; at the layer's own stride it leaves blobs), enlarged bilinearly, and beside a
 # masked patch (the image crop weighted by the normalized |projection|).
-DEFAULT_DEALIAS_PX = 2.0
 RF_MARGIN = 0.25  # the crop extends the receptive field by this fraction of its size on each side
 
 
