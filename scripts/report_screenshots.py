@@ -1,7 +1,8 @@
-"""Screenshots of a built report in headless Chromium (for docs/img): the model page, the first
-layer page and its first unit page.
+"""Screenshots of a built report in headless Chromium (for docs/img): the model page, every layer
+page (the first as PREFIX_layer, the others PREFIX_layer2, PREFIX_layer3, ...) and the first
+layer's first unit page.
 
-    python scripts/report_screenshots.py REPORT_DIR PREFIX   # -> docs/img/PREFIX_{model,layer,unit}.png
+    python scripts/report_screenshots.py REPORT_DIR PREFIX   # -> docs/img/PREFIX_{model,layer,layer2,..,unit}.png
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def main(report: str, prefix: str) -> None:
     d = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
     m = json.loads((Path(report) / "manifest.json").read_text())
     first = next(iter(m["layers"].values()))
-    pages = {"model": "index.html", "layer": first["page"]}
+    pages = {"model": "index.html"}
+    for i, meta in enumerate(m["layers"].values()):
+        pages[f"layer{i + 1 if i else ''}"] = meta["page"]
     if first["unit_pages"]:
         from zfprobe.studies.mining.render import safe_name
 

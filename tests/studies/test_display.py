@@ -38,6 +38,46 @@ def test_dealias_removes_the_pixel_checkerboard_keeps_structure():
     assert lowpass_energy(checker, 4) < 1e-4 and lowpass_energy(blob, 4) > 0.8
 
 
+def test_periodic_share_by_hand():
+    """A stride-4 pattern P (zero mean) plus a slow sinusoid Q whose mean over every phase of the
+    4 x 4 lattice is 0: P and Q are orthogonal, so the share is |aP|^2 / (|aP|^2 + |bQ|^2)."""
+    from zfprobe.io.display import periodic_share
+
+    y, x = np.mgrid[:32, :48]
+    tile = np.random.RandomState(0).randn(4, 4)
+    p = np.tile(tile - tile.mean(), (8, 12))
+    q = np.sin(2 * np.pi * x / 48.0)
+    for a, b in ((1.0, 0.0), (0.0, 1.0), (1.0, 2.0)):
+        want = a * a * np.sum(p ** 2) / (a * a * np.sum(p ** 2) + b * b * np.sum(q ** 2))
+        assert periodic_share(a * p + b * q, 4) == pytest.approx(want, abs=1e-12)
+    assert periodic_share((p + q)[..., None].repeat(3, axis=2), (4, 4)) == pytest.approx(
+        np.sum(p ** 2) / (np.sum(p ** 2) + np.sum(q ** 2)), abs=1e-12)  # colour channels summed
+    assert np.isnan(periodic_share(np.zeros((8, 8)), 4))
+
+
+def test_a_picture_the_same_for_every_image_is_not_legible_about_any():
+    """Image specificity (own-image edge alignment minus the mean over the others) of one fixed
+    picture sums to exactly 0 over a set of images, each taken once as its own; a picture made
+    of one image's edges is specific to that image. The edge alignment itself is checked
+    against numpy's Pearson correlation of the smoothed maps (scipy)."""
+    from scipy.ndimage import gaussian_filter, sobel
+
+    from zfprobe.io.display import edge_alignment, image_specificity, legibility
+
+    rng = np.random.RandomState(5)
+    images = [gaussian_filter(rng.rand(40, 40, 3) * 255, (2, 2, 0)) for _ in range(4)]
+    fixed = rng.randn(40, 40, 3)
+    total = sum(image_specificity(fixed, im, [o for o in images if o is not im]) for im in images)
+    assert total == pytest.approx(0.0, abs=1e-12)
+    grey = images[0].mean(axis=-1)
+    edges = gaussian_filter(np.hypot(sobel(grey, 0), sobel(grey, 1)), 1.0)
+    traced = edges[..., None] * np.sign(rng.randn(40, 40, 3))  # signed, |p| follows image 0's edges
+    want = np.corrcoef(gaussian_filter(np.abs(traced).sum(-1), 1.0).ravel(), edges.ravel())[0, 1]
+    assert edge_alignment(traced, images[0]) == pytest.approx(want, abs=1e-12)
+    assert image_specificity(traced, images[0], images[1:]) > 0.5
+    assert legibility(np.zeros((40, 40, 3)), images[0], images[1:], 4) == 0.0
+
+
 def test_masked_patch_formula():
     from zfprobe.io.display import masked_patch
 

@@ -64,6 +64,49 @@ def edge_alignment(p: np.ndarray, image: np.ndarray) -> float:
     return float(np.corrcoef(mag.ravel(), edges.ravel())[0, 1])
 
 
+def periodic_share(p: np.ndarray, stride) -> float:
+    """Share of the projection's energy in a pattern that repeats at the layer's stride ``s`` (the
+    checkerboard of a strided reversal): the mean over the crop of each of the s x s phases,
+    tiled, minus the overall mean. 0 for structure that does not repeat at the stride, 1 for a pure
+    checkerboard (NaN for p = 0). Unlike a low-pass at the stride it keeps fine detail that is not
+    periodic (text strokes)."""
+    a = np.asarray(p, dtype=np.float64)
+    a = a.sum(axis=-1) if a.ndim == 3 else a
+    sy, sx = (stride, stride) if np.isscalar(stride) else tuple(stride)[:2]
+    sy, sx = int(max(1, sy)), int(max(1, sx))
+    h, w = (a.shape[0] // sy) * sy, (a.shape[1] // sx) * sx
+    if h == 0 or w == 0 or (sy == 1 and sx == 1):
+        return 0.0
+    a = a[:h, :w] - a[:h, :w].mean()
+    total = float(np.sum(a ** 2))
+    if total == 0:
+        return float("nan")
+    phases = a.reshape(h // sy, sy, w // sx, sx).mean(axis=(0, 2))
+    return float(np.sum(np.tile(phases, (h // sy, w // sx)) ** 2) / total)
+
+
+def image_specificity(p: np.ndarray, own: np.ndarray, others: list[np.ndarray]) -> float:
+    """The legibility measure (docs/legibility.md): edge alignment of the projection with its own
+    image minus its mean edge alignment with other images at the same place. A picture that is
+    the same for every image (the deconvnet without switches) aligns as well with any image's
+    edges as with its own and scores about 0, however clean it looks; one that traces its own
+    image scores up to 1."""
+    base = edge_alignment(p, own)
+    rest = [edge_alignment(p, o) for o in others]
+    return base - float(np.mean(rest)) if rest else base
+
+
+def legibility(p: np.ndarray, own: np.ndarray, others: list[np.ndarray], stride) -> float:
+    """The legibility measure of a displayed projection crop (docs/legibility.md): how much more it
+    traces its own image's edges than other images' at the same place (:func:`image_specificity`),
+    discounted by the share of its energy in the checkerboard at the layer's stride
+    (:func:`periodic_share`). About 0 for a picture that is the same for every image, for a flat
+    tile and for a pure checkerboard; up to 1 for a picture of its own image's edges."""
+    share = periodic_share(p, stride)
+    share = 1.0 if not np.isfinite(share) else share
+    return image_specificity(p, own, others) * (1.0 - share)
+
+
 def dealias(p: np.ndarray, stride) -> np.ndarray:
     """The projection [H, W, C] low-passed at the stride, for display only."""
     return lowpass(p, stride)
