@@ -109,7 +109,8 @@ def layer_rows(which, probe, images, prep, layer, depth, figures=True):
         inside[name] = (float(np.mean([frac[s.position] >= 0.5 for s in vis_units])) if frac is not None else 1.0,
                         mined_inside(acts, mask, frac) if frac is not None else 1.0)
     after_rule = probe.choose_rule(layer, "auto").rule
-    configs = (("before", "deconvnet", "any", 0.0), ("after", after_rule, "inside", 2.0))
+    configs = (("before", "deconvnet", "any", 0.0), ("after", after_rule, "inside", 2.0),
+               ("after, deconvnet", "deconvnet", "inside", 2.0))  # the rule's part of the change
     units = SeedRequest(top=TOP, allowed=allowed).resolve(acts, 0)  # one unit set for (b) and the figures
     out, fig = [], {}
     for label, rule, position, dealias_px in configs:
@@ -152,8 +153,7 @@ def layer_rows(which, probe, images, prep, layer, depth, figures=True):
         out.append({"net": which, "depth": depth, "layer": layer, "stride": int(rf.stride[0]), "label": label,
                     "rule": rule, "position": position, "tiles": tiles, "zero": zero, "warned": warned,
                     "unit_corr": float(np.nanmean(corrs)), "specificity": med(spec), "legibility": med(leg), "edge": med(ea),
-                    "periodic": med(per), "inside_vis": inside["any" if label == "before" else "inside"][0],
-                    "inside_mine": inside["any" if label == "before" else "inside"][1]})
+                    "periodic": med(per), "inside_vis": inside[position][0], "inside_mine": inside[position][1]})
     if figures:
         save_figure(which, layer, depth, rf, fig, displays, len(units))
     return out
@@ -220,13 +220,46 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def report(which: str) -> None:
+    """(e) ``zfprobe report`` with its defaults (3 layers spread over depth, the default rule and
+    units, --position inside), fewer channels and unit pages so that it builds in minutes on 2
+    cores, then screenshots of its pages in headless Chromium (docs/img/report_<net>_*.png)."""
+    import shutil
+    import subprocess
+
+    from report_screenshots import main as screenshots
+
+    data = Path(tempfile.mkdtemp(prefix=f"zfprobe-mustshow-{which}-"))
+    if which == "effnet":
+        from efficientnet_lite0 import imagenet_photos, onnx_path
+
+        model, extra = onnx_path(), []
+        for p, _ in imagenet_photos()[:8]:
+            shutil.copy(p, data)
+    else:
+        from assets import rapidocr_det_onnx
+
+        model, extra = rapidocr_det_onnx(), ["--input-size", "160x448", "--preset", "imagenet"]
+        for p in ppocr_images():
+            shutil.copy(p, data)
+    out = data / "report"
+    subprocess.run([sys.executable, "-m", "zfprobe.cli.main", "report", str(model), str(data), "--channels", "8",
+                    "--unit-pages", "1", "--occlusion-images", "0", "-q", *extra, "-o", str(out)], check=True)
+    screenshots(str(out), f"report_{which}")
+
+
 def main() -> None:
     from zfprobe.studies.defaults import spread_layers
 
     ap = argparse.ArgumentParser()
     ap.add_argument("net", choices=("effnet", "ppocr"))
     ap.add_argument("--sizes", help="PP-OCRv4: input sizes HxW,... to compare (item 4); no figures")
+    ap.add_argument("--report", action="store_true", help="(e): build a report and take its screenshots")
     args = ap.parse_args()
+    if args.report:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        report(args.net)
+        return
     if args.sizes:
         for size in args.sizes.split(","):
             h, w = (int(v) for v in size.split("x"))
