@@ -406,3 +406,23 @@ def test_zero_projection_tiles_are_labelled():
     red = (block[..., 0] > 150) & (block[..., 1] < 60) & (block[..., 2] < 60)
     assert red[top: top + size, :size].sum() > 5                          # the flat tile: labelled
     assert red[top: top + size, size + GAP: 2 * size + GAP].sum() == 0   # the structured tile: not
+
+
+def test_cli_position_and_masked_grid(tmp_path):
+    """``--position`` reaches the mining (recorded in the manifest) and ``--masked`` adds a third
+    grid per channel: the block is 3/2 as wide (one block gap more); the default sheet keeps two."""
+    from PIL import Image
+
+    widths = {}
+    for name, extra in (("plain", []), ("masked", ["--masked", "--position", "any"])):
+        out = tmp_path / name
+        res = CliRunner().invoke(cli, ["mine", MODEL, SAMPLES, "-l", "conv2", "-k", "4", "-c", "0", "--tile", "64",
+                                       *extra, "-o", str(out), "-q"])
+        assert res.exit_code == 0, res.output
+        m = json.loads((out / "manifest.json").read_text())
+        assert m["position"] == ("any" if extra else "inside")
+        assert m["layers"]["conv2"]["masked_patches"] is bool(extra)
+        assert m["layers"]["conv2"]["display_dealias_px"] == 2.0
+        widths[name] = Image.open(out / "conv2" / "channels" / "c0000.png").size[0]
+    grid = 2 * 64 + 2  # a 4-tile grid: 2 columns of 64 px, one 2-px gap
+    assert widths["plain"] == 2 * grid + 5 and widths["masked"] == 3 * grid + 2 * 5
