@@ -193,3 +193,28 @@ def test_display_treatments_leave_the_arrays_exact(tmp_path):
     again = {(u.unit.channel, u.unit.rank): u.projection_crop for u in project_units(probe, ds, "c3", units, "guided")}
     for key in exact:
         np.testing.assert_array_equal(again[key], exact[key])
+
+
+def test_fields_larger_than_the_image_are_shown_image_sized():
+    """On a 10 x 12 input PoolNet's field (14 px) is larger than the image: the exact crops stay
+    14 x 14, the drawn tiles and patches are their central 10 x 10 (the shorter side, about the unit), the tile
+    computed from that part (signed grey mapping of the Gaussian-smoothed crop, scipy)."""
+    from scipy.ndimage import gaussian_filter
+
+    from zfprobe.io.datasets import ArrayDataset
+    from zfprobe.io.pictures import DEFAULT_PERCENTILE, signed_to_uint8
+    from zfprobe.studies.mining.compute import mine, project_units
+    from zfprobe.studies.mining.render import projection_tiles
+
+    x = np.random.RandomState(9).randn(3, 3, 10, 12).astype(np.float32)
+    probe = _pool_probe(x[:1])
+    ds = ArrayDataset(None, probe.preprocessing, probe.input_shape, array=x)
+    units = mine(probe, ds, ["c3"], k=2, position="any").layers["c3"].units([0, 1])
+    exact = {(u.unit.channel, u.unit.rank): u for u in project_units(probe, ds, "c3", units, "guided")}
+    for unit, tile, patch in projection_tiles(probe, ds, "c3", units, "guided", "identity", DEFAULT_PERCENTILE):
+        up = exact[(unit.channel, unit.rank)]
+        assert up.projection_crop.shape[:2] == (14, 14) and tile.shape[:2] == (10, 10)
+        centre = up.projection_crop[2:12, 2:12].astype(np.float64)
+        np.testing.assert_array_equal(tile, signed_to_uint8(gaussian_filter(centre, (1, 1, 0), mode="constant"),
+                                                            DEFAULT_PERCENTILE))
+        np.testing.assert_array_equal(patch, up.patch[2:12, 2:12])

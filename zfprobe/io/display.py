@@ -129,6 +129,20 @@ def displayed_tile(p: np.ndarray, percentile, dealias_px: float | None = DEFAULT
     return signed_to_uint8(shown(p, dealias_px), percentile)
 
 
+def within_image(crop: np.ndarray, image_hw) -> np.ndarray:
+    """The central part of a receptive-field crop, at most the image's shorter side on each axis
+    (display only). A deep unit's nominal field can be several times the image (787 px on a 224-px
+    input); shown whole, the image is a small patch in a grey square. The crop is centred on the
+    unit, so the part kept is the unit's field capped about its centre, as the border rule caps it
+    (zfprobe.engine.seeds.inside_fractions); capped at the shorter side, a square field stays
+    square (a 160x448 detector input shows 160x160 about the unit, not a squeezed strip)."""
+    h, w = crop.shape[:2]
+    side = min(int(image_hw[0]), int(image_hw[1]))
+    ch, cw = min(h, side), min(w, side)
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    return crop[y0: y0 + ch, x0: x0 + cw]
+
+
 def masked_from_tile(patch: np.ndarray, tile: np.ndarray) -> np.ndarray:
     """The masked patch from a displayed projection tile (uint8, grey = 0): the patch weighted by
     the tile's normalized distance from grey. Where only the drawn tiles are at hand (the mining

@@ -208,7 +208,8 @@ class ReportBuilder:
     def _unit_pages(self, stage, result, layer, pics, d, samples) -> dict[int, str]:
         """Unit pages for the ``unit_pages`` strongest live channels of ``layer``."""
         from zfprobe.studies.mining.compute import project_units
-        from zfprobe.io.display import displayed_tile, masked_from_tile
+        from zfprobe.engine.receptive_field import receptive_field
+        from zfprobe.io.display import displayed_tile, masked_from_tile, within_image
         from zfprobe.io.pictures import DEFAULT_PERCENTILE
 
         from zfprobe.report.thumbnails import CachedFiles, unit_cache_folder
@@ -229,11 +230,13 @@ class ReportBuilder:
         rels += [f"units/{d}/c{c:04d}_occlusion{i}.png" for c in chans for i in range(len(samples))]
         fresh = not store.complete(rels)
         tiles: dict[tuple[int, int], dict] = {(u.channel, u.rank): {"unit": u} for u in units}
+        image_hw = receptive_field(self.probe.graph, top.tensor, result.dataset.prep.layout).image_size
         for rule in RULES if fresh else ():
             for up in project_units(self.probe, result.dataset, layer, units, rule):
                 entry = tiles[(up.unit.channel, up.unit.rank)]
-                entry[rule] = displayed_tile(up.projection_crop, DEFAULT_PERCENTILE)  # display only: de-aliased
-                entry["patch"] = up.patch
+                # display only: at most image-sized about the unit, de-aliased
+                entry[rule] = displayed_tile(within_image(up.projection_crop, image_hw), DEFAULT_PERCENTILE)
+                entry["patch"] = within_image(up.patch, image_hw)
         for entry in tiles.values() if fresh else ():
             entry["masked"] = masked_from_tile(entry["patch"], entry[pics.rule])
         occlusions = self._occlusions(layer, chans, samples) if fresh else \

@@ -15,7 +15,7 @@ import numpy as np
 
 from zfprobe.io.pictures import DEFAULT_PERCENTILE
 
-CACHE_VERSION = "thumbs-v3"  # v2: the layer's default rule is part of the key; v3: de-aliased, bilinear, --position
+CACHE_VERSION = "thumbs-v3"  # v2: the layer's default rule is part of the key; v3: de-aliased, bilinear, --position, image-sized crops
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -102,6 +102,6 @@ class CachedFiles:
 
 def unit_cache_folder(cache: str, sha: str | None, layer: str, result, extra) -> str:
     key = hashlib.sha256(json.dumps([sha, layer, result.dataset.fingerprint(), result.k, result.images_seen,
-                                     DEFAULT_PERCENTILE, extra, getattr(result, "position", "inside"), "units-v2"],
+                                     DEFAULT_PERCENTILE, extra, getattr(result, "position", "inside"), "units-v3"],
                                     sort_keys=True, default=str).encode())
     return os.path.join(cache, f"units-{key.hexdigest()[:24]}")

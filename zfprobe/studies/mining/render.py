@@ -19,7 +19,7 @@ import numpy as np
 
 from zfprobe.engine.rules import AUTO, LRN_IDENTITY
 from zfprobe.studies.mining.compute import STATE_FILE, MinedUnit, MiningResult, parse_channels, project_units
-from zfprobe.io.display import DEFAULT_DEALIAS_PX, displayed_tile, masked_from_tile, upsample
+from zfprobe.io.display import DEFAULT_DEALIAS_PX, displayed_tile, masked_from_tile, within_image
 from zfprobe.io.pictures import DEFAULT_PERCENTILE, describe_mapping, load_font, with_legend
 
 GAP, BLOCK_GAP, CAPTION_H = 2, 10, 14
@@ -110,10 +110,15 @@ def units_to_project(result: MiningResult, layer: str, channels: list[int] | Non
 def projection_tiles(probe, dataset, layer: str, units, rule: str, lrn: str, percentile: float | None,
                      image_chunk: int = 32, dealias_px: float | None = DEFAULT_DEALIAS_PX):
     """(unit, projection crop as displayed uint8, image patch) of each unit, projected by ``probe``.
-    Display only: the tile is de-aliased at ``dealias_px`` (zfprobe.io.display.displayed_tile);
-    ``project_units`` gives the exact crops."""
+    Display only: a field larger than the image is shown at most image-sized about the unit
+    (zfprobe.io.display.within_image), the tile is de-aliased at ``dealias_px``
+    (zfprobe.io.display.displayed_tile); ``project_units`` gives the exact crops."""
+    from zfprobe.engine.receptive_field import receptive_field
+
+    image_hw = receptive_field(probe.graph, probe.resolve(layer), dataset.prep.layout).image_size
     for up in project_units(probe, dataset, layer, units, rule, lrn, image_chunk=image_chunk):
-        yield up.unit, displayed_tile(up.projection_crop, percentile, dealias_px), up.patch
+        yield (up.unit, displayed_tile(within_image(up.projection_crop, image_hw), percentile, dealias_px),
+               within_image(up.patch, image_hw))
 
 
 def render_layer(probe, result: MiningResult, layer: str, rule: str = AUTO, lrn: str = LRN_IDENTITY,
