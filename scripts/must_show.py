@@ -10,8 +10,10 @@ defaults: --rule auto, --position inside, 2 px de-aliasing). Per net, layer and 
     every image; the mean pairwise correlation, between images, of its projections (raw arrays,
     over the unit's receptive-field crop). 1.00: one picture whatever the image;
 (c) legibility (docs/legibility.md, zfprobe.io.display.legibility: image-specific edge alignment
-    times the share of the energy not in the stride-periodic pattern; median over the default
-    tiles as displayed), and its parts: image-specific and plain edge alignment, periodic share;
+    x (1 - the share of the energy in the stride-periodic pattern) x (1 - the tile's mean
+    correlation with the other units' projections of its image); median over the default tiles
+    as displayed), and its parts: image-specific and plain edge alignment, periodic share, units
+    alike;
 (f) the share of default units whose receptive field is >= 50% inside the image, for visualize's
     units (9 strongest channels per image) and mining's (top 9 images per channel).
 
@@ -115,7 +117,7 @@ def layer_rows(which, probe, images, prep, layer, depth, figures=True):
     out, fig = [], {}
     for label, rule, position, dealias_px in configs:
         zero = warned = tiles = 0
-        ea, spec, per, leg = [], [], [], []
+        ea, spec, per, leg, same = [], [], [], [], []
         for i, path in enumerate(images):
             vis = probe.visualize(path, layer, top=TOP, rule=rule, positions=position, dealias_px=dealias_px,
                                   preprocessing=prep)
@@ -123,9 +125,14 @@ def layer_rows(which, probe, images, prep, layer, depth, figures=True):
             zero += z
             tiles += len(vis.seeds)
             warned += z if vis.zero_warning() else 0
-            for s, p in zip(vis.seeds, vis.projections):
+            flat = vis.projections.reshape(len(vis.projections), -1).astype(np.float64)
+            for k, (s, p) in enumerate(zip(vis.seeds, vis.projections)):
                 if not np.any(p):
                     continue
+                # the tile's mean correlation with the other units' projections of this image
+                alike = [np.corrcoef(flat[k], flat[o])[0, 1] for o in range(len(flat)) if o != k and flat[o].std()]
+                alike = float(np.mean(alike)) if alike else 0.0
+                same.append(alike)
                 box = box_of(s.position)
                 pc = crop(vis._display(p), box, 0.0)  # as displayed (de-aliased after)
                 own = crop(displays[i], box, 128)
@@ -133,7 +140,7 @@ def layer_rows(which, probe, images, prep, layer, depth, figures=True):
                 ea.append(edge_alignment(pc, own))
                 spec.append(image_specificity(pc, own, others))
                 per.append(periodic_share(pc, rf.stride))
-                leg.append(legibility(pc, own, others, rf.stride))
+                leg.append(legibility(pc, own, others, rf.stride, alike))
         # (b) one unit seeded with 1.0 on every image
         seeds = np.zeros((len(units) * len(images),) + acts.shape[1:], np.float32)
         of = np.zeros(len(seeds), np.int64)
@@ -153,7 +160,7 @@ def layer_rows(which, probe, images, prep, layer, depth, figures=True):
         out.append({"net": which, "depth": depth, "layer": layer, "stride": int(rf.stride[0]), "label": label,
                     "rule": rule, "position": position, "tiles": tiles, "zero": zero, "warned": warned,
                     "unit_corr": float(np.nanmean(corrs)), "specificity": med(spec), "legibility": med(leg), "edge": med(ea),
-                    "periodic": med(per), "inside_vis": inside[position][0], "inside_mine": inside[position][1]})
+                    "periodic": med(per), "alike": med(same), "inside_vis": inside[position][0], "inside_mine": inside[position][1]})
     if figures:
         save_figure(which, layer, depth, rf, fig, displays, len(units))
     return out
@@ -210,13 +217,13 @@ def save_figure(which, layer, depth, rf, fig, displays, n_units) -> None:
 
 def table(rows) -> str:
     head = ("| net | layer | stride | before / after | rule | zero tiles (warned) | one unit across images: corr. | "
-            "legibility | image-specific edge alignment | edge alignment | periodic share | RF >= 50% inside: "
-            "visualize | mine |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "legibility | image-specific edge alignment | edge alignment | periodic share | units alike | "
+            "RF >= 50% inside: visualize | mine |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['net']} | {r['depth']} `{r['layer']}` | {r['stride']} | {r['label']} | {r['rule']} | "
                      f"{r['zero']} of {r['tiles']} ({r['warned']}) | {r['unit_corr']:.2f} | {r['legibility']:.3f} | {r['specificity']:.3f} | "
-                     f"{r['edge']:.2f} | {r['periodic']:.2f} | {r['inside_vis']:.0%} | {r['inside_mine']:.0%} |")
+                     f"{r['edge']:.2f} | {r['periodic']:.2f} | {r['alike']:.2f} | {r['inside_vis']:.0%} | {r['inside_mine']:.0%} |")
     return "\n".join(lines)
 
 

@@ -76,6 +76,11 @@ def test_a_picture_the_same_for_every_image_is_not_legible_about_any():
     assert edge_alignment(traced, images[0]) == pytest.approx(want, abs=1e-12)
     assert image_specificity(traced, images[0], images[1:]) > 0.5
     assert legibility(np.zeros((40, 40, 3)), images[0], images[1:], 4) == 0.0
+    # stride 1: no grid to remove; a picture shared with the other units (alike) counts less
+    full = legibility(traced, images[0], images[1:], 1)
+    assert full == pytest.approx(image_specificity(traced, images[0], images[1:]), abs=1e-12)
+    assert legibility(traced, images[0], images[1:], 1, alike=0.5) == pytest.approx(full / 2, abs=1e-12)
+    assert legibility(traced, images[0], images[1:], 1, alike=1.0) == 0.0
 
 
 def test_masked_patch_formula():

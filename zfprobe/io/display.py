@@ -96,15 +96,17 @@ def image_specificity(p: np.ndarray, own: np.ndarray, others: list[np.ndarray]) 
     return base - float(np.mean(rest)) if rest else base
 
 
-def legibility(p: np.ndarray, own: np.ndarray, others: list[np.ndarray], stride) -> float:
+def legibility(p: np.ndarray, own: np.ndarray, others: list[np.ndarray], stride, alike: float = 0.0) -> float:
     """The legibility measure of a displayed projection crop (docs/legibility.md): how much more it
     traces its own image's edges than other images' at the same place (:func:`image_specificity`),
     discounted by the share of its energy in the checkerboard at the layer's stride
-    (:func:`periodic_share`). About 0 for a picture that is the same for every image, for a flat
-    tile and for a pure checkerboard; up to 1 for a picture of its own image's edges."""
+    (:func:`periodic_share`) and by ``alike``, its mean correlation with the projections of the
+    other units of the same image (a picture every unit shares says nothing about the unit).
+    About 0 for a picture that is the same for every image or every unit, for a flat tile and
+    for a pure checkerboard; up to 1 for a picture of its own image's edges."""
     share = periodic_share(p, stride)
     share = 1.0 if not np.isfinite(share) else share
-    return image_specificity(p, own, others) * (1.0 - share)
+    return image_specificity(p, own, others) * (1.0 - share) * (1.0 - min(1.0, max(0.0, alike)))
 
 
 def dealias(p: np.ndarray, stride) -> np.ndarray:
