@@ -61,6 +61,7 @@ def test_report_files_and_manifest(report):
     m = json.loads((out / "manifest.json").read_text())
     assert m["command"] == "report" and len(m["model"]["sha256"]) == 64
     assert list(m["layers"]) == ["pool1", "relu2", "relu3"]
+    assert m["position"] == "inside" and "display only" in m["display"]  # the border rule and the display treatments
     # dead channels flagged in the manifest are exactly those never positive over the 20 digits (oracle: onnxruntime)
     import onnxruntime as ort
     from zfprobe.io.preprocess import load_image

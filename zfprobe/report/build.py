@@ -407,7 +407,9 @@ class ReportBuilder:
                 "model": {"path": probe.source, "sha256": self.sha, "input": probe.input_name,
                           "input_shape": list(probe.input_shape)},
                 "dataset": data, "mining": result.summary(), "preprocessing": self.prep.to_dict(),
-                "display": describe_mapping(DEFAULT_PERCENTILE),
+                "display": describe_mapping(DEFAULT_PERCENTILE) + "; display only: low-passed at 2 px, enlarged "
+                           "bilinearly, fields larger than the image shown image-sized about the unit",
+                "position": self.opt.position,
                 "layers": {layer: {"page": f"layers/{d}.html", "channels": len(p.channels),
                                    "channels_total": result.layers[layer].channels, "channels_shown": p.channels,
                                    "dead_channels": [c for c, s in p.status.items() if s == "dead"],
