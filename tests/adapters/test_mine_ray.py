@@ -100,8 +100,10 @@ def test_ray_equals_local_and_oracle_on_5000_digits(cluster, probe, digits):
     ds = ArrayDataset(digits, probe.preprocessing, probe.input_shape)
     local = mine(probe, ds, MNIST_LAYERS, k=9, batch_size=250)
     dist = mine_ray(probe, ds, MNIST_LAYERS, k=9, batch_size=250, workers=2)
-    _same(local, dist, MNIST_LAYERS)
+    _same(local, dist, MNIST_LAYERS)  # the border rule (default) reaches the actors
     assert dist.images_seen == 5000 and not dist.skipped
+    dist = mine_ray(probe, ds, MNIST_LAYERS, k=9, batch_size=250, workers=2, position="any")  # the plain ranking
+    _same(mine(probe, ds, MNIST_LAYERS, k=9, batch_size=250, position="any"), dist, MNIST_LAYERS)
 
     tensors = [probe.resolve(l) for l in MNIST_LAYERS]
     model = onnx.load(MODEL)
