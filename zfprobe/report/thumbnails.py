@@ -38,7 +38,7 @@ def write_thumbnails(stage, probe, result, layer: str, folder: str, cache: str, 
     """Write ``img/<folder>/cNNNN.png`` (the block of projections | patches at ``tile`` px, no
     caption) for ``channels`` of ``layer`` (default: all) into ``stage``; returns the layer's
     tile-less LayerPictures. ``progress(n)`` is told of the channels done."""
-    from zfprobe.studies.mining.render import channel_block, channel_tiles
+    from zfprobe.studies.mining.render import channel_block, channel_tiles, sheet_slots
     from zfprobe.studies.mining.stream import streamed_layer
 
     pics = streamed_layer(probe, result, layer, channels=channels)
@@ -54,8 +54,9 @@ def write_thumbnails(stage, probe, result, layer: str, folder: str, cache: str, 
     staging = f"{saved}.{os.getpid()}.tmp"
     os.makedirs(staging, exist_ok=True)
     try:
-        for c, tiles in channel_tiles(pics, pics.channels, result.k):
-            data = png_bytes(channel_block(c, tiles, result.k, tile, caption=False, status=pics.status.get(c, "")))
+        k = sheet_slots(result)  # as the mining sheets: no more slots than images read (4 images: a 2x2 grid)
+        for c, tiles in channel_tiles(pics, pics.channels, k):
+            data = png_bytes(channel_block(c, tiles, k, tile, caption=False, status=pics.status.get(c, "")))
             stage.write_bytes(f"img/{folder}/{names[c]}", data)
             with open(os.path.join(staging, names[c]), "wb") as f:
                 f.write(data)
