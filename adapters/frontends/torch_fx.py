@@ -276,6 +276,22 @@ def _module_converters():
     converts(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)(
         lambda b, call: call.args[0])
 
+    @converts(nn.SELU)
+    def selu_module(b, call):
+        return b.emit("Selu", [call.args[0]], {"alpha": _SELU_ALPHA, "gamma": _SELU_SCALE})
+
+    @converts(nn.CELU)
+    def celu_module(b, call):
+        return b.emit("Celu", [call.args[0]], {"alpha": float(call.module.alpha)})
+
+    @converts(nn.Softplus)
+    def softplus_module(b, call):
+        return _softplus(b, call, call.args[0], call.module.beta, call.module.threshold)
+
+    @converts(nn.PReLU)
+    def prelu_module(b, call):
+        return _prelu(b, call, call.args[0], _module_param(b, call, "weight"))
+
     @converts(nn.SiLU)
     def silu_module(b, call):
         return b.emit("Swish", [call.args[0]], {"alpha": 1.0})
@@ -368,16 +384,53 @@ def _linear(b, call, x, w, bias):
 
 def _transposed(b: _Builder, w: str) -> str:
     """The constant ``w.T``; live (a :class:`LiveComputation`) when ``w`` is a parameter."""
+    return _derived(b, w, f"{w}.T", np.ascontiguousarray(b.constants[w].T), "t")
+
+
+def _derived(b: _Builder, w: str, name: str, value: np.ndarray, method: str, *args) -> str:
+    """The constant ``w.<method>(*args)`` (its value given); live (a :class:`LiveComputation`)
+    when ``w`` is a parameter."""
     import torch.fx as fx
 
-    name = f"{w}.T"
     if name not in b.constants:
-        b.constants[name] = np.ascontiguousarray(b.constants[w].T)
+        b.constants[name] = value
         if b.refs.get(w) == w:
             g = fx.Graph()
-            g.output(g.call_method("t", (g.get_attr(w),)))
+            g.output(g.call_method(method, (g.get_attr(w),) + args))
             b.refs[name] = LiveComputation(g, [w])
     return name
+
+
+# torch's SELU constants (ONNX's defaults are the same numbers rounded to float32)
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _softplus(b, call, x, beta, threshold):
+    """``log(1 + exp(beta x)) / beta``; torch returns ``x`` itself where ``beta x > threshold``,
+    which equals the formula in float32 from a threshold of 15 on (its default is 20)."""
+    beta, threshold = float(beta), float(threshold)
+    if threshold < 15.0:
+        _fail(call, f"softplus threshold {threshold} (below 15 torch's linear part differs from the formula)")
+    if beta == 1.0:
+        return b.emit("Softplus", [x])
+    y = b.emit("Mul", [x, b.const(np.float32(beta))])
+    y = b.emit("Softplus", [y])
+    return b.emit("Div", [y, b.const(np.float32(beta))])
+
+
+def _prelu(b, call, x, w):
+    """PReLU: the slope (one, or one per channel) as a constant broadcast over ``x``'s axes
+    after the channel axis, ``[C, 1, ...]`` (ONNX broadcasts from the last axis)."""
+    slope = b.shape(w)
+    rank = len(b.shape(x))
+    if len(slope) != 1:
+        _fail(call, f"a PReLU weight of shape {slope}")
+    if slope[0] == 1 or rank < 3:
+        return b.emit("PRelu", [x, w])
+    shape = (slope[0],) + (1,) * (rank - 2)
+    name = f"{w}.reshape{shape}"
+    return b.emit("PRelu", [x, _derived(b, w, name, b.constants[w].reshape(shape), "reshape", shape)])
 
 
 def _avg_pool(b, call, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
@@ -531,6 +584,26 @@ def _function_converters():
     # no computation in inference: the output is the input tensor (no node)
     converts(F.dropout, F.dropout2d, F.dropout1d, F.alpha_dropout, "contiguous", "clone", "detach")(
         lambda b, call: call.args[0])
+
+    @converts(F.selu, torch.selu, torch.selu_, "selu", "selu_")
+    def selu(b, call):
+        return b.emit("Selu", [call.args[0]], {"alpha": _SELU_ALPHA, "gamma": _SELU_SCALE})
+
+    @converts(F.elu, F.elu_)
+    def elu(b, call):
+        return b.emit("Elu", [call.args[0]], {"alpha": float(call.arg(1, "alpha", 1.0))})
+
+    @converts(F.celu, torch.celu)
+    def celu(b, call):
+        return b.emit("Celu", [call.args[0]], {"alpha": float(call.arg(1, "alpha", 1.0))})
+
+    @converts(F.softplus)
+    def softplus(b, call):
+        return _softplus(b, call, call.args[0], call.arg(1, "beta", 1.0), call.arg(2, "threshold", 20.0))
+
+    @converts(F.prelu, torch.prelu)
+    def prelu(b, call):
+        return _prelu(b, call, call.args[0], _param_operand(b, call, call.arg(1, "weight")))
 
     @converts(F.gelu)
     def gelu(b, call):
@@ -775,7 +848,8 @@ def _in_place(n, module) -> bool:
     if name.endswith("_") and not name.endswith("__"):
         return True
     return bool(n.kwargs.get("inplace", False)) or (
-        name in ("relu", "relu6", "leaky_relu", "hardtanh", "elu", "hardswish", "hardsigmoid", "silu", "mish", "dropout")
+        name in ("relu", "relu6", "leaky_relu", "hardtanh", "elu", "selu", "celu", "hardswish", "hardsigmoid", "silu",
+                 "mish", "dropout")
         and any(a is True for a in n.args[1:]))
 
 
