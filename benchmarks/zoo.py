@@ -115,7 +115,8 @@ def captum_batched(model, layer: str, x, units):
     return grad.attribute(inp, neuron_selector=lambda out: out[rows, idx[0], idx[1], idx[2]]).detach().numpy()
 
 
-def bench_net(name: str, repeats: int, do_cold: bool, cold_only: bool = False, onnx: bool = True) -> dict:
+def bench_net(name: str, repeats: int, do_cold: bool, cold_only: bool = False, onnx: bool = True,
+              captum: bool = True) -> dict:
     import zfprobe
     import zoo_nets
 
@@ -141,7 +142,7 @@ def bench_net(name: str, repeats: int, do_cold: bool, cold_only: bool = False, o
             continue
         seeds, units = unit_seeds(acts)
         choice = probe.projection_path(layer)
-        if layer == deepest:
+        if layer == deepest and captum:
             t_first, _ = best_of(lambda: probe.project(images, layer, seeds, rule="gradient"), 1)
             row["zf_cold"] = t_attach + t_first
             row["zf_warm"], ours = best_of(lambda: probe.project(images, layer, seeds, rule="gradient"), repeats)
@@ -171,6 +172,7 @@ def main() -> None:
     parser.add_argument("--no-cold", action="store_true", help="skip the fresh-process attach timings")
     parser.add_argument("--cold-only", action="store_true", help="only the fresh-process attach timings")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX route's cold attach")
+    parser.add_argument("--no-captum", action="store_true", help="skip the comparison with Captum")
     args = parser.parse_args()
     import torch
 
@@ -184,7 +186,7 @@ def main() -> None:
     ratios: list = []
     for name in args.nets:
         try:
-            r = bench_net(name, args.repeats, not args.no_cold, args.cold_only, not args.no_onnx)
+            r = bench_net(name, args.repeats, not args.no_cold, args.cold_only, not args.no_onnx, not args.no_captum)
         except Exception as exc:  # report and go on with the next net
             print(f"{name} | failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}", flush=True)
             continue
