@@ -12,7 +12,8 @@ random weights), on the CPU. Per net:
 - per probed layer (tests/zoo_nets.py: shallow, middle, deepest), 16 unit seeds (the strongest
   unit of the 16 most active channels), deconvnet rule, warm (best of ``--repeats``): the default
   path (the cost model's choice, :meth:`zfprobe.probe.Probe.projection_path`) against the full
-  program. Ratio = default / full (the issue's bound: <= 1.1).
+  program, interleaved. Ratio = default / full (the issue's bound: <= 1.1). Where the cost model
+  chose the full program, the default *is* that program: shown as ``= (full)``, not timed.
 - the deepest layer's 16 units with the gradient rule against Captum's ``NeuronGradient``
   batched (the image repeated 16 times, a selector picking each row's own unit: one forward and
   one backward); both results are compared. Cold = first call (zfprobe: attach included).
@@ -149,18 +150,25 @@ def bench_net(name: str, repeats: int, do_cold: bool, cold_only: bool = False, o
             row["captum_cold"], _ = best_of(lambda: captum_batched(model, layer, x, units), 1)
             row["captum_warm"], theirs = best_of(lambda: captum_batched(model, layer, x, units), repeats)
             row["diff"] = float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30))
-        probe.project(images, layer, seeds)
-        probe.project(images, layer, seeds, windowed=False)
+        if choice["path"] == "full":  # the default is the full program itself: nothing to compare
+            row["layers"].append((layer, "full", None, None))
+            continue
         t_default = t_full = float("inf")
-        for _ in range(repeats):  # interleaved, so load from elsewhere hits both alike
+        for _ in range(repeats + 1):  # interleaved, so load from elsewhere hits both alike (first: warm-up)
             t_default = min(t_default, best_of(lambda: probe.project(images, layer, seeds), 1)[0])
             t_full = min(t_full, best_of(lambda: probe.project(images, layer, seeds, windowed=False), 1)[0])
-        row["layers"].append((layer, choice["path"], t_default, t_full))
+        row["layers"].append((layer, "windowed", t_default, t_full))
     return row
 
 
+def _layer_cell(layer, path, td, tf) -> str:
+    if path == "full":
+        return f"{layer} = (full)"
+    return f"{layer} {td / tf:.2f} (w: {td:.3f} / {tf:.3f} s)"
+
+
 def _fmt(v, spec=".2f"):
-    return "  fail" if v is None else format(v, spec)
+    return "  fail" if v is None else "-" if v == "-" else format(v, spec)
 
 
 def main() -> None:
@@ -180,7 +188,7 @@ def main() -> None:
     print(f"CPU, {torch.get_num_threads()} threads, {os.cpu_count()} cores; warm = best of {args.repeats}; "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print("net | px | first forward s | cold attach fx s (x forward) | cold attach ONNX route s (x forward) | "
-          "default/full per layer (path) | zfprobe vs Captum batched, 16 units of the deepest layer: "
+          "default/full per layer ('= (full)': the cost model chose the full program) | zfprobe vs Captum batched, 16 units of the deepest layer: "
           "cold s, warm s, speed-up warm")
     worst = 0.0
     ratios: list = []
@@ -190,22 +198,27 @@ def main() -> None:
         except Exception as exc:  # report and go on with the next net
             print(f"{name} | failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}", flush=True)
             continue
-        fwd = r.get("forward")
-        ratios.append(r["fx"] / fwd if fwd and r.get("fx") else None)
-        ratio = lambda t: "" if t is None or not fwd else f" ({t / fwd:.1f}x)"  # noqa: E731
-        layers = ", ".join(f"{lay} {td / tf:.2f} ({path[0]})" for lay, path, td, tf in r["layers"])
-        worst = max([worst] + [td / tf for _, _, td, tf in r["layers"]])
+        for key in ("forward", "fx", "onnx"):
+            r.setdefault(key, "-")  # not measured
+        fwd = r["forward"] if r["forward"] != "-" else None
+        ratios.append(r["fx"] / fwd if fwd and r["fx"] not in (None, "-") else None)
+        ratio = lambda t: "" if t in (None, "-") or not fwd else f" ({t / fwd:.1f}x)"  # noqa: E731
+        layers = ", ".join(_layer_cell(*lay) for lay in r["layers"])
+        # where the cost model chose the full program, default and full are the same program:
+        # their ratio is the machine's noise, so the bound is judged on the windowed choices
+        worst = max([worst] + [td / tf for _, path, td, tf in r["layers"] if path == "windowed"])
         captum = ""
         if "zf_warm" in r:
             captum = (f"zf {r['zf_cold']:.2f} / {r['zf_warm']:.3f}, captum {r['captum_cold']:.2f} / "
                       f"{r['captum_warm']:.3f}, {r['captum_warm'] / r['zf_warm']:.2f}x (diff {r['diff']:.0e})")
-        print(f"{name} | {r['size']} | {_fmt(fwd)} | {_fmt(r.get('fx'))}{ratio(r.get('fx'))} | "
+        print(f"{name} | {r['size']} | {_fmt(r['forward'])} | {_fmt(r.get('fx'))}{ratio(r.get('fx'))} | "
               f"{_fmt(r.get('onnx'))}{ratio(r.get('onnx'))} | {layers} | {captum}", flush=True)
     worst_cold = max([r for r in ratios if r is not None], default=None)
     if worst_cold is not None:
         print(f"worst cold attach / first forward: {worst_cold:.1f}x")
     if worst:
-        print(f"worst default / full over the swept layers: {worst:.2f}")
+        print(f"worst default / full over the swept layers where the windowed program ran: {worst:.2f} "
+              "(elsewhere the default is the full program)")
     print(f"load average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
