@@ -19,6 +19,7 @@ random weights), on the CPU. Per net:
   one backward); both results are compared. Cold = first call (zfprobe: attach included).
 
 Run:  python benchmarks/zoo.py [--nets resnet50 resnet18 ...] [--repeats 3] [--no-cold] [--cold-only] [--no-onnx]
+                               [--no-captum] [--threads N]
 """
 from __future__ import annotations
 
@@ -195,8 +196,13 @@ def main() -> None:
     parser.add_argument("--cold-only", action="store_true", help="only the fresh-process attach timings")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX route's cold attach")
     parser.add_argument("--no-captum", action="store_true", help="skip the comparison with Captum")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads in this process [default: torch's]; "
+                        "on a loaded machine 1 gives stable path timings (2 threads meet the scheduler at every op)")
     args = parser.parse_args()
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     warnings.simplefilter("ignore")  # Captum's note that it set requires_grad
     print(f"CPU, {torch.get_num_threads()} threads, {os.cpu_count()} cores; warm = best of {args.repeats}; "
