@@ -19,7 +19,7 @@ random weights), on the CPU. Per net:
   one backward); both results are compared. Cold = first call (zfprobe: attach included).
 
 Run:  python benchmarks/zoo.py [--nets resnet50 resnet18 ...] [--repeats 3] [--no-cold] [--cold-only] [--no-onnx]
-                               [--no-captum] [--threads N]
+                               [--no-captum] [--threads N] [--root OTHER_CHECKOUT]
 """
 from __future__ import annotations
 
@@ -60,13 +60,14 @@ print(time.perf_counter() - t0)
 
 
 _PYCACHE = tempfile.mkdtemp(prefix="zfprobe_bench_pycache_")
+ZFPROBE_ROOT = [ROOT]  # the zfprobe checkout the fresh processes import (--root)
 
 
 def _env() -> dict:
     """The fresh processes' environment: compiled bytecode cached (in a temporary folder), as an
     installed package has it, even where the shell sets PYTHONDONTWRITEBYTECODE (compiling
     zfprobe's sources costs ~0.2 s, which a user pays once, at install)."""
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONPYCACHEPREFIX=_PYCACHE)
+    env = dict(os.environ, PYTHONPATH=ZFPROBE_ROOT[0], PYTHONPYCACHEPREFIX=_PYCACHE)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
@@ -196,6 +197,8 @@ def main() -> None:
     parser.add_argument("--cold-only", action="store_true", help="only the fresh-process attach timings")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX route's cold attach")
     parser.add_argument("--no-captum", action="store_true", help="skip the comparison with Captum")
+    parser.add_argument("--root", help="the zfprobe checkout whose attach the fresh processes time [default: this "
+                        "one], e.g. an older commit's `git archive` for a before / after table")
     parser.add_argument("--threads", type=int, help="torch intra-op threads in this process [default: torch's]; "
                         "on a loaded machine 1 gives stable path timings (2 threads meet the scheduler at every op)")
     args = parser.parse_args()
@@ -203,6 +206,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.root:
+        ZFPROBE_ROOT[0] = os.path.abspath(args.root)
 
     warnings.simplefilter("ignore")  # Captum's note that it set requires_grad
     print(f"CPU, {torch.get_num_threads()} threads, {os.cpu_count()} cores; warm = best of {args.repeats}; "
