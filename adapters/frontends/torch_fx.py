@@ -898,14 +898,12 @@ def _tracer(model):
 
 
 def _trace(model):
-    import torch.fx as fx
-
     tracer = _tracer(model)
     try:
         graph = tracer.trace(model)
     except Exception as exc:
         raise CaptureError(f"torch.fx cannot trace it: {type(exc).__name__}: {_first_line(exc)}") from None
-    return fx.GraphModule(tracer.root, graph, type(model).__name__), graph
+    return tracer.root, graph  # (no GraphModule: its generated Python code would cost ~20 ms and is never run)
 
 
 def _first_line(exc) -> str:
@@ -923,7 +921,7 @@ def _trusted_types():
     return (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _run_once(gm, graph, x):
+def _run_once(root, graph, x):
     """One forward pass through the traced graph: per node, the shapes of its tensor output(s),
     the value of every node that is not an activation, and a copy of each trusted module call's
     input and output (for the check). Returns the model's output too."""
@@ -936,7 +934,7 @@ def _run_once(gm, graph, x):
             active.add(n)
     values: dict = {}
     trusted = _trusted_types()
-    modules = dict(gm.named_modules())
+    modules = dict(root.named_modules())
     kept: dict = {}
 
     class Recorder(fx.Interpreter):
@@ -956,7 +954,7 @@ def _run_once(gm, graph, x):
             return result
 
     with torch.no_grad():
-        out = Recorder(gm).run(x)
+        out = Recorder(root, graph=graph).run(x)
     return active, values, kept, out
 
 
@@ -999,9 +997,9 @@ def capture_graph(model, x, verify: bool = True) -> Graph:
 
     _ensure_table()
     with inference_flags(model):
-        gm, graph = _trace(model)
+        root, graph = _trace(model)
         try:
-            active, values, kept, expected = _run_once(gm, graph, x)
+            active, values, kept, expected = _run_once(root, graph, x)
         except Exception as exc:
             raise CaptureError(f"the traced graph does not run: {type(exc).__name__}: {_first_line(exc)}") from None
 
