@@ -134,6 +134,23 @@ def say_rule(layer: str, choice: dict) -> None:
         click.echo(f"zfprobe: note: rule {choice['rule']} at {layer}: {choice['reason']}", err=True)
 
 
+def say_projection_paths(probe, maps: bool = False) -> None:
+    """``--verbose``: one line on stderr per projected layer: which program ran (windowed or
+    full) and why (the cost model's two multiply-add estimates; whole maps always take the full one)."""
+    from zfprobe.engine.windowed import WINDOWED_MAX_FRACTION
+
+    for choice in probe.projection_paths.values():
+        if maps:
+            path, why = "full", "whole feature maps: windows serve single units"
+        elif choice["windowed_macs"] is None:
+            path, why = choice["path"], choice["reason"]
+        else:
+            path = choice["path"]
+            why = (f"estimated multiply-adds per seed: windowed {choice['windowed_macs']:.3g}, full "
+                   f"{choice['full_macs']:.3g}; windowed runs where <= {WINDOWED_MAX_FRACTION:g} x full")
+        click.echo(f"zfprobe: projection at {choice['layer']}: {path} program ({why})", err=True)
+
+
 def preprocessing_from_options(probe, preset, mean, std, scale, bgr, resize):
     prep = probe.preprocessing
     if prep is None:

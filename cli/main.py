@@ -15,7 +15,7 @@ import click
 from zfprobe.engine.rules import AUTO, DECONVNET, LRN_IDENTITY, LRN_MODES, RULE_CHOICES
 from zfprobe.cli.common import (RULES, Interrupted, default_layer, one_line_warning, open_probe, probe_and_image, parse_unit,
                                 position_option, preprocessing_from_options, preprocessing_options, quiet_native_logs,
-                                report_failure, say_rule)
+                                report_failure, say_projection_paths, say_rule)
 from zfprobe.cli.validation import checked_params
 from zfprobe.errors import OptionError
 from zfprobe.io.interrupts import install_handlers, take_notes
@@ -140,8 +140,9 @@ def layers(model, input_size, in_channels):
               help="rf: crop each unit's projection and image to its receptive field (+25%); full: whole frame with the RF box.")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
               help="Output folder [default: ./zfprobe-visualize-<model>].")
+@click.option("--verbose", "-v", is_flag=True, help="Say which projection program ran (windowed or full) and why.")
 def visualize(model, image, layer, channels, top, unit, mode, positions, rule, lrn, preset, input_size, mean, std, scale, bgr,
-              resize, percentile, max_scale, dealias_px, frame, device, out_dir):
+              resize, percentile, max_scale, dealias_px, frame, device, out_dir, verbose):
     """Project units of LAYER for IMAGE to pixel space; write PNGs, a contact sheet and a manifest.
 
     Only MODEL is required: without --image a bundled sample image is used, without --layer the
@@ -169,6 +170,8 @@ def visualize(model, image, layer, channels, top, unit, mode, positions, rule, l
                              positions=positions, dealias_px=dealias_px)
     files = result.save(out_dir, probe)
     say_rule(layer, result.rule_choice)
+    if verbose:
+        say_projection_paths(probe, maps=mode == "map")
     if result.predictions:
         from zfprobe.io.classes import describe_predictions
 

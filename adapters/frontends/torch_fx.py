@@ -276,6 +276,22 @@ def _module_converters():
     converts(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)(
         lambda b, call: call.args[0])
 
+    @converts(nn.SELU)
+    def selu_module(b, call):
+        return b.emit("Selu", [call.args[0]], {"alpha": _SELU_ALPHA, "gamma": _SELU_SCALE})
+
+    @converts(nn.CELU)
+    def celu_module(b, call):
+        return b.emit("Celu", [call.args[0]], {"alpha": float(call.module.alpha)})
+
+    @converts(nn.Softplus)
+    def softplus_module(b, call):
+        return _softplus(b, call, call.args[0], call.module.beta, call.module.threshold)
+
+    @converts(nn.PReLU)
+    def prelu_module(b, call):
+        return _prelu(b, call, call.args[0], _module_param(b, call, "weight"))
+
     @converts(nn.SiLU)
     def silu_module(b, call):
         return b.emit("Swish", [call.args[0]], {"alpha": 1.0})
@@ -368,16 +384,53 @@ def _linear(b, call, x, w, bias):
 
 def _transposed(b: _Builder, w: str) -> str:
     """The constant ``w.T``; live (a :class:`LiveComputation`) when ``w`` is a parameter."""
+    return _derived(b, w, f"{w}.T", np.ascontiguousarray(b.constants[w].T), "t")
+
+
+def _derived(b: _Builder, w: str, name: str, value: np.ndarray, method: str, *args) -> str:
+    """The constant ``w.<method>(*args)`` (its value given); live (a :class:`LiveComputation`)
+    when ``w`` is a parameter."""
     import torch.fx as fx
 
-    name = f"{w}.T"
     if name not in b.constants:
-        b.constants[name] = np.ascontiguousarray(b.constants[w].T)
+        b.constants[name] = value
         if b.refs.get(w) == w:
             g = fx.Graph()
-            g.output(g.call_method("t", (g.get_attr(w),)))
+            g.output(g.call_method(method, (g.get_attr(w),) + args))
             b.refs[name] = LiveComputation(g, [w])
     return name
+
+
+# torch's SELU constants (ONNX's defaults are the same numbers rounded to float32)
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _softplus(b, call, x, beta, threshold):
+    """``log(1 + exp(beta x)) / beta``; torch returns ``x`` itself where ``beta x > threshold``,
+    which equals the formula in float32 from a threshold of 15 on (its default is 20)."""
+    beta, threshold = float(beta), float(threshold)
+    if threshold < 15.0:
+        _fail(call, f"softplus threshold {threshold} (below 15 torch's linear part differs from the formula)")
+    if beta == 1.0:
+        return b.emit("Softplus", [x])
+    y = b.emit("Mul", [x, b.const(np.float32(beta))])
+    y = b.emit("Softplus", [y])
+    return b.emit("Div", [y, b.const(np.float32(beta))])
+
+
+def _prelu(b, call, x, w):
+    """PReLU: the slope (one, or one per channel) as a constant broadcast over ``x``'s axes
+    after the channel axis, ``[C, 1, ...]`` (ONNX broadcasts from the last axis)."""
+    slope = b.shape(w)
+    rank = len(b.shape(x))
+    if len(slope) != 1:
+        _fail(call, f"a PReLU weight of shape {slope}")
+    if slope[0] == 1 or rank < 3:
+        return b.emit("PRelu", [x, w])
+    shape = (slope[0],) + (1,) * (rank - 2)
+    name = f"{w}.reshape{shape}"
+    return b.emit("PRelu", [x, _derived(b, w, name, b.constants[w].reshape(shape), "reshape", shape)])
 
 
 def _avg_pool(b, call, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
@@ -531,6 +584,26 @@ def _function_converters():
     # no computation in inference: the output is the input tensor (no node)
     converts(F.dropout, F.dropout2d, F.dropout1d, F.alpha_dropout, "contiguous", "clone", "detach")(
         lambda b, call: call.args[0])
+
+    @converts(F.selu, torch.selu, torch.selu_, "selu", "selu_")
+    def selu(b, call):
+        return b.emit("Selu", [call.args[0]], {"alpha": _SELU_ALPHA, "gamma": _SELU_SCALE})
+
+    @converts(F.elu, F.elu_)
+    def elu(b, call):
+        return b.emit("Elu", [call.args[0]], {"alpha": float(call.arg(1, "alpha", 1.0))})
+
+    @converts(F.celu, torch.celu)
+    def celu(b, call):
+        return b.emit("Celu", [call.args[0]], {"alpha": float(call.arg(1, "alpha", 1.0))})
+
+    @converts(F.softplus)
+    def softplus(b, call):
+        return _softplus(b, call, call.args[0], call.arg(1, "beta", 1.0), call.arg(2, "threshold", 20.0))
+
+    @converts(F.prelu, torch.prelu)
+    def prelu(b, call):
+        return _prelu(b, call, call.args[0], _param_operand(b, call, call.arg(1, "weight")))
 
     @converts(F.gelu)
     def gelu(b, call):
@@ -775,7 +848,8 @@ def _in_place(n, module) -> bool:
     if name.endswith("_") and not name.endswith("__"):
         return True
     return bool(n.kwargs.get("inplace", False)) or (
-        name in ("relu", "relu6", "leaky_relu", "hardtanh", "elu", "hardswish", "hardsigmoid", "silu", "mish", "dropout")
+        name in ("relu", "relu6", "leaky_relu", "hardtanh", "elu", "selu", "celu", "hardswish", "hardsigmoid", "silu",
+                 "mish", "dropout")
         and any(a is True for a in n.args[1:]))
 
 
@@ -824,14 +898,12 @@ def _tracer(model):
 
 
 def _trace(model):
-    import torch.fx as fx
-
     tracer = _tracer(model)
     try:
         graph = tracer.trace(model)
     except Exception as exc:
         raise CaptureError(f"torch.fx cannot trace it: {type(exc).__name__}: {_first_line(exc)}") from None
-    return fx.GraphModule(tracer.root, graph, type(model).__name__), graph
+    return tracer.root, graph  # (no GraphModule: its generated Python code would cost ~20 ms and is never run)
 
 
 def _first_line(exc) -> str:
@@ -839,9 +911,20 @@ def _first_line(exc) -> str:
     return s.splitlines()[0][:200] if s else ""
 
 
-def _run_once(gm, graph, x):
+def _trusted_types():
+    """Module types whose converter copies the module's own attributes into one canonical node
+    (checked against torch in tests/adapters/test_torch_fx*.py). The capture check feeds their
+    outputs from the module's own run instead of recomputing them (see :func:`_verify`): they
+    are most of a CNN's arithmetic, and a second run of them would double the cost of attach."""
+    import torch.nn as nn
+
+    return (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _run_once(root, graph, x):
     """One forward pass through the traced graph: per node, the shapes of its tensor output(s),
-    and the value of every node that is not an activation. Returns the model's output too."""
+    the value of every node that is not an activation, and a copy of each trusted module call's
+    input and output (for the check). Returns the model's output too."""
     import torch
     import torch.fx as fx
 
@@ -850,6 +933,9 @@ def _run_once(gm, graph, x):
         if n.op == "placeholder" or any(a in active for a in n.all_input_nodes):
             active.add(n)
     values: dict = {}
+    trusted = _trusted_types()
+    modules = dict(root.named_modules())
+    kept: dict = {}
 
     class Recorder(fx.Interpreter):
         def run_node(self, n):
@@ -861,11 +947,15 @@ def _run_once(gm, graph, x):
                 n.meta["zf_shapes"] = [tuple(r.shape) for r in result]
             if n not in active or not _holds_tensor(result):
                 values[n] = result
+            elif n.op == "call_module" and isinstance(modules.get(n.target), trusted) and isinstance(result, torch.Tensor):
+                inp = self.env.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
+                if isinstance(inp, torch.Tensor):  # copies: a later in-place op may overwrite them
+                    kept[n] = (inp.clone(), result.clone())
             return result
 
     with torch.no_grad():
-        out = Recorder(gm).run(x)
-    return active, values, out
+        out = Recorder(root, graph=graph).run(x)
+    return active, values, kept, out
 
 
 def _holds_tensor(v) -> bool:
@@ -907,9 +997,9 @@ def capture_graph(model, x, verify: bool = True) -> Graph:
 
     _ensure_table()
     with inference_flags(model):
-        gm, graph = _trace(model)
+        root, graph = _trace(model)
         try:
-            active, values, expected = _run_once(gm, graph, x)
+            active, values, kept, expected = _run_once(root, graph, x)
         except Exception as exc:
             raise CaptureError(f"the traced graph does not run: {type(exc).__name__}: {_first_line(exc)}") from None
 
@@ -922,6 +1012,7 @@ def capture_graph(model, x, verify: bool = True) -> Graph:
     order: list[tuple[Node, str, str]] = []  # (node, scope, label), for naming
     inputs: list[str] = []
     outputs: list[str] = []
+    fed: dict = {}  # trusted calls' outputs -> (input, output) from the module's own run
 
     def resolve(a):
         return fx.node.map_arg(a, lambda n: env[n])
@@ -976,6 +1067,8 @@ def capture_graph(model, x, verify: bool = True) -> Graph:
                     shapes if isinstance(shapes, tuple) else None, scope, label)
         b.call, b.pending = call, []
         result = fn(b, call)
+        if n in kept:
+            fed[result] = kept[n]
         if n.op == "call_module":
             k = calls_of.get(n.target, 0)
             calls_of[n.target] = k + 1
@@ -1001,7 +1094,7 @@ def capture_graph(model, x, verify: bool = True) -> Graph:
 
     g = fuse(g)
     if verify:
-        _verify(g, model, x, expected)
+        _verify(g, model, x, expected, fed)
     return g
 
 
@@ -1061,22 +1154,42 @@ def _name_nodes(order, leaves: set[str]) -> dict[str, str]:
     return aliases
 
 
-def _verify(graph: Graph, model, x, expected) -> None:
-    """The built graph run by the torch backend equals the module's own output on the example."""
+def _verify(graph: Graph, model, x, expected, fed: dict | None = None) -> None:
+    """The built graph run by the torch backend equals the module's own run on the example.
+
+    ``fed``: graph tensor -> (input, output) of a trusted module call (see :func:`_trusted_types`)
+    from the module's own run. Those nodes are not rerun: their outputs are fed from that run
+    (their shapes checked), and the graph's value of each one's input is compared with the
+    module's, so every other op is still checked, on the module's own values at those points."""
     import torch
 
     from zfprobe.adapters.backends.torch_backend import TorchBackend
-    from zfprobe.engine.deconv import build_forward
 
     exp = [expected] if isinstance(expected, torch.Tensor) else [e for e in _flat(expected)]
+    fed = {t: v for t, v in (fed or {}).items() if graph.producer(t) is not None
+           and graph.producer(t).op_type in ("Conv", "BatchNormalization") and len(graph.producer(t).outputs) == 1}
+    for t, (_, out) in fed.items():
+        if tuple(out.shape) != tuple(graph.shapes[t]):
+            raise CaptureError(f"'{graph.producer(t).name}' computes shape {tuple(out.shape)}, the graph says "
+                               f"{tuple(graph.shapes[t])}")
+    # the inputs of the fed nodes, where the graph computes them (compared with the module's)
+    checks = {graph.producer(t).inputs[0]: inp for t, (inp, _) in fed.items()}
+    checks = {t: v for t, v in checks.items() if t not in fed and t not in graph.inputs}
+    wanted = list(graph.outputs) + [t for t in checks if t not in graph.outputs]
     try:
-        program = build_forward(graph, list(graph.outputs))
-        got = TorchBackend(model, x.device).run_tensors(program, {graph.inputs[0]: x}, list(graph.outputs))
+        cut = Graph(nodes=[n for n in graph.nodes if n.outputs[0] not in fed], inputs=list(graph.inputs) + list(fed),
+                    outputs=wanted, constants=graph.constants, shapes=graph.shapes, dtypes=graph.dtypes,
+                    parameter_refs=graph.parameter_refs, name=graph.name, metadata=graph.metadata)
+        program = cut.subgraph(wanted)
+        feeds = {t: out for t, (_, out) in fed.items() if t in program.inputs}
+        feeds[graph.inputs[0]] = x
+        got = TorchBackend(model, x.device).run_tensors(program, feeds, wanted)
     except Exception as exc:
         raise CaptureError(f"the captured graph does not run: {type(exc).__name__}: {_first_line(exc)}") from None
-    if len(got) != len(exp):
+    if len(graph.outputs) != len(exp):
         raise CaptureError("the captured graph has a different number of outputs")
-    for g, e in zip(got, exp):
+    pairs = list(zip(got, exp, graph.outputs)) + [(g, checks[t], t) for g, t in zip(got[len(graph.outputs):], wanted[len(graph.outputs):])]
+    for g, e, t in pairs:
         e = e.detach().float()
         if tuple(g.shape) != tuple(e.shape):
             raise CaptureError(f"the captured graph computes shape {tuple(g.shape)}, the module {tuple(e.shape)}")
@@ -1085,7 +1198,8 @@ def _verify(graph: Graph, model, x, expected) -> None:
         # float32 noise (kernels that sum in another order) grows with depth on random-weight nets
         # to ~3e-4 of the output's scale; a wrong conversion is off by far more than 1e-3
         if not err <= 1e-3 * scale + 1e-5:
-            raise CaptureError(f"the captured graph differs from the module's output by {err:.3g} (scale {scale:.3g})")
+            where = "the module's output" if t in graph.outputs else f"the module at '{graph.producer(t).name}'"
+            raise CaptureError(f"the captured graph differs from {where} by {err:.3g} (scale {scale:.3g})")
 
 
 def _flat(v):

@@ -8,11 +8,13 @@ under the three rules, to ``RTOL`` of the oracle's largest value per seed (rando
 reach activations in the hundreds; float32 kernels that sum in another order differ by ~1e-5
 relative there). The windowed default path and the full program are both checked.
 
-Nets in ``zoo_nets.KNOWN_ORACLE_GAPS`` (an engine issue the ONNX route shares) are compared with
+Nets in ``zoo_nets.FLOAT64_ORACLE`` (whose float32 oracle is itself off by more than the
+tolerance) are compared with the oracle run in float64. Nets in ``zoo_nets.KNOWN_ORACLE_GAPS`` (an engine issue the ONNX route shares) are compared with
 the ONNX route instead. ``zoo_nets.FAST`` runs by default; the other families are marked slow (``--runslow``).
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -56,6 +58,15 @@ def _assert_close(got, want, what):
         assert err <= RTOL, f"{what}: seed {k} differs from the oracle by {err:.3e} (relative)"
 
 
+def _oracle(module, module64, images, layer, seeds, rule):
+    """The autograd oracle; in float64 where a float64 copy of the module is given."""
+    if module64 is None:
+        return extra.rule_projection(module, images, layer, seeds, None, rule, min_rectifiers=0)
+    layer_fn = extra.layer_fn(module64, layer)
+    return extra.rule_projection(module, images, lambda x: layer_fn(x.double()).float(), seeds, None, rule,
+                                 min_rectifiers=0)
+
+
 @pytest.mark.parametrize("name", list(_params()))
 def test_zoo_net_is_captured_natively_and_projects_like_autograd(name):
     module = zoo_nets.build(name)
@@ -70,10 +81,13 @@ def test_zoo_net_is_captured_natively_and_projects_like_autograd(name):
     x = torch.from_numpy(images)
     gap = zoo_nets.KNOWN_ORACLE_GAPS.get(name)
     reference = zfprobe.attach(module, images, capture="onnx") if gap else None
+    float64 = name in zoo_nets.FLOAT64_ORACLE
+    module64 = copy.deepcopy(module).double() if float64 else None
     for layer in zoo_nets.NETS[name].layers:
         acts = probe.activations(images, layer)
         with torch.no_grad():
-            want_acts = extra.layer_fn(module, layer)(x).numpy()
+            want_acts = (extra.layer_fn(module64, layer)(x.double()).float() if float64
+                         else extra.layer_fn(module, layer)(x)).numpy()
         assert np.abs(acts - want_acts).max() <= RTOL * np.abs(want_acts).max(), (name, layer)
         seeds = _seeds(acts)
         if gap:  # the same projections as the ONNX route (see zoo_nets.KNOWN_ORACLE_GAPS)
@@ -81,8 +95,7 @@ def test_zoo_net_is_captured_natively_and_projects_like_autograd(name):
                 _assert_close(probe.project(images, layer, seeds, rule=rule),
                               reference.project(images, layer, seeds, rule=rule), f"{name} {layer} {rule} vs ONNX")
             continue
-        want = {rule: extra.rule_projection(module, images, layer, seeds, None, rule, min_rectifiers=0)
-                for rule in RULES}
+        want = {rule: _oracle(module, module64, images, layer, seeds, rule) for rule in RULES}
         for rule in RULES:
             _assert_close(probe.project(images, layer, seeds, rule=rule), want[rule], f"{name} {layer} {rule}")
         _assert_close(probe.project(images, layer, seeds, rule="deconvnet", windowed=False), want["deconvnet"],

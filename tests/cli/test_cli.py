@@ -248,3 +248,30 @@ def test_dynamic_input_size(tmp_path, image_8x8):
     r = run_cli("visualize", path, "--image", image_8x8, "--layer", "relu", "--input-size", "16", "-o", tmp_path / "o")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "o" / "manifest.json").read_text())["model"]["input_shape"] == [1, 1, 16, 16]
+
+
+def test_visualize_verbose_says_which_projection_program_ran_and_why(tmp_path):
+    """--verbose: one stderr line per projected layer, with the path and the cost model's two
+    estimates (recomputed here from the graph); whole maps say the full program; no line without -v."""
+    import re
+
+    import zfprobe
+    from zfprobe.engine.windowed import WINDOWED_MAX_FRACTION, projection_costs
+
+    probe = zfprobe.load(MODEL)
+    windowed, full = projection_costs(probe.graph, probe.resolve("conv2"))
+    r = run_cli("visualize", MODEL, "--image", DIGIT, "--layer", "conv2", "--top", "2", "-v", "-o", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.startswith("zfprobe: projection at")]
+    assert len(lines) == 1, r.stderr
+    m = re.fullmatch(r"zfprobe: projection at conv2: (windowed|full) program \(estimated multiply-adds per seed: "
+                     r"windowed (\S+), full (\S+); windowed runs where <= (\S+) x full\)", lines[0])
+    assert m, lines[0]
+    assert m.group(1) == ("windowed" if windowed <= WINDOWED_MAX_FRACTION * full else "full")
+    assert float(m.group(2)) == pytest.approx(windowed, rel=1e-2) and float(m.group(3)) == pytest.approx(full, rel=1e-2)
+    r = run_cli("visualize", MODEL, "--image", DIGIT, "--layer", "conv2", "--mode", "map", "-c", "1", "--verbose",
+                "-o", tmp_path / "b")
+    assert r.returncode == 0, r.stderr
+    assert "zfprobe: projection at conv2: full program (whole feature maps" in r.stderr
+    r = run_cli("visualize", MODEL, "--image", DIGIT, "--layer", "conv2", "--top", "2", "-o", tmp_path / "c")
+    assert r.returncode == 0 and "projection at" not in r.stderr

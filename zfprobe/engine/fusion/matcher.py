@@ -6,8 +6,6 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from scipy.special import erf as _erf
-
 from zfprobe.engine.graph import Graph, Node
 
 _POINTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Erf", "Tanh", "Sigmoid", "Softplus", "HardSigmoid", "Clip",
@@ -15,6 +13,13 @@ _POINTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Erf", "Tanh", "Sigmoid", "Soft
 _RESHAPES = {"Reshape", "Squeeze", "Unsqueeze", "Identity"}
 _MAX_REGION = 12
 _GRID = np.linspace(-8.0, 8.0, 1601)
+
+
+def _erf(v):
+    """scipy's erf, imported on first use (scipy costs ~0.2 s to import; most graphs have no Erf)."""
+    from scipy.special import erf
+
+    return erf(v)
 
 
 def _sigmoid(v):

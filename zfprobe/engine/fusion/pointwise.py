@@ -7,10 +7,9 @@ import math
 from typing import Callable
 
 import numpy as np
-from scipy.special import erf as _erf
 
 from zfprobe.engine.graph import Node
-from zfprobe.engine.fusion.matcher import _GRID, Fuser, _sigmoid
+from zfprobe.engine.fusion.matcher import _GRID, Fuser, _erf, _sigmoid
 
 # The ops a pointwise region is grown around.
 _ANCHORS = {"Erf", "Tanh", "Sigmoid", "Softplus", "HardSigmoid", "Clip"}
