@@ -33,10 +33,12 @@ def cache_folder(cache: str, sha: str | None, layer: str, result, tile: int, rul
 
 
 def write_thumbnails(stage, probe, result, layer: str, folder: str, cache: str, sha: str | None, tile: int,
-                     channels=None, progress=None):
+                     channels=None, progress=None, keep: dict | None = None):
     """Write ``img/<folder>/cNNNN.png`` (the block of projections | patches at ``tile`` px, no
     caption) for ``channels`` of ``layer`` (default: all) into ``stage``; returns the layer's
-    tile-less LayerPictures. ``progress(n)`` is told of the channels done."""
+    tile-less LayerPictures. ``progress(n)`` is told of the channels done. ``keep``: a dict whose
+    keys are channels whose tiles (unit, uint8 projection crop, patch) the caller wants back (the
+    unit pages reuse them instead of projecting those units again); filled only when projected."""
     from zfprobe.studies.mining.render import channel_block, channel_tiles
     from zfprobe.studies.mining.stream import streamed_layer
 
@@ -54,6 +56,8 @@ def write_thumbnails(stage, probe, result, layer: str, folder: str, cache: str, 
     os.makedirs(staging, exist_ok=True)
     try:
         for c, tiles in channel_tiles(pics, pics.channels, result.k):
+            if keep is not None and c in keep:
+                keep[c] = tiles
             data = png_bytes(channel_block(c, tiles, result.k, tile, caption=False, status=pics.status.get(c, "")))
             stage.write_bytes(f"img/{folder}/{names[c]}", data)
             with open(os.path.join(staging, names[c]), "wb") as f:
