@@ -74,10 +74,22 @@ def test_strongest_channels_cache_and_progress(tmp_path, monkeypatch):
     def no_projection(*args, **kwargs):
         raise AssertionError("a rerun projected")
 
-    monkeypatch.setattr(Probe, "project", no_projection)
-    build_report(zfprobe.load(str(MODEL)), str(again), ReportOptions(layers=["relu2", "relu3"], data=str(SAMPLES),
-                                                                     unit_pages=2, channels=10, progress=False))
-    assert digests(again) == digests(first)
-    r = run_cli("report", MODEL, SAMPLES, "-l", "relu3", "--all-channels", "--unit-pages", "1", "-q", "-o", every, env=env)
+    subset = tmp_path / "subset"  # other data: its own mining checkpoint beside the first one's
+    subset.mkdir()
+    for f in sorted(SAMPLES.glob("*.png"))[:6]:
+        (subset / f.name).write_bytes(f.read_bytes())
+    r = run_cli("report", MODEL, subset, "-l", "relu3", "--all-channels", "--unit-pages", "1", "-q", "-o", every, env=env)
     assert r.returncode == 0, r.stderr
     assert shown_channels(every / "layers" / "relu3.html") == list(range(64))
+    assert len(list((tmp_path / "cache").rglob("mine-state-*.npz"))) == 2
+    # after a report of other layers and options, the first one's rerun is still served whole from
+    # the cache: its mining pass resumes finished (no image read again), nothing is projected or
+    # occluded, and the files are the same bytes
+    from zfprobe.report import build as report_build
+
+    monkeypatch.setattr(Probe, "project", no_projection)
+    monkeypatch.setattr(report_build.ReportBuilder, "_occlusions", no_projection)
+    meta = build_report(zfprobe.load(str(MODEL)), str(again), ReportOptions(
+        layers=["relu2", "relu3"], data=str(SAMPLES), unit_pages=2, channels=10, progress=False))
+    assert meta["mining"]["resumed_from"] == meta["mining"]["images"] == len(list(SAMPLES.glob("*.png")))
+    assert digests(again) == digests(first)

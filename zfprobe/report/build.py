@@ -140,7 +140,7 @@ class ReportBuilder:
             # mining: one pass for every layer; checkpoint keyed by the model hash
             t = time.perf_counter()
             bar.set_description_str(f"report: mining {', '.join(self.layers)}")
-            result = mine(probe, dataset, self.layers, k=opt.k, state_path=os.path.join(cache, "mine-state.npz"),
+            result = mine(probe, dataset, self.layers, k=opt.k, state_path=self._mine_state(dataset),
                           resume=True, limit=opt.limit, progress=False)
             if result.images_seen - len(result.skipped) == 0:
                 raise OptionError(f"no image of '{data}' could be read")
@@ -164,6 +164,7 @@ class ReportBuilder:
                 t = time.perf_counter()
                 self._layer_page(stage, layer, pics, d, units, result)
                 layer_rows[layer] = (d, pics, units)
+                getattr(probe.backend, "drop_sessions", lambda: None)()  # this layer's programs are done
                 self._timed("layer_pages", t)
                 bar.update(1)
             bar.set_description_str("report: analysis pages")
@@ -207,6 +208,16 @@ class ReportBuilder:
         meta["files_count"] = len(final)
         meta["timings_s"] = self.timings
         return meta
+
+    def _mine_state(self, dataset) -> str:
+        """The mining checkpoint of this model (the cache folder), data, layers, k and limit: a
+        rerun of the same report resumes a finished pass (no forward pass at all), and reports
+        over other data or layers keep their own."""
+        import hashlib
+
+        key = hashlib.sha256(json.dumps([dataset.fingerprint(), self.layers, self.opt.k, self.opt.limit],
+                                        default=str).encode()).hexdigest()[:24]
+        return os.path.join(self.cache, f"mine-state-{key}.npz")
 
     # -- pages -----------------------------------------------------------------------------
     def _unit_channels(self, result, layer, shown) -> list[int]:
