@@ -16,6 +16,7 @@ from zfprobe.io.provenance import file_sha256, model_manifest  # noqa: F401 (fil
 from zfprobe.io.pictures import (DEFAULT_PERCENTILE, contact_sheet, describe_mapping, projection_to_hwc,
                             signed_to_uint8, with_legend)
 from zfprobe.engine.seeds import POSITION_RULES, Seed, SeedRequest, allowed_positions, seed_tensor
+from zfprobe.studies.visualize.stream import SHEET_TILE  # px per contact-sheet cell (re-exported)
 
 DISPLAY_MAPPING = ("each projection p is shown as 128 + 127 * clip(p / s, -1, 1) per pixel and colour channel, "
                    "s = max |p| of that projection, or (default) a percentile of its non-zero |p|: grey = 0, "
@@ -61,7 +62,6 @@ def zero_projection_warning(names: list[str], total: int, rule: str, values: lis
     return f"{len(names)} of {total} projection(s) are exactly zero ({listed}): {why}; their tiles are flat grey"
 
 
-SHEET_TILE = 160  # px per contact-sheet tile
 SHEET_COLUMNS_PER_SEED = 3  # image view | projection | masked patch
 
 

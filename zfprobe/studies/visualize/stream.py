@@ -19,6 +19,7 @@ import numpy as np
 
 from zfprobe.io.pictures import contact_sheet, legend, signed_to_uint8
 
+SHEET_TILE = 160       # px per contact-sheet cell
 SHEET_COLUMNS = 9      # cells per sheet row (three seeds), as Visualization.sheet draws them
 CAPTION_H, PAD, TITLE_H = 16, 4, 22  # contact_sheet's layout (pixels)
 PNG_LEVEL = 6          # zlib level of the sheet (PIL's default)
@@ -90,7 +91,6 @@ def write_pictures(vis, stage, batch: int | None = None) -> list[str]:
     batch of seeds at a time; returns the files written (the sheet last). A streamed ``vis``
     learns which projections are zero (``vis.zeros``)."""
     from zfprobe.io.memory import release_freed_memory
-    from zfprobe.studies.visualize.compute import SHEET_TILE
 
     n = len(vis.seeds)
     columns = min(SHEET_COLUMNS, 3 * n) if n else 1
