@@ -54,15 +54,21 @@ finally:
 
 def run(args: list[str], env: dict | None = None, timeout: float = 3600) -> dict:
     """Peak RSS (MB) and seconds of one CLI run in a child process."""
+    import resource
+
     load0 = os.getloadavg()[0]
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], capture_output=True, text=True,
                        env=dict(os.environ, **(env or {})), timeout=timeout)
     seconds = time.perf_counter() - t
+    ru2 = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU seconds: what the load average does not move
+    cpu = ru2.ru_utime + ru2.ru_stime - ru.ru_utime - ru.ru_stime
     peak = [int(l.split("=")[1]) for l in r.stderr.splitlines() if l.startswith("ZFPROBE_PEAK_KIB=")]
     if r.returncode != 0 or not peak:
         raise SystemExit(f"{' '.join(map(str, args[:3]))}: failed ({r.returncode}):\n{r.stderr[-2000:]}")
-    return {"peak_mb": peak[0] / 1024, "seconds": seconds, "load": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+    return {"peak_mb": peak[0] / 1024, "seconds": seconds, "cpu_s": round(cpu, 1),
+            "load": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 
 def photos(folder: str, n: int) -> str:
@@ -169,7 +175,7 @@ def main() -> None:
         for name in args.cases.split(","):
             rows = CASES[name](tmp)
             for label, r in rows:
-                print(f"{label:55s} peak RSS {r['peak_mb']:8.1f} MB  {r['seconds']:8.1f} s  load {r['load'][0]:.1f}-{r['load'][1]:.1f}",
+                print(f"{label:55s} peak RSS {r['peak_mb']:8.1f} MB  {r['seconds']:8.1f} s  (CPU {r['cpu_s']:.0f} s)  load {r['load'][0]:.1f}-{r['load'][1]:.1f}",
                       flush=True)
             if len(rows) == 2:
                 print(f"{'':55s} ratio of peak RSS (larger / smaller): {rows[1][1]['peak_mb'] / rows[0][1]['peak_mb']:.2f}; "
