@@ -203,6 +203,8 @@ class Visualization:
 
     def sheet(self) -> np.ndarray:
         """The contact sheet: per seed the image view, the projection and the masked patch, with a legend."""
+        if self.projections is None:
+            raise ValueError("a streamed visualization holds no projections: save() writes its contact sheet")
         pictures, captions = [], []
         for i, p in enumerate(self.projections):
             cells, names = self.seed_cells(i, p)
