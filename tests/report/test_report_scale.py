@@ -93,3 +93,24 @@ def test_strongest_channels_cache_and_progress(tmp_path, monkeypatch):
         layers=["relu2", "relu3"], data=str(SAMPLES), unit_pages=2, channels=10, progress=False))
     assert meta["mining"]["resumed_from"] == meta["mining"]["images"] == len(list(SAMPLES.glob("*.png")))
     assert digests(again) == digests(first)
+
+
+def test_one_occlusion_pass_gives_every_unit_page_channel_its_map(tmp_path):
+    """The unit pages' occlusion maps come from one pass per sample image for all channels; each
+    equals the map of that channel alone from ``occlude`` (a pass per channel, as before)."""
+    import zfprobe
+    from zfprobe.report import ReportOptions
+    from zfprobe.report.build import HEAT_SIZE, ReportBuilder, _heatmap
+    from zfprobe.studies.occlusion import occlude
+
+    probe = zfprobe.load(str(MODEL))
+    builder = ReportBuilder(probe, str(tmp_path / "r"), ReportOptions(layers=["relu2"]))
+    image = str(sorted(SAMPLES.glob("*.png"))[3])
+    chans = [0, 7, 31]
+    got = builder._occlusions("relu2", chans, [("s", image)])
+    side = min(probe.preprocessing.size)
+    size = max(1, round(side / 7))
+    for c in chans:
+        r = occlude(probe, image, "relu2", size=size, stride=max(1, size // 2), channel=c, project=False,
+                    probability=False)
+        assert np.array_equal(got[c][0][1], _heatmap(r.activation, r.image, HEAT_SIZE)), c
