@@ -105,5 +105,5 @@ class CachedFiles:
 
 def unit_cache_folder(cache: str, sha: str | None, layer: str, result, extra) -> str:
     key = hashlib.sha256(json.dumps([sha, layer, result.dataset.fingerprint(), result.k, result.images_seen,
-                                     DEFAULT_PERCENTILE, extra, "units-v1"], sort_keys=True, default=str).encode())
+                                     DEFAULT_PERCENTILE, extra, "units-v2"], sort_keys=True, default=str).encode())  # v2: maps over the colour photo
     return os.path.join(cache, f"units-{key.hexdigest()[:24]}")
