@@ -104,6 +104,7 @@ class CachedFiles:
 
 
 def unit_cache_folder(cache: str, sha: str | None, layer: str, result, extra) -> str:
+    # units-v2: the occlusion maps of dataset samples are drawn over the colour photo
     key = hashlib.sha256(json.dumps([sha, layer, result.dataset.fingerprint(), result.k, result.images_seen,
-                                     DEFAULT_PERCENTILE, extra, "units-v2"], sort_keys=True, default=str).encode())  # v2: maps over the colour photo
+                                     DEFAULT_PERCENTILE, extra, "units-v2"], sort_keys=True, default=str).encode())
     return os.path.join(cache, f"units-{key.hexdigest()[:24]}")
