@@ -306,7 +306,6 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
             (log or (lambda m: None))(f"resuming after {start} of {n_total} images")
     from zfprobe.io.memory import release_freed_memory
 
-    release_freed_memory()  # (its first call also fixes the mmap threshold before the batches)
     tensors = [shapes[l][0] for l in shapes]
     program = probe.forward_program(tensors)
     workers, threads = forward_parallelism(probe.backend)
