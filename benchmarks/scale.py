@@ -6,7 +6,7 @@ survives exec on Linux, so a child of a larger process would start at the parent
 time the wall clock. For each case the ratio of peak memory between the larger and the smaller
 size is printed; the streamed pictures and the liveness-sized batches should keep it near 1.
 
-    python benchmarks/scale.py [--cases mine,report,visualize,effreport] [--keep DIR]
+    python benchmarks/scale.py [--cases mine,report,visualize,effreport,headreport] [--keep DIR]
 
 Cases:
   mine       the bundled MNIST net, 3 layers (pool1, relu2, relu3), sheets and channel PNGs, over
@@ -14,9 +14,15 @@ Cases:
   report     EfficientNet-Lite0 (real weights), `zfprobe report` with its defaults at
              /_blocks.6/Add, over 24 and 240 photos (foolbox's 20 ImageNet samples and the 4
              bundled photos; 240 = those 24 plus flipped and cropped copies)
-  visualize  EfficientNet-Lite0, `visualize --top N` at /_blocks.10/Add (112 channels): N = 16, 112
+  visualize  EfficientNet-Lite0, `visualize --top N` at its head /Clip_1 (1,280 channels): N = 64, 512
   effreport  `zfprobe report` with its defaults on EfficientNet-Lite0 over the 24 photos (the
              issue's target: <= 5 minutes, peak RSS <= 2 GB)
+  headreport `zfprobe report` of the head /Clip_1 of EfficientNet-Lite0 over 100 photos,
+             `--channels 256` and `--all-channels` (1,280): peak RSS <= 2 GB, time linear in
+             channels x k (long: about 20-40 minutes on 2 shared cores)
+
+Each row also prints the load average (1 minute) at its start and end: the machine is shared,
+and wall times move with it.
 """
 from __future__ import annotations
 
@@ -48,14 +54,21 @@ finally:
 
 def run(args: list[str], env: dict | None = None, timeout: float = 3600) -> dict:
     """Peak RSS (MB) and seconds of one CLI run in a child process."""
+    import resource
+
+    load0 = os.getloadavg()[0]
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], capture_output=True, text=True,
                        env=dict(os.environ, **(env or {})), timeout=timeout)
     seconds = time.perf_counter() - t
+    ru2 = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU seconds: what the load average does not move
+    cpu = ru2.ru_utime + ru2.ru_stime - ru.ru_utime - ru.ru_stime
     peak = [int(l.split("=")[1]) for l in r.stderr.splitlines() if l.startswith("ZFPROBE_PEAK_KIB=")]
     if r.returncode != 0 or not peak:
         raise SystemExit(f"{' '.join(map(str, args[:3]))}: failed ({r.returncode}):\n{r.stderr[-2000:]}")
-    return {"peak_mb": peak[0] / 1024, "seconds": seconds}
+    return {"peak_mb": peak[0] / 1024, "seconds": seconds, "cpu_s": round(cpu, 1),
+            "load": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 
 def photos(folder: str, n: int) -> str:
@@ -122,10 +135,11 @@ def case_report(tmp: str) -> list[tuple[str, dict]]:
 
 
 def case_visualize(tmp: str) -> list[tuple[str, dict]]:
-    image = os.path.join(photos(os.path.join(tmp, "photos24"), 24), os.listdir(os.path.join(tmp, "photos24"))[0])
-    return [(f"visualize --top {n}, /_blocks.10/Add",
-             run(["visualize", effnet(), "-i", image, "-l", "/_blocks.10/Add", "--top", str(n), "-o",
-                  os.path.join(tmp, f"vis{n}")])) for n in (16, 112)]
+    folder = photos(os.path.join(tmp, "photos24"), 24)
+    image = os.path.join(folder, sorted(os.listdir(folder))[0])
+    return [(f"visualize --top {n}, /Clip_1 (head)",
+             run(["visualize", effnet(), "-i", image, "-l", "/Clip_1", "--top", str(n), "-o",
+                  os.path.join(tmp, f"vis{n}")])) for n in (64, 512)]
 
 
 def case_effreport(tmp: str) -> list[tuple[str, dict]]:
@@ -135,12 +149,23 @@ def case_effreport(tmp: str) -> list[tuple[str, dict]]:
                  env={"ZFPROBE_CACHE": os.path.join(tmp, "cache-eff")}))]
 
 
-CASES = {"mine": case_mine, "report": case_report, "visualize": case_visualize, "effreport": case_effreport}
+def case_headreport(tmp: str) -> list[tuple[str, dict]]:
+    data = photos(os.path.join(tmp, "photos100"), 100)
+    out = []
+    for what in (["--channels", "256"], ["--all-channels"]):
+        out.append((f"report /Clip_1 {' '.join(what)}, 100 photos",
+                    run(["report", effnet(), data, "-l", "/Clip_1", *what, "-q", "-o", os.path.join(tmp, f"head{what[-1]}")],
+                        env={"ZFPROBE_CACHE": os.path.join(tmp, f"cache-head{what[-1]}")}, timeout=3 * 3600)))
+    return out
+
+
+CASES = {"mine": case_mine, "report": case_report, "visualize": case_visualize, "effreport": case_effreport,
+         "headreport": case_headreport}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", default="mine,report,visualize,effreport")
+    ap.add_argument("--cases", default="mine,report,visualize,effreport", help="comma-separated; headreport is long")
     ap.add_argument("--keep", help="keep the outputs in this folder")
     args = ap.parse_args()
     tmp = args.keep or tempfile.mkdtemp(prefix="zfprobe-scale-")
@@ -150,10 +175,11 @@ def main() -> None:
         for name in args.cases.split(","):
             rows = CASES[name](tmp)
             for label, r in rows:
-                print(f"{label:55s} peak RSS {r['peak_mb']:8.1f} MB  {r['seconds']:8.1f} s", flush=True)
-            if len(rows) == 2:
-                print(f"{'':55s} ratio of peak RSS (larger / smaller): {rows[1][1]['peak_mb'] / rows[0][1]['peak_mb']:.2f}",
+                print(f"{label:55s} peak RSS {r['peak_mb']:8.1f} MB  {r['seconds']:8.1f} s  (CPU {r['cpu_s']:.0f} s)  load {r['load'][0]:.1f}-{r['load'][1]:.1f}",
                       flush=True)
+            if len(rows) == 2:
+                print(f"{'':55s} ratio of peak RSS (larger / smaller): {rows[1][1]['peak_mb'] / rows[0][1]['peak_mb']:.2f}; "
+                      f"of time: {rows[1][1]['seconds'] / rows[0][1]['seconds']:.2f}", flush=True)
             results[name] = rows
     finally:
         if not args.keep:

@@ -164,11 +164,11 @@ def visualize(model, image, layer, channels, top, unit, mode, positions, rule, l
         raise OptionError("--dealias must be between 0 and 64 pixels")
     from zfprobe.studies.visualize.compute import check_sheet_fits
 
-    check_sheet_fits(len(channels) if channels else (top or 1))  # before any projection
+    check_sheet_fits(len(channels) if channels else (top or 1), prep.size if prep is not None else (1, 1))  # before any projection
     result = probe.visualize(image, layer, channels=channels, top=top, mode=mode, position=position, rule=rule,
                              lrn=lrn, percentile=None if max_scale else percentile, preprocessing=prep, frame=frame,
-                             positions=positions, dealias_px=dealias_px)
-    files = result.save(out_dir, probe)
+                             positions=positions, dealias_px=dealias_px, stream=True)
+    files = result.save(out_dir, probe)  # projects, draws and writes the seeds a bounded batch at a time
     say_rule(layer, result.rule_choice)
     if verbose:
         say_projection_paths(probe, maps=mode == "map")

@@ -109,6 +109,13 @@ class OnnxRuntimeBackend:
         self._sessions[key] = (program, sess)
         return sess
 
+    def drop_sessions(self) -> None:
+        """Forget every cached session (the next run of a program builds it again). A session
+        holds its program's weights several times over (prepacked, rearranged by the rewrites):
+        the report drops them after each layer, else a 3-layer report of EfficientNet-Lite0
+        keeps ~0.5 GB of the deep layers' deconvnet sessions to its end."""
+        self._sessions.clear()
+
     def run(self, program: Graph, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None,
             threads: int | None = None) -> list[np.ndarray]:
         """Run ``program``. ``threads`` picks a session with that many intra-op threads: several

@@ -74,10 +74,43 @@ def test_strongest_channels_cache_and_progress(tmp_path, monkeypatch):
     def no_projection(*args, **kwargs):
         raise AssertionError("a rerun projected")
 
-    monkeypatch.setattr(Probe, "project", no_projection)
-    build_report(zfprobe.load(str(MODEL)), str(again), ReportOptions(layers=["relu2", "relu3"], data=str(SAMPLES),
-                                                                     unit_pages=2, channels=10, progress=False))
-    assert digests(again) == digests(first)
-    r = run_cli("report", MODEL, SAMPLES, "-l", "relu3", "--all-channels", "--unit-pages", "1", "-q", "-o", every, env=env)
+    subset = tmp_path / "subset"  # other data: its own mining checkpoint beside the first one's
+    subset.mkdir()
+    for f in sorted(SAMPLES.glob("*.png"))[:6]:
+        (subset / f.name).write_bytes(f.read_bytes())
+    r = run_cli("report", MODEL, subset, "-l", "relu3", "--all-channels", "--unit-pages", "1", "-q", "-o", every, env=env)
     assert r.returncode == 0, r.stderr
     assert shown_channels(every / "layers" / "relu3.html") == list(range(64))
+    assert len(list((tmp_path / "cache").rglob("mine-state-*.npz"))) == 2
+    # after a report of other layers and options, the first one's rerun is still served whole from
+    # the cache: its mining pass resumes finished (no image read again), nothing is projected or
+    # occluded, and the files are the same bytes
+    from zfprobe.report import build as report_build
+
+    monkeypatch.setattr(Probe, "project", no_projection)
+    monkeypatch.setattr(report_build.ReportBuilder, "_occlusions", no_projection)
+    meta = build_report(zfprobe.load(str(MODEL)), str(again), ReportOptions(
+        layers=["relu2", "relu3"], data=str(SAMPLES), unit_pages=2, channels=10, progress=False))
+    assert meta["mining"]["resumed_from"] == meta["mining"]["images"] == len(list(SAMPLES.glob("*.png")))
+    assert digests(again) == digests(first)
+
+
+def test_one_occlusion_pass_gives_every_unit_page_channel_its_map(tmp_path):
+    """The unit pages' occlusion maps come from one pass per sample image for all channels; each
+    equals the map of that channel alone from ``occlude`` (a pass per channel, as before)."""
+    import zfprobe
+    from zfprobe.report import ReportOptions
+    from zfprobe.report.build import HEAT_SIZE, ReportBuilder, _heatmap
+    from zfprobe.studies.occlusion import occlude
+
+    probe = zfprobe.load(str(MODEL))
+    builder = ReportBuilder(probe, str(tmp_path / "r"), ReportOptions(layers=["relu2"]))
+    image = str(sorted(SAMPLES.glob("*.png"))[3])
+    chans = [0, 7, 31]
+    got = builder._occlusions("relu2", chans, [("s", image)])
+    side = min(probe.preprocessing.size)
+    size = max(1, round(side / 7))
+    for c in chans:
+        r = occlude(probe, image, "relu2", size=size, stride=max(1, size // 2), channel=c, project=False,
+                    probability=False)
+        assert np.array_equal(got[c][0][1], _heatmap(r.activation, r.image, HEAT_SIZE)), c

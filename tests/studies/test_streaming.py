@@ -108,5 +108,66 @@ def test_requests_that_cannot_fit_stop_before_the_run(tmp_path):
                 "-q", "-o", out)
     assert_clean_error(r, "contact-sheet page", "--per-page", "--memory")
     assert not (out / ".mine-state.npz").exists()  # before mining
+    # visualize streams its sheet a row at a time: --top 64 fits 16M; a batch that cannot fit is refused
     r = run_cli("visualize", MODEL, "-i", DIGIT, "-l", "relu3", "--top", "64", "--memory", "16M", "-o", out)
-    assert_clean_error(r, "contact sheet of 64 projections", "--top", "--memory")
+    assert r.returncode == 0, r.stderr
+    from zfprobe.errors import OptionError
+    from zfprobe.studies.visualize.compute import check_sheet_fits
+
+    memory.set_memory("16M")
+    try:
+        with pytest.raises(OptionError, match="one batch of the pictures of 64 projections .*--memory"):
+            check_sheet_fits(64, (512, 512))
+        check_sheet_fits(64, (128, 128))
+    finally:
+        memory.set_memory(None)
+
+
+# -- visualize --top N (zfprobe/studies/visualize/stream.py) ------------------------------------
+def _decoded(path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.mark.parametrize("top", [1, 4, 9])  # a sheet narrower than its legend, a partial row, full rows
+def test_streamed_visualize_equals_the_held_projections(probe, tmp_path, monkeypatch, top):
+    """The command line's streamed visualize (seeds projected, drawn and written in batches of
+    one) writes the same bytes as a visualization holding every projection, and its sheet
+    decodes to exactly the whole-array ``sheet()`` (contact_sheet over every cell at once)."""
+    import numpy as np
+
+    held = probe.visualize(DIGIT, "relu3", top=top)
+    held.save(str(tmp_path / "held"), probe)
+    monkeypatch.setitem(memory.SHARES, "pictures", 1e-6)  # batches of one seed
+    streamed = probe.visualize(DIGIT, "relu3", top=top, stream=True)
+    assert streamed.projections is None
+    streamed.save(str(tmp_path / "streamed"), probe)
+    want, got = digests(tmp_path / "held"), digests(tmp_path / "streamed")
+    assert len(want) == top + 2 and got == want  # per-seed PNGs, contact sheet, input
+    sheet = held.sheet()
+    decoded = _decoded(tmp_path / "streamed" / "contact_sheet.png")
+    assert decoded.shape == sheet.shape and np.array_equal(decoded, sheet)
+    assert streamed.zero_flags() == held.zero_flags()
+
+
+def test_streamed_visualize_memory_does_not_grow_with_top(probe, tmp_path):
+    """--top 8 vs 48 at relu3: saving the held visualization (whole sheet array) grows by more
+    than 5 MB; the streamed save (one batch of seeds and one row of the sheet) by less than a
+    fifth of that."""
+    peaks = {}
+    for n in (8, 48):
+        def streamed(n=n):
+            probe.visualize(DIGIT, "relu3", top=n, stream=True).save(str(tmp_path / f"s{n}"), probe)
+
+        def held(n=n):
+            vis = probe.visualize(DIGIT, "relu3", top=n)
+            vis.sheet()  # what the whole-array save drew
+            vis.save(str(tmp_path / f"h{n}"), probe)
+
+        peaks[n] = _peak_while(streamed), _peak_while(held)
+    held_growth = peaks[48][1] - peaks[8][1]
+    assert held_growth > 5e6, peaks
+    assert peaks[48][0] - peaks[8][0] < 0.2 * held_growth, peaks

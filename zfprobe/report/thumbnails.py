@@ -34,10 +34,12 @@ def cache_folder(cache: str, sha: str | None, layer: str, result, tile: int, rul
 
 
 def write_thumbnails(stage, probe, result, layer: str, folder: str, cache: str, sha: str | None, tile: int,
-                     channels=None, progress=None):
+                     channels=None, progress=None, keep: dict | None = None):
     """Write ``img/<folder>/cNNNN.png`` (the block of projections | patches at ``tile`` px, no
     caption) for ``channels`` of ``layer`` (default: all) into ``stage``; returns the layer's
-    tile-less LayerPictures. ``progress(n)`` is told of the channels done."""
+    tile-less LayerPictures. ``progress(n)`` is told of the channels done. ``keep``: a dict whose
+    keys are channels whose tiles (unit, uint8 projection crop, patch) the caller wants back (the
+    unit pages reuse them instead of projecting those units again); filled only when projected."""
     from zfprobe.studies.mining.render import channel_block, channel_tiles, sheet_slots
     from zfprobe.studies.mining.stream import streamed_layer
 
@@ -56,6 +58,8 @@ def write_thumbnails(stage, probe, result, layer: str, folder: str, cache: str, 
     try:
         k = sheet_slots(result)  # as the mining sheets: no more slots than images read (4 images: a 2x2 grid)
         for c, tiles in channel_tiles(pics, pics.channels, k):
+            if keep is not None and c in keep:
+                keep[c] = tiles
             data = png_bytes(channel_block(c, tiles, k, tile, caption=False, status=pics.status.get(c, "")))
             stage.write_bytes(f"img/{folder}/{names[c]}", data)
             with open(os.path.join(staging, names[c]), "wb") as f:
@@ -102,7 +106,8 @@ class CachedFiles:
 
 
 def unit_cache_folder(cache: str, sha: str | None, layer: str, result, extra) -> str:
+    # units-v4: occlusion maps of dataset samples drawn over the colour photo (v2), position rule and display (v3)
     key = hashlib.sha256(json.dumps([sha, layer, result.dataset.fingerprint(), result.k, result.images_seen,
-                                     DEFAULT_PERCENTILE, extra, getattr(result, "position", "inside"), "units-v3"],
+                                     DEFAULT_PERCENTILE, extra, getattr(result, "position", "inside"), "units-v4"],
                                     sort_keys=True, default=str).encode())
     return os.path.join(cache, f"units-{key.hexdigest()[:24]}")

@@ -334,6 +334,8 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
         else:
             start, skipped = loaded
             (log or (lambda m: None))(f"resuming after {start} of {n_total} images")
+    from zfprobe.io.memory import release_freed_memory
+
     tensors = [shapes[l][0] for l in shapes]
     program = probe.forward_program(tensors)
     workers, threads = forward_parallelism(probe.backend)
@@ -366,6 +368,8 @@ def mine(probe, dataset: Dataset, layers: Sequence[str] | str, k: int = 9, batch
             bar.update(done - consumed)
             consumed = done
             pending.popleft()
+        del outs
+        release_freed_memory()  # else freed batches stay resident in the worker threads' malloc arenas
         if state_path and time.monotonic() - last_save > checkpoint_every:
             save()
             last_save = time.monotonic()
@@ -546,6 +550,7 @@ def project_units(probe, dataset: Dataset, layer: str, units: Sequence[MinedUnit
     belong to (at most ``image_chunk``). Yields in the order of the units' images."""
     from zfprobe.engine.deconv import DeconvOptions
     from zfprobe.engine.receptive_field import receptive_field
+    from zfprobe.io.memory import release_freed_memory
     from zfprobe.io.pictures import projection_to_hwc
 
     rule = probe.choose_rule(layer, rule).rule  # auto: guided where no max-pool switch carries the image
@@ -584,6 +589,8 @@ def project_units(probe, dataset: Dataset, layer: str, units: Sequence[MinedUnit
             p = projection_to_hwc(projections[s], prep.layout, prep.channel_order)
             yield UnitProjection(u, projections[s] if keep_full else None, crop(p, box, 0.0),
                                  crop(displays[seed_image[s]], box, 128).astype(np.uint8), box)
+        del projections, p
+        release_freed_memory()  # the batch's arrays go back to the system before the next
 
 
 def crop(image: np.ndarray, box, fill) -> np.ndarray:

@@ -17,6 +17,7 @@ from zfprobe.io.provenance import file_sha256, model_manifest  # noqa: F401 (fil
 from zfprobe.io.pictures import (DEFAULT_PERCENTILE, contact_sheet, describe_mapping, projection_to_hwc,
                             signed_to_uint8, with_legend)
 from zfprobe.engine.seeds import POSITION_RULES, Seed, SeedRequest, allowed_positions, seed_tensor
+from zfprobe.studies.visualize.stream import SHEET_TILE  # px per contact-sheet cell (re-exported)
 
 DISPLAY_MAPPING = ("each projection p is shown as 128 + 127 * clip(p / s, -1, 1) per pixel and colour channel, "
                    "s = max |p| of that projection, or (default) a percentile of its non-zero |p|: grey = 0, "
@@ -61,21 +62,24 @@ def zero_projection_warning(names: list[str], total: int, rule: str, values: lis
     return f"{len(names)} of {total} projection(s) are exactly zero ({listed}): {why}; their tiles are flat grey"
 
 
-SHEET_TILE = 160  # px per contact-sheet tile
 SHEET_COLUMNS_PER_SEED = 3  # image view | projection | masked patch
 
 
-def check_sheet_fits(n_seeds: int) -> None:
-    """One clear line before any projection when the contact sheet of ``n_seeds`` seeds cannot
-    fit the pictures share of the memory budget (zfprobe.io.memory)."""
+def check_sheet_fits(n_seeds: int, image_hw: tuple[int, int] = (SHEET_TILE, SHEET_TILE)) -> None:
+    """One clear line before any projection when one streamed batch of the pictures cannot fit
+    the pictures share of the memory budget (zfprobe.io.memory): a row of the contact sheet and
+    one seed's float projection with its display copies (``image_hw``: the input's size). The
+    sheet is written a row at a time, so ``n_seeds`` itself is not bounded by memory."""
     from zfprobe.errors import OptionError
     from zfprobe.io.memory import budget_for, describe
 
-    # the tiles and the sheet they are pasted into
-    need = 2 * SHEET_COLUMNS_PER_SEED * n_seeds * 3 * (SHEET_TILE + 20) ** 2
+    cells = min(9, 3 * max(1, n_seeds))
+    row = 2 * 3 * (cells * (SHEET_TILE + 4) + 4) * (SHEET_TILE + 20)  # the row band and its widened copy
+    need = row + 6 * 4 * 3 * int(image_hw[0]) * int(image_hw[1])
     if need > budget_for("pictures"):
-        raise OptionError(f"the contact sheet of {n_seeds} projections takes {describe(need)}, more than the "
-                          f"{describe(budget_for('pictures'))} for pictures; lower --top or raise --memory")
+        raise OptionError(f"one batch of the pictures of {n_seeds} projections ({image_hw[0]}x{image_hw[1]} input) takes "
+                          f"{describe(need)}, more than the {describe(budget_for('pictures'))} for pictures; "
+                          "raise --memory or use a smaller --input-size")
 
 
 @dataclass
@@ -99,10 +103,22 @@ class Visualization:
     positions: str = "inside"      # where the strongest unit may sit (zfprobe.engine.seeds.POSITION_RULES)
     predictions: list | None = None  # the model's top-5 classes for this image ([{class, name, probability}])
     dealias_px: float = DEFAULT_DEALIAS_PX  # display only: Gaussian low-pass, sigma = dealias_px / 2 (0: off)
+    # streamed (``visualize(..., stream=True)``, the command line): ``projections`` is None and
+    # ``source(start, stop)`` projects those seeds when ``save`` asks (zfprobe.studies.visualize.stream)
+    source: object = None
+    zeros: list | None = None      # per seed: projection exactly zero (filled by a streamed save)
+
+    def zero_flags(self) -> list[bool]:
+        """Per seed: is its projection exactly zero (nothing of the unit reaches the input)?"""
+        if self.projections is None:
+            if self.zeros is None:
+                raise ValueError("a streamed visualization knows its zero projections only after save()")
+            return list(self.zeros)
+        return [not np.any(p) for p in self.projections]
 
     def zero_seeds(self) -> list[Seed]:
         """Seeds whose projection is exactly zero (nothing of the unit reaches the input)."""
-        return [s for s, p in zip(self.seeds, self.projections) if not np.any(p)]
+        return [s for s, z in zip(self.seeds, self.zero_flags()) if z]
 
     def zero_warning(self) -> str | None:
         """One line explaining exactly-zero projections, or None when every projection shows something."""
@@ -126,64 +142,71 @@ class Visualization:
     def tiles(self) -> list[np.ndarray]:
         """One picture per seed: cropped at the unit's receptive field (with a margin) when the
         frame is 'rf' and the unit has one, else the whole frame (with the RF box drawn)."""
+        return [self._tile(i, self._display(p)) for i, p in enumerate(self.projections)]
+
+    def _tile(self, i: int, hwc: np.ndarray) -> np.ndarray:
         from zfprobe.studies.mining.compute import crop
 
-        out = []
-        for i, p in enumerate(self.projections):
-            hwc, box = self._display(p), self._box(i)
-            if box is not None and self.frame == "rf":
-                out.append(signed_to_uint8(crop(hwc, crop_box(box, hwc.shape[:2]), 0.0), self.percentile))
-            else:
-                tile = signed_to_uint8(hwc, self.percentile)
-                out.append(draw_box(tile, box) if box is not None else tile)
-        return out
+        box = self._box(i)
+        if box is not None and self.frame == "rf":
+            return signed_to_uint8(crop(hwc, crop_box(box, hwc.shape[:2]), 0.0), self.percentile)
+        tile = signed_to_uint8(hwc, self.percentile)
+        return draw_box(tile, box) if box is not None else tile
 
     def image_tiles(self) -> list[np.ndarray]:
         """The input image under the same frame as each tile (crop, or whole with the RF box)."""
+        return [self._view(i) for i in range(len(self.seeds))]
+
+    def _view(self, i: int) -> np.ndarray:
         from zfprobe.studies.mining.compute import crop
 
-        out = []
-        for i in range(len(self.seeds)):
-            box = self._box(i)
-            if box is None:
-                out.append(self.image)
-            elif self.frame == "rf":
-                out.append(crop(self.image, crop_box(box, self.image.shape[:2]), 128).astype(np.uint8))
-            else:
-                out.append(draw_box(self.image, box))
-        return out
+        box = self._box(i)
+        if box is None:
+            return self.image
+        if self.frame == "rf":
+            return crop(self.image, crop_box(box, self.image.shape[:2]), 128).astype(np.uint8)
+        return draw_box(self.image, box)
 
     def masked_tiles(self) -> list[np.ndarray]:
         """Per seed, the image view weighted by the normalized |projection| (grey where the unit
         does not look), the crop as in :meth:`tiles`."""
+        return [self._masked(i, self._display(p), view) for i, (p, view) in enumerate(zip(self.projections, self.image_tiles()))]
+
+    def _masked(self, i: int, hwc: np.ndarray, view: np.ndarray) -> np.ndarray:
         from zfprobe.io.display import masked_patch
         from zfprobe.studies.mining.compute import crop
 
-        out = []
-        for i, (p, view) in enumerate(zip(self.projections, self.image_tiles())):
-            hwc, box = self._display(p), self._box(i)
-            if box is not None and self.frame == "rf":
-                hwc = crop(hwc, crop_box(box, hwc.shape[:2]), 0.0)
-                out.append(masked_patch(view, hwc))
-            else:
-                out.append(masked_patch(self.image, hwc))
-        return out
+        box = self._box(i)
+        if box is not None and self.frame == "rf":
+            return masked_patch(view, crop(hwc, crop_box(box, hwc.shape[:2]), 0.0))
+        return masked_patch(self.image, hwc)
+
+    def seed_cells(self, i: int, p: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
+        """Seed ``i``'s three contact-sheet cells (image view | projection | masked patch) and
+        their captions, from its projection ``p``."""
+        s, hwc, view = self.seeds[i], self._display(p), self._view(i)
+        t = self._tile(i, hwc)
+        where = " map" if s.position is None else (f" @{','.join(map(str, s.position))}" if s.position else "")
+        return [view, t, self._masked(i, hwc, view)], [f"c{s.channel}{where} image", f"c{s.channel} {s.value:.3g}" + (
+            " ZERO" if not t.std() else ""), f"c{s.channel} masked patch"]
+
+    def sheet_title(self) -> str:
+        view = "receptive field (+25% margin)" if self.frame == "rf" and self.boxes and any(self.boxes) else "full frame"
+        return f"{self.layer} - {self.rule} - {view}: image | projection | masked patch"
 
     def sheet(self) -> np.ndarray:
         """The contact sheet: per seed the image view, the projection and the masked patch, with a legend."""
-        tiles, views, masked = self.tiles(), self.image_tiles(), self.masked_tiles()
+        if self.projections is None:
+            raise ValueError("a streamed visualization holds no projections: save() writes its contact sheet")
         pictures, captions = [], []
-        for s, t, v, m in zip(self.seeds, tiles, views, masked):
-            where = " map" if s.position is None else (f" @{','.join(map(str, s.position))}" if s.position else "")
-            pictures += [v, t, m]
-            captions += [f"c{s.channel}{where} image", f"c{s.channel} {s.value:.3g}" + (" ZERO" if not t.std() else ""),
-                         f"c{s.channel} masked patch"]
+        for i, p in enumerate(self.projections):
+            cells, names = self.seed_cells(i, p)
+            pictures += cells
+            captions += names
         if not pictures:
             pictures, captions = [self.image], ["input"]
-        view = "receptive field (+25% margin)" if self.frame == "rf" and self.boxes and any(self.boxes) else "full frame"
         sheet = contact_sheet(pictures, captions, columns=min(9, len(pictures)), tile_size=SHEET_TILE,
-                              title=f"{self.layer} - {self.rule} - {view}: image | projection | masked patch",
-                              smooth=True)
+                              title=self.sheet_title(), smooth=True)
         return with_legend(sheet, self.percentile)
 
     def _repr_png_(self) -> bytes:
@@ -198,14 +221,14 @@ class Visualization:
         return f"projection_c{seed.channel:04d}_{where}.png"
 
     def save(self, out_dir: str, probe=None) -> list[str]:
-        """Write per-seed PNGs, a contact sheet and manifest.json, all or nothing."""
+        """Write per-seed PNGs, a contact sheet and manifest.json, all or nothing. The seeds are
+        drawn and written a batch at a time (zfprobe.studies.visualize.stream), so memory does not
+        grow with their number; held projections and streamed ones give the same bytes."""
         from zfprobe.io.outputs import OutputStage
+        from zfprobe.studies.visualize.stream import write_pictures
 
-        tiles = [signed_to_uint8(self._display(p), self.percentile) for p in self.projections]  # full frame, per seed
-        sheet = self.sheet()
         with OutputStage(out_dir) as stage:
-            files = [stage.write_png(self.file_name(s), t) for s, t in zip(self.seeds, tiles)]
-            files.append(stage.write_png("contact_sheet.png", sheet))
+            files = write_pictures(self, stage)
             files.append(stage.write_png("input.png", self.image))
             stage.write_json("manifest.json", self.manifest(probe, files + ["manifest.json"]))
             return stage.commit()
@@ -242,8 +265,8 @@ class Visualization:
                                     and self.dealias_px > 1 else None),
                         "sheet": "per seed: image view | projection | masked patch (image weighted by the normalized "
                                  "|projection|); small crops enlarged bilinearly"},
-            "seeds": [dict(s.to_dict(), file=self.file_name(s), rf_box=self._box(i), zero=not np.any(p))
-                      for i, (s, p) in enumerate(zip(self.seeds, self.projections))],
+            "seeds": [dict(s.to_dict(), file=self.file_name(s), rf_box=self._box(i), zero=z)
+                      for i, (s, z) in enumerate(zip(self.seeds, self.zero_flags()))],
             "files": files or [],
             "timings_s": self.timings,
         }
@@ -253,7 +276,7 @@ def visualize(probe, image, layer: str, channels: list[int] | None = None, top: 
               mode: str = "unit", position: tuple[int, ...] | None = None, rule: str = AUTO,
               lrn: str = LRN_IDENTITY, percentile: float | None = DEFAULT_PERCENTILE,
               preprocessing: Preprocessing | None = None, frame: str = "rf", positions: str = "inside",
-              dealias_px: float = DEFAULT_DEALIAS_PX) -> Visualization:
+              dealias_px: float = DEFAULT_DEALIAS_PX, stream: bool = False) -> Visualization:
     """Project units of ``image`` (a path, or a preprocessed array [1, ...]) at ``layer``.
 
     Without channels or top, the 9 strongest channels are shown. One forward pass picks the
@@ -261,6 +284,9 @@ def visualize(probe, image, layer: str, channels: list[int] | None = None, top: 
     where no max-pool switch ties the deconvnet to the image (``result.rule_choice`` says why).
     ``positions="inside"`` picks each channel's strongest unit among those with at least half of
     their receptive field inside the image (``"any"``: anywhere, border units included).
+    ``stream``: project nothing now; ``save`` projects, draws and writes the seeds a bounded batch
+    at a time (the command line: memory does not grow with ``--top``); ``result.projections`` is
+    then None.
     """
     from zfprobe.engine.deconv import DeconvOptions
     from zfprobe.errors import OptionError
@@ -283,13 +309,19 @@ def visualize(probe, image, layer: str, channels: list[int] | None = None, top: 
     if rf is None and positions not in POSITION_RULES:
         allowed_positions(None, (), positions)  # the same error for a bad value
     seeds = SeedRequest(list(channels or []), top, mode, position, allowed).resolve(acts)
-    batch, images_of = seed_tensor(acts, seeds)
+
+    def source(start: int, stop: int) -> np.ndarray:
+        """The projections of seeds ``start:stop`` (their seed rows made only now)."""
+        batch, images_of = seed_tensor(acts, seeds[start:stop])
+        return probe.project(tensor, layer, batch, images_of, rule=rule, lrn=lrn)
+
     t1 = time.perf_counter()
-    projections = probe.project(tensor, layer, batch, images_of, rule=rule, lrn=lrn)
+    projections = None if stream else source(0, len(seeds))
     t2 = time.perf_counter()
     boxes = None
     if rf is not None:
         boxes = [None if s.position is None or rf.is_global else rf.nominal_box(tuple(s.position)) for s in seeds]
     return Visualization(layer, probe.resolve(layer), rule, lrn, seeds, projections, display, prep, image_path,
                          percentile, {"forward_and_seeds": round(t1 - t0, 4), "projection": round(t2 - t1, 4)},
-                         frame, boxes, choice.to_dict(), positions, probe.predictions(tensor), dealias_px)
+                         frame, boxes, choice.to_dict(), positions, probe.predictions(tensor), dealias_px,
+                         source=source if stream else None)
