@@ -476,7 +476,8 @@ def test_analyses_run_on_an_attached_model(zoo, tmp_path):
         mine = None
     if mine is not None:
         images = np.concatenate([case.images, case.images[:, :, ::-1]]).copy()
-        result = mine(probe, ArrayDataset(None, probe.preprocessing, probe.input_shape, array=images), ["conv5"], k=2)
+        result = mine(probe, ArrayDataset(None, probe.preprocessing, probe.input_shape, array=images), ["conv5"], k=2,
+                      position="any")  # the oracle below is the plain max over every position
         assert result.images_seen == 4
         ref = probe.activations(images, "conv5").reshape(4, 32, -1).max(axis=2)
         assert set(result.layers) == {"conv5"}
