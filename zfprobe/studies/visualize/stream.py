@@ -10,7 +10,9 @@ visualizations are written by :func:`write_pictures`, so their files are the sam
 """
 from __future__ import annotations
 
+import struct
 import time
+import zlib
 from typing import Iterator
 
 import numpy as np
@@ -23,12 +25,40 @@ CAPTION_H, PAD, TITLE_H = 16, 4, 22  # contact_sheet's layout (pixels)
 PNG_LEVEL = 6          # zlib level of the sheet (PIL's default)
 
 
-def _png_writer(width: int, height: int):
-    """pypng writes a PNG from an iterator of rows, compressing as they come (Pillow needs the
-    whole image in memory first)."""
-    import png
+class PngRows:
+    """A PNG (8-bit RGB) written a band of rows at a time: the header first, then each band
+    filtered ('Up') and deflated into IDAT chunks as it comes; ``close`` checks the row count."""
 
-    return png.Writer(width, height, greyscale=False, bitdepth=8, compression=PNG_LEVEL)
+    def __init__(self, f, width: int, height: int):
+        self.f, self.width, self.height, self.rows = f, int(width), int(height), 0
+        self.z = zlib.compressobj(PNG_LEVEL)
+        self.prev = np.zeros(self.width * 3, np.uint8)
+        f.write(b"\x89PNG\r\n\x1a\n")
+        self._chunk(b"IHDR", struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0))
+
+    def _chunk(self, kind: bytes, data: bytes) -> None:
+        self.f.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    def write(self, band: np.ndarray) -> None:
+        band = np.ascontiguousarray(band, np.uint8)
+        if band.ndim != 3 or band.shape[1:] != (self.width, 3):
+            raise ValueError(f"band of shape {band.shape}, expected [rows, {self.width}, 3]")
+        flat = band.reshape(len(band), -1)
+        above = np.concatenate([self.prev[None], flat[:-1]])
+        filtered = np.empty((len(band), flat.shape[1] + 1), np.uint8)
+        filtered[:, 0] = 2  # filter type Up: each byte minus the byte above (mod 256)
+        np.subtract(flat, above, out=filtered[:, 1:])
+        self.prev = flat[-1].copy()
+        self.rows += len(band)
+        out = self.z.compress(filtered.tobytes())
+        if out:
+            self._chunk(b"IDAT", out)
+
+    def close(self) -> None:
+        if self.rows != self.height:
+            raise ValueError(f"PNG has {self.rows} of its {self.height} rows")
+        self._chunk(b"IDAT", self.z.flush())
+        self._chunk(b"IEND", b"")
 
 
 def seed_batch(vis) -> int:
@@ -81,12 +111,12 @@ def write_pictures(vis, stage, batch: int | None = None) -> list[str]:
         return widen(strip[PAD:PAD + row_h])  # the row as it sits in the whole sheet
 
     files, zeros = [], []
-
-    def bands() -> Iterator[np.ndarray]:
-        """The sheet's bands top to bottom (title, rows of cells, legend), each seed's own PNG
-        written as its projection comes."""
-        yield widen(contact_sheet([], [], columns=columns, tile_size=SHEET_TILE, title=vis.sheet_title(), smooth=True))
-        cells, captions = ([vis.image], ["input"]) if not n else ([], [])
+    with stage._writing(), open(stage.path("contact_sheet.png"), "wb") as f:  # OSError -> one-line OutputError
+        png = PngRows(f, width, height)
+        png.write(widen(contact_sheet([], [], columns=columns, tile_size=SHEET_TILE, title=vis.sheet_title(), smooth=True)))
+        cells, captions = [], []
+        if not n:
+            cells, captions = [vis.image], ["input"]
         for i, p in _projections(vis, batch or seed_batch(vis)):
             files.append(stage.write_png(vis.file_name(vis.seeds[i]), signed_to_uint8(vis._display(p), vis.percentile)))
             zeros.append(not np.any(p))
@@ -94,19 +124,13 @@ def write_pictures(vis, stage, batch: int | None = None) -> list[str]:
             cells += more
             captions += names
             if len(cells) == columns:
-                yield row_band(cells, captions)
+                png.write(row_band(cells, captions))
                 cells, captions = [], []
                 release_freed_memory()
         if cells:
-            yield row_band(cells, captions)
-        yield widen(bar)
-
-    def rows() -> Iterator[bytes]:
-        for band in bands():
-            yield from (row.tobytes() for row in np.ascontiguousarray(band, np.uint8).reshape(len(band), -1))
-
-    with stage._writing(), open(stage.path("contact_sheet.png"), "wb") as f:  # OSError -> one-line OutputError
-        _png_writer(width, height).write(f, rows())  # pypng checks the row count
+            png.write(row_band(cells, captions))
+        png.write(bar if bar.shape[1] == width else widen(bar))
+        png.close()
     if vis.projections is None:
         vis.zeros = zeros
     return files + ["contact_sheet.png"]
