@@ -27,7 +27,11 @@ PNG_LEVEL = 6          # zlib level of the sheet (PIL's default)
 
 class PngRows:
     """A PNG (8-bit RGB) written a band of rows at a time: the header first, then each band
-    filtered ('Up') and deflated into IDAT chunks as it comes; ``close`` checks the row count."""
+    filtered ('Up') and deflated into IDAT chunks as it comes; ``close`` checks the row count.
+
+    Written here because neither library fits: Pillow encodes only a whole image held in memory,
+    and pypng, which streams rows, writes them unfiltered (the bundled demo sheet: 237 KB with
+    pypng, 128 KB with Pillow, 113 KB here). Decoded by Pillow in the tests."""
 
     def __init__(self, f, width: int, height: int):
         self.f, self.width, self.height, self.rows = f, int(width), int(height), 0
