@@ -267,7 +267,7 @@ def position_masks(probe, shapes: dict, layout: str, position: str = "inside") -
     for layer, (tensor, shape) in shapes.items():
         spatial = tuple(shape[1:])
         rf = receptive_field(probe.graph, tensor, layout) if len(spatial) == 2 and position != "any" else None
-        out[layer] = allowed_positions(rf, spatial, position) if rf is not None else allowed_positions(None, (), position)
+        out[layer] = allowed_positions(rf, spatial, position)  # None without a field or 2-D map
     return out
 
 
