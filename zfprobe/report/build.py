@@ -237,10 +237,10 @@ class ReportBuilder:
         """Unit pages for the ``unit_pages`` strongest live channels of ``layer``. ``kept``: the
         thumbnails' tiles of those channels under the layer's rule (channel -> tiles or None),
         reused instead of projecting them again."""
-        from zfprobe.studies.mining.compute import project_units
-        from zfprobe.engine.receptive_field import receptive_field
-        from zfprobe.io.display import displayed_tile, masked_from_tile, within_image
+        from zfprobe.engine.rules import LRN_IDENTITY
+        from zfprobe.io.display import masked_from_tile
         from zfprobe.io.pictures import DEFAULT_PERCENTILE
+        from zfprobe.studies.mining.render import projection_tiles
 
         from zfprobe.report.thumbnails import CachedFiles, unit_cache_folder
 
@@ -257,7 +257,6 @@ class ReportBuilder:
         rels += [f"units/{d}/c{c:04d}_occlusion{i}.png" for c in chans for i in range(len(samples))]
         fresh = not store.complete(rels)
         tiles: dict[tuple[int, int], dict] = {(u.channel, u.rank): {"unit": u} for u in units}
-        image_hw = receptive_field(self.probe.graph, top.tensor, result.dataset.prep.layout).image_size
         kept = kept or {}
         reuse = fresh and all(kept.get(c) is not None for c in chans)
         if reuse:
@@ -267,11 +266,10 @@ class ReportBuilder:
         for rule in RULES if fresh else ():
             if reuse and rule == pics.rule:
                 continue
-            for up in project_units(self.probe, result.dataset, layer, units, rule):
-                entry = tiles[(up.unit.channel, up.unit.rank)]
-                # display only: at most image-sized about the unit, de-aliased
-                entry[rule] = displayed_tile(within_image(up.projection_crop, image_hw), DEFAULT_PERCENTILE)
-                entry["patch"] = within_image(up.patch, image_hw)
+            # the tiles as the thumbnails draw them (display only: at most image-sized, de-aliased)
+            for unit, proj, patch in projection_tiles(self.probe, result.dataset, layer, units, rule, LRN_IDENTITY,
+                                                      DEFAULT_PERCENTILE):
+                tiles[(unit.channel, unit.rank)].update({rule: proj, "patch": patch})
         for entry in tiles.values() if fresh else ():
             entry["masked"] = masked_from_tile(entry["patch"], entry[pics.rule])
         occlusions = self._occlusions(layer, chans, samples) if fresh else \
