@@ -397,8 +397,7 @@ def torch_to_graph(model, example, strict: bool = True, capture: str = "auto") -
             warnings.warn(f"zfprobe: native torch capture failed ({exc}); using the slower ONNX route",
                           CaptureFallbackWarning, stacklevel=3)
         else:
-            graph.metadata = dict(graph.metadata, module=type(model).__qualname__,
-                                  frontend="torch.fx symbolic trace + zfprobe converters")
+            graph.metadata = dict(graph.metadata, module=type(model).__qualname__)
             return graph
     return _onnx_route(model, x, strict)
 

@@ -61,6 +61,26 @@ class LiveComputation:
         return f"LiveComputation(<- {sorted(self.params)})"
 
 
+class LiveMethod:
+    """A ``parameter_refs`` handle for ``parameter.<method>(*args)`` (a Linear weight's
+    transpose, a PReLU slope reshaped): one call on the live parameter, no fx graph to run."""
+
+    def __init__(self, param: str, method: str, args: tuple):
+        self.param, self.method, self.args = param, method, tuple(args)
+        self.params = [param]
+
+    def compute(self, module):
+        import torch
+
+        from zfprobe.adapters.backends.torch_backend import resolve_ref
+
+        with torch.no_grad():
+            return getattr(resolve_ref(module, self.param), self.method)(*self.args)
+
+    def __repr__(self) -> str:
+        return f"LiveMethod({self.param}.{self.method}{self.args})"
+
+
 @contextlib.contextmanager
 def inference_flags(model):
     """Every submodule in eval mode for the block; each ``training`` flag restored exactly after.
@@ -384,20 +404,17 @@ def _linear(b, call, x, w, bias):
 
 def _transposed(b: _Builder, w: str) -> str:
     """The constant ``w.T``; live (a :class:`LiveComputation`) when ``w`` is a parameter."""
-    return _derived(b, w, f"{w}.T", np.ascontiguousarray(b.constants[w].T), "t")
+    return _derived(b, w, f"{w}.T", b.constants[w].T, "t")
 
 
 def _derived(b: _Builder, w: str, name: str, value: np.ndarray, method: str, *args) -> str:
-    """The constant ``w.<method>(*args)`` (its value given); live (a :class:`LiveComputation`)
-    when ``w`` is a parameter."""
-    import torch.fx as fx
-
+    """The constant ``w.<method>(*args)`` (its value given, a numpy view where it can be: a
+    copy of every Linear weight's transpose cost 0.1 s of convnext_tiny's attach); live (a
+    :class:`LiveMethod`) when ``w`` is a parameter."""
     if name not in b.constants:
         b.constants[name] = value
         if b.refs.get(w) == w:
-            g = fx.Graph()
-            g.output(g.call_method(method, (g.get_attr(w),) + args))
-            b.refs[name] = LiveComputation(g, [w])
+            b.refs[name] = LiveMethod(w, method, args)
     return name
 
 
@@ -888,11 +905,42 @@ def _ensure_table() -> None:
 
 # ------------------------------------------------------------------ capture ------------------
 def _tracer(model):
+    import torch
     import torch.fx as fx
+
+    # fx's own Tracer.getattr finds a parameter's name by walking root.named_parameters() on every
+    # attribute read: quadratic in the number of parameters (0.1 s of repvgg_a0's 0.3 s trace).
+    # The same first-name-wins lookup from two dicts built once:
+    params: dict[int, str] = {}
+    for n, p in model.named_parameters():
+        params.setdefault(id(p), n)
+    buffers: dict[int, str] = {}
+    for n, t in model.named_buffers():
+        buffers.setdefault(id(t), n)
 
     class Tracer(fx.Tracer):
         def is_leaf_module(self, m, qualname):
             return type(m) in CONVERTERS
+
+        def getattr(self, attr, attr_val, parameter_proxy_cache):
+            if not isinstance(attr_val, torch.Tensor):
+                return attr_val
+            name = params.get(id(attr_val)) if isinstance(attr_val, torch.nn.Parameter) else None
+            if name is None and self.proxy_buffer_attributes:
+                name = buffers.get(id(attr_val))
+            if name is None:
+                return attr_val
+            if name not in parameter_proxy_cache:
+                parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+            return parameter_proxy_cache[name]
+
+        def create_arg(self, a):
+            # fx's walks root.named_parameters() / named_buffers() for every tensor argument
+            if isinstance(a, torch.Tensor):
+                name = params.get(id(a)) if isinstance(a, torch.nn.Parameter) else buffers.get(id(a))
+                if name is not None:
+                    return self.create_node("get_attr", name, (), {})
+            return super().create_arg(a)
 
     return Tracer()
 
@@ -924,7 +972,11 @@ def _trusted_types():
 def _run_once(root, graph, x):
     """One forward pass through the traced graph: per node, the shapes of its tensor output(s),
     the value of every node that is not an activation, and a copy of each trusted module call's
-    input and output (for the check). Returns the model's output too."""
+    input and output (for the check). Returns the model's output too.
+
+    A plain loop rather than ``fx.Interpreter``, whose per-node bookkeeping (current-node context,
+    argument mapping through its environment) cost ~1.5x the model's own forward on small nets;
+    the semantics per node kind are the same (``torch/fx/interpreter.py``)."""
     import torch
     import torch.fx as fx
 
@@ -932,14 +984,46 @@ def _run_once(root, graph, x):
     for n in graph.nodes:
         if n.op == "placeholder" or any(a in active for a in n.all_input_nodes):
             active.add(n)
+    last_use: dict = {}  # node -> the last node reading it (its value is dropped after)
+    for n in graph.nodes:
+        for a in n.all_input_nodes:
+            last_use[a] = n
+    dropped_after: dict = {}
+    for a, user in last_use.items():
+        dropped_after.setdefault(user, []).append(a)
     values: dict = {}
     trusted = _trusted_types()
     modules = dict(root.named_modules())
     kept: dict = {}
+    env: dict = {}
+    load = env.__getitem__
+    out = None
 
-    class Recorder(fx.Interpreter):
-        def run_node(self, n):
-            result = super().run_node(n)
+    def attr(target: str):
+        obj = root
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    with torch.no_grad():
+        for n in graph.nodes:
+            op = n.op
+            if op == "placeholder":
+                result = x
+            elif op == "get_attr":
+                result = attr(n.target)
+            elif op == "output":
+                out = fx.node.map_arg(n.args[0], load)
+                break
+            else:
+                args = fx.node.map_arg(n.args, load)
+                kwargs = fx.node.map_arg(n.kwargs, load)
+                if op == "call_function":
+                    result = n.target(*args, **kwargs)
+                elif op == "call_method":
+                    result = getattr(args[0], n.target)(*args[1:], **kwargs)
+                else:  # call_module
+                    result = modules[n.target](*args, **kwargs)
             if isinstance(result, torch.Tensor):
                 n.meta["zf_shapes"] = tuple(result.shape)
                 n.meta["zf_dtype"] = result.dtype
@@ -947,14 +1031,13 @@ def _run_once(root, graph, x):
                 n.meta["zf_shapes"] = [tuple(r.shape) for r in result]
             if n not in active or not _holds_tensor(result):
                 values[n] = result
-            elif n.op == "call_module" and isinstance(modules.get(n.target), trusted) and isinstance(result, torch.Tensor):
-                inp = self.env.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
+            elif op == "call_module" and isinstance(modules.get(n.target), trusted) and isinstance(result, torch.Tensor):
+                inp = env.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
                 if isinstance(inp, torch.Tensor):  # copies: a later in-place op may overwrite them
                     kept[n] = (inp.clone(), result.clone())
-            return result
-
-    with torch.no_grad():
-        out = Recorder(root, graph=graph).run(x)
+            env[n] = result
+            for a in dropped_after.get(n, ()):
+                env.pop(a, None)
     return active, values, kept, out
 
 
@@ -992,16 +1075,38 @@ def _label(n) -> str:
 def capture_graph(model, x, verify: bool = True) -> Graph:
     """The zfprobe graph of ``model`` from torch.fx (see the module docstring); raises
     :class:`CaptureError` where it cannot be exact. ``x``: the example, batch 1."""
-    import torch
-    import torch.fx as fx
+    from zfprobe.adapters.frontends import torch_record as _rec
 
     _ensure_table()
+    try:  # one watched forward of the module (torch_record.py); else fx's symbolic trace
+        with inference_flags(model):
+            try:
+                recorded = _rec.record(model, x)
+            except CaptureError:
+                raise
+            except Exception as exc:
+                raise CaptureError(f"the module's forward fails: {type(exc).__name__}: {_first_line(exc)}") from None
+        return _convert(model, x, *recorded, verify=verify, how=RECORDED)
+    except CaptureError:
+        pass
     with inference_flags(model):
         root, graph = _trace(model)
         try:
             active, values, kept, expected = _run_once(root, graph, x)
         except Exception as exc:
             raise CaptureError(f"the traced graph does not run: {type(exc).__name__}: {_first_line(exc)}") from None
+    return _convert(model, x, root, graph, active, values, kept, expected, verify=verify, how=TRACED)
+
+
+RECORDED = "torch.fx graph recorded from one forward (TorchFunctionMode) + zfprobe converters"
+TRACED = "torch.fx symbolic trace + zfprobe converters"
+
+
+def _convert(model, x, root, graph, active, values, kept, expected, verify: bool = True, how: str = TRACED) -> Graph:
+    """The zfprobe graph from a captured fx graph and the values of its run (see :func:`capture_graph`);
+    ``how``: the capture, for ``metadata["frontend"]``."""
+    import torch
+    import torch.fx as fx
 
     b = _Builder(model)
     env: dict = {}
@@ -1066,7 +1171,13 @@ def capture_graph(model, x, verify: bool = True) -> Graph:
         call = Call(n, module, resolve(n.args), resolve(n.kwargs), n.args, n.kwargs,
                     shapes if isinstance(shapes, tuple) else None, scope, label)
         b.call, b.pending = call, []
-        result = fn(b, call)
+        try:
+            result = fn(b, call)
+        except CaptureError:
+            raise
+        except Exception as exc:  # arguments the converter did not expect (e.g. a module called with keywords)
+            raise CaptureError(f"{label} (fx node '{n.name}', in '{scope or '(top level)'}'): "
+                               f"{type(exc).__name__}: {_first_line(exc)}") from None
         if n in kept:
             fed[result] = kept[n]
         if n.op == "call_module":
@@ -1089,7 +1200,7 @@ def capture_graph(model, x, verify: bool = True) -> Graph:
               constants={k: v for k, v in b.constants.items() if k in used},
               shapes=b.shapes, dtypes=b.dtypes, name=type(model).__name__)
     g.parameter_refs = {k: v for k, v in b.refs.items() if k in g.constants}
-    g.metadata = {"format": "torch", "aliases": aliases}
+    g.metadata = {"format": "torch", "aliases": aliases, "frontend": how}
     from zfprobe.engine.fusion import fuse
 
     g = fuse(g)

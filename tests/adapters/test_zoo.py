@@ -1,6 +1,7 @@
 """The model-zoo corpus (tests/zoo_nets.py): torchvision and timm CNN families, random weights.
 
-For each net: ``zfprobe.attach`` captures it natively (torch.fx, no fallback to the ONNX route);
+For each net: ``zfprobe.attach`` captures it natively (one recorded forward, no fallback to fx's
+symbolic trace or to the ONNX route);
 every layer is passable by the deconvnet; and at three layers (shallow, middle, deepest) the
 projections of the strongest units of two channels equal the independent autograd oracle
 (tests/torch_nets_extra.py: torch autograd with the rule at every rectifier, however written)
@@ -25,6 +26,7 @@ import torch_nets_extra as extra
 import zfprobe
 import zoo_nets
 from conftest import natural_images
+from zfprobe.adapters.frontends.torch_fx import RECORDED
 
 RULES = ("deconvnet", "gradient", "guided")
 RTOL = 2e-4
@@ -75,7 +77,8 @@ def test_zoo_net_is_captured_natively_and_projects_like_autograd(name):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fallback to the ONNX route fails the test
         probe = zfprobe.attach(module, images)
-    assert probe.graph.metadata["frontend"].startswith("torch.fx"), name
+    # the one-forward recording, not a silent fall back to fx's symbolic trace
+    assert probe.graph.metadata["frontend"] == RECORDED, (name, probe.graph.metadata["frontend"])
     blocked = [info for info in probe.layers() if not info.invertible]
     assert not blocked, f"{name}: {blocked[0].name}: {blocked[0].blocker}"
     x = torch.from_numpy(images)
