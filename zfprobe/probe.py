@@ -13,10 +13,11 @@ from typing import Sequence
 import numpy as np
 
 from zfprobe.engine.rules import AUTO, DECONVNET, LRN_IDENTITY
-from zfprobe.engine.deconv import PROJECTION, SEED, SEED_IMAGE, DeconvOptions, build_deconvnet, build_forward
 from zfprobe.errors import ImageError, LayerNotFoundError
 from zfprobe.engine.graph import Graph
-from zfprobe.engine.inverses import check_invertible
+# The deconvnet builder (zfprobe.engine.deconv, and with it the inverse rules of every op) is
+# imported where a deconvnet is first needed, not with the Probe: attaching a model and computing
+# activations do without it (~5 ms of a cold attach, as much as the forward of a small net).
 
 from zfprobe.io.memory import batch_that_fits, budget_for, liveness_peak, peak_growth, tensor_bytes
 
@@ -84,6 +85,8 @@ class Probe:
         """Every probe-able layer in order, with whether the deconvnet can pass through it."""
         if self._layers is not None:
             return self._layers
+        from zfprobe.engine.inverses import check_invertible
+
         blocked: dict[str, str] = {}  # tensor -> first blocker at or below it
         infos = []
         for node in self.graph.nodes:
@@ -133,7 +136,8 @@ class Probe:
     def forward_program(self, tensors: Sequence[str]) -> Graph:
         key = ("forward", tuple(tensors))
         if key not in self._programs:
-            self._programs[key] = build_forward(self.graph, list(tensors))
+            self._programs[key] = self.graph.subgraph(list(tensors))  # (engine.deconv.build_forward)
+            self._programs[key].name = f"forward({self.graph.name}:{','.join(tensors)})"
         return self._programs[key]
 
     def activations(self, images: np.ndarray, layer: str | Sequence[str],
@@ -196,6 +200,8 @@ class Probe:
 
     def deconv_program(self, layer: str, rule: str = DECONVNET, lrn: str = LRN_IDENTITY,
                        single_image: bool = False) -> Graph:
+        from zfprobe.engine.deconv import DeconvOptions, build_deconvnet
+
         tensor = self.resolve(layer)
         options = DeconvOptions(self._rule(layer, rule), lrn)
         key = ("deconv", tensor, options, single_image)
@@ -215,6 +221,8 @@ class Probe:
         wherever the network allows it; False always runs the full program.
         ``constants`` replaces some weights for this call only (see :meth:`with_parameters`).
         """
+        from zfprobe.engine.deconv import PROJECTION, SEED, SEED_IMAGE
+
         images = self.check_images(images)
         seeds = np.ascontiguousarray(seeds, dtype=np.float32)
         tensor = self.resolve(layer)
@@ -289,6 +297,7 @@ class Probe:
 
     def windowed_program(self, layer: str, rule: str, lrn: str, single_image: bool) -> Graph | None:
         """The windowed deconvnet of ``layer``, or None where the path does not allow windows."""
+        from zfprobe.engine.deconv import DeconvOptions
         from zfprobe.engine.windowed import NotWindowable, build_windowed_deconvnet
 
         tensor = self.resolve(layer)
@@ -325,6 +334,7 @@ class Probe:
 
     def _project_windowed(self, program: Graph, images: np.ndarray, seeds: np.ndarray, units: np.ndarray,
                           seed_image: np.ndarray, chunk: int, weights: dict | None = None) -> np.ndarray:
+        from zfprobe.engine.deconv import SEED_IMAGE
         from zfprobe.engine.windowed import OUTPUT_WINDOW, SEED_WINDOW, WindowPlan
 
         plan = WindowPlan(program)

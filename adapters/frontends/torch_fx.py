@@ -4,12 +4,13 @@ Why: the ONNX route (:mod:`zfprobe.adapters.frontends.torch_adapter`) exports th
 torch's TorchScript ONNX exporter, serializes it and runs it once in onnxruntime, three heavy
 steps (5-60 s on the model-zoo nets) to learn a graph torch can hand over directly. Here:
 
-1. **Trace** the module symbolically with ``torch.fx`` (every submodule in inference mode, the
-   flags restored after). Modules whose type has a converter (``nn.Conv2d``, ``nn.ReLU``, ...)
-   stay one call; every other module is traced through, so its functional ops are seen.
-2. **Run** the traced graph once on the example (``torch.fx.Interpreter``): every tensor's
-   static shape, and the value of everything that is not an activation (sizes, constants,
-   tensors computed from parameters only).
+1. **Record** the module's own forward pass on the example as an fx graph
+   (:mod:`zfprobe.adapters.frontends.torch_record`: every torch call watched, modules whose type
+   has a converter kept as one call), with every tensor's static shape and the value of everything
+   that is not an activation (sizes, constants, tensors computed from parameters only).
+2. **Or**, where a recording cannot be exact, **trace** the module symbolically with ``torch.fx``
+   (the same leaf rule; every submodule in inference mode, the flags restored after) and **run**
+   the traced graph once on the example for the same shapes and values.
 3. **Convert** each call to zfprobe's canonical ops (ONNX opset-17 semantics, static parameters as
    attributes) through the table :data:`CONVERTERS`, one converter per torch module type,
    function or tensor method (like onnx2torch's ``add_converter``, in reverse). A call that has
@@ -1081,9 +1082,9 @@ def capture_graph(model, x, verify: bool = True) -> Graph:
     try:  # one watched forward of the module (torch_record.py); else fx's symbolic trace
         with inference_flags(model):
             try:
-                recorded = _rec.record(model, x)
-            except CaptureError:
-                raise
+                recorded = _rec.record(model, x, CONVERTERS, _trusted_types())
+            except _rec.RecordError as exc:
+                raise CaptureError(str(exc)) from None
             except Exception as exc:
                 raise CaptureError(f"the module's forward fails: {type(exc).__name__}: {_first_line(exc)}") from None
         return _convert(model, x, *recorded, verify=verify, how=RECORDED)

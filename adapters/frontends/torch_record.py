@@ -15,7 +15,7 @@ the static shape of every tensor, the value of everything not computed from the 
 trusted modules' inputs and outputs for the check. So the converters, the naming and the check are
 shared, and a recorded graph is held to the same standard.
 
-What a recording cannot see is refused, never guessed (:class:`CaptureError`; the caller then
+What a recording cannot see is refused, never guessed (:class:`RecordError`; the caller then
 tries the fx trace):
 
 - Python that reads an activation's values (``if x.sum() > 0``, ``x.item()``): the branch taken
@@ -27,13 +27,14 @@ tries the fx trace):
 from __future__ import annotations
 
 import operator
+import threading
 import weakref
 from typing import Any
 
-from zfprobe.adapters.frontends.torch_fx import CaptureError
+from zfprobe.errors import ZfprobeError
 
 
-class RecordError(CaptureError):
+class RecordError(ZfprobeError):
     """The forward pass did something a recording cannot capture exactly (see the module docstring)."""
 
 
@@ -62,15 +63,15 @@ class _Constant:
         return self.value
 
 
-def record(model, x):
+def record(model, x, leaves, trusted: tuple):
     """``(root, graph, active, values, kept, output)`` from one forward of ``model`` on ``x``
-    (see :func:`zfprobe.adapters.frontends.torch_fx._run_once` for what each is)."""
+    (see :func:`zfprobe.adapters.frontends.torch_fx._run_once` for what each is). ``leaves``: the
+    module types recorded as one call (those with a converter); ``trusted``: the module types whose
+    calls' inputs and outputs are kept for the check."""
     import torch
     import torch.fx as fx
     import torch.nn.modules.module as module_hooks
     from torch.overrides import TorchFunctionMode
-
-    from zfprobe.adapters.frontends.torch_fx import CONVERTERS, _holds_tensor, _trusted_types
 
     graph = fx.Graph()
     paths: dict[int, str] = {}
@@ -82,7 +83,6 @@ def record(model, x):
     for path, t in model.named_buffers():
         named.setdefault(id(t), path)
     attributes: set[int] = set()  # plain tensor attributes of modules (filled when first needed)
-    trusted = _trusted_types()
 
     tensors: dict[int, tuple] = {}  # id(tensor) -> (weak reference, the node that made it last)
     attr_nodes: dict[str, Any] = {}
@@ -194,11 +194,15 @@ def record(model, x):
 
     quiet = torch._C.DisableTorchFunction  # the hooks' own tensor reads (shape, version, copies) unwatched
 
+    owner = threading.get_ident()  # the hooks are global; the mode is per thread: other threads' modules pass
+
     def before(module, args):
+        if threading.get_ident() != owner:
+            return None
         if watchers and args and getattr(module, "inplace", False) is True:
             with quiet():
                 protect(args[0])
-        leaf = not inside_leaf[0] and type(module) in CONVERTERS
+        leaf = not inside_leaf[0] and type(module) in leaves
         frames.append(leaf)
         if leaf:
             inside_leaf[0] = 1
@@ -206,6 +210,8 @@ def record(model, x):
             scope.append(paths.get(id(module), ""))
 
     def after(module, args, kwargs, output):
+        if threading.get_ident() != owner:
+            return None
         leaf = frames.pop()
         if not leaf:
             if not inside_leaf[0]:
@@ -272,3 +278,13 @@ def _is_tensor_method(func, name: str) -> bool:
     import torch
 
     return bool(name) and (getattr(torch.Tensor, name, None) is func or getattr(torch._C.TensorBase, name, None) is func)
+
+
+def _holds_tensor(v) -> bool:
+    import torch
+
+    if isinstance(v, torch.Tensor):
+        return True
+    if isinstance(v, (tuple, list)):
+        return any(_holds_tensor(a) for a in v)
+    return False

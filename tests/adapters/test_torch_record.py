@@ -30,8 +30,13 @@ def _symbolic(model, x):
 def _recorded(model, x):
     torch_fx._ensure_table()
     with torch_fx.inference_flags(model):
-        rec = record(model, x)
+        rec = _record(model, x)
     return torch_fx._convert(model, x, *rec, how=torch_fx.RECORDED)
+
+
+def _record(model, x):
+    torch_fx._ensure_table()
+    return record(model, x, torch_fx.CONVERTERS, torch_fx._trusted_types())
 
 
 def _hooks():
@@ -95,7 +100,7 @@ def test_recording_refuses_python_that_reads_activation_values(module, why):
     before = _hooks()
     with pytest.raises(RecordError, match=why):
         with torch_fx.inference_flags(model):
-            record(model, x)
+            _record(model, x)
     assert _hooks() == before
     with pytest.raises(torch_fx.CaptureError):  # nor can fx trace them: the caller takes the ONNX route
         torch_fx.capture_graph(model, x)
@@ -118,7 +123,7 @@ def test_an_unknown_tensor_is_refused_and_the_fx_trace_takes_over():
     model, x = _ListHeld().eval(), torch.rand(1, 3, 12, 12)
     with pytest.raises(RecordError, match="no watched torch call made"):
         with torch_fx.inference_flags(model):
-            record(model, x)
+            _record(model, x)
     graph = torch_fx.capture_graph(model, x)
     assert graph.metadata["frontend"] == torch_fx.TRACED
 
@@ -180,5 +185,38 @@ def test_hooks_are_removed_after_a_recording_that_fails_inside_the_forward():
 
     before = _hooks()
     with pytest.raises(ValueError, match="boom"):
-        record(Fails().eval(), torch.rand(1, 3, 12, 12))
+        _record(Fails().eval(), torch.rand(1, 3, 12, 12))
     assert _hooks() == before
+
+
+def test_modules_run_by_another_thread_during_a_recording_are_not_recorded():
+    """The module hooks are process-wide; a module another thread runs meanwhile is not the model's."""
+    import threading
+
+    started, finished = threading.Event(), threading.Event()
+    other = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()).eval()
+
+    class Waits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu = nn.Conv2d(3, 4, 3), nn.ReLU()
+
+        def forward(self, x):
+            y = self.conv(x)
+            started.set()
+            assert finished.wait(30)  # the other thread's module runs while this forward is recorded
+            return self.relu(y)
+
+    def run_other():
+        assert started.wait(30)
+        with torch.no_grad():
+            other(torch.rand(1, 3, 4, 4))
+        finished.set()
+
+    torch.manual_seed(0)
+    thread = threading.Thread(target=run_other)
+    thread.start()
+    graph = torch_fx.capture_graph(Waits().eval(), torch.rand(1, 3, 12, 12))
+    thread.join(30)
+    assert graph.metadata["frontend"] == torch_fx.RECORDED
+    assert [n.name for n in graph.nodes] == ["conv", "relu"]
