@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from zfprobe.adapters.frontends.torch_record import first_paths, holds_tensor
 from zfprobe.engine.graph import Graph, Node
 from zfprobe.errors import ZfprobeError
 
@@ -912,12 +913,7 @@ def _tracer(model):
     # fx's own Tracer.getattr finds a parameter's name by walking root.named_parameters() on every
     # attribute read: quadratic in the number of parameters (0.1 s of repvgg_a0's 0.3 s trace).
     # The same first-name-wins lookup from two dicts built once:
-    params: dict[int, str] = {}
-    for n, p in model.named_parameters():
-        params.setdefault(id(p), n)
-    buffers: dict[int, str] = {}
-    for n, t in model.named_buffers():
-        buffers.setdefault(id(t), n)
+    params, buffers = first_paths(model.named_parameters()), first_paths(model.named_buffers())
 
     class Tracer(fx.Tracer):
         def is_leaf_module(self, m, qualname):
@@ -1030,7 +1026,7 @@ def _run_once(root, graph, x):
                 n.meta["zf_dtype"] = result.dtype
             elif isinstance(result, (tuple, list)) and result and all(isinstance(r, torch.Tensor) for r in result):
                 n.meta["zf_shapes"] = [tuple(r.shape) for r in result]
-            if n not in active or not _holds_tensor(result):
+            if n not in active or not holds_tensor(result):
                 values[n] = result
             elif op == "call_module" and isinstance(modules.get(n.target), trusted) and isinstance(result, torch.Tensor):
                 inp = env.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
@@ -1040,16 +1036,6 @@ def _run_once(root, graph, x):
             for a in dropped_after.get(n, ()):
                 env.pop(a, None)
     return active, values, kept, out
-
-
-def _holds_tensor(v) -> bool:
-    import torch
-
-    if isinstance(v, torch.Tensor):
-        return True
-    if isinstance(v, (tuple, list)):
-        return any(_holds_tensor(a) for a in v)
-    return False
 
 
 def _scope(n) -> str:

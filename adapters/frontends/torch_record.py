@@ -26,6 +26,7 @@ tries the fx trace):
 """
 from __future__ import annotations
 
+import itertools
 import operator
 import threading
 import weakref
@@ -74,14 +75,8 @@ def record(model, x, leaves, trusted: tuple):
     from torch.overrides import TorchFunctionMode
 
     graph = fx.Graph()
-    paths: dict[int, str] = {}
-    for path, m in model.named_modules():
-        paths.setdefault(id(m), path)
-    named: dict[int, str] = {}
-    for path, t in model.named_parameters():
-        named.setdefault(id(t), path)
-    for path, t in model.named_buffers():
-        named.setdefault(id(t), path)
+    paths = first_paths(model.named_modules())
+    named = first_paths(itertools.chain(model.named_parameters(), model.named_buffers()))
     attributes: set[int] = set()  # plain tensor attributes of modules (filled when first needed)
 
     tensors: dict[int, tuple] = {}  # id(tensor) -> (weak reference, the node that made it last)
@@ -146,7 +141,7 @@ def record(model, x, leaves, trusted: tuple):
                 else:
                     values[piece] = r
                 remember(r, piece)
-        if not is_active or not _holds_tensor(result):
+        if not is_active or not holds_tensor(result):
             values[node] = result
         return node
 
@@ -159,7 +154,7 @@ def record(model, x, leaves, trusted: tuple):
             result = func(*args, **kwargs)
             if inside_leaf[0]:
                 return result
-            if not _holds_tensor(result):
+            if not holds_tensor(result):
                 if name not in _METADATA and any(_is_active(a) for a in _flat_tensors((args, kwargs))):
                     raise RecordError(f"the forward calls {name or func} on an activation and uses a Python "
                                       f"value from it (data-dependent control flow or an in-place write)")
@@ -280,11 +275,20 @@ def _is_tensor_method(func, name: str) -> bool:
     return bool(name) and (getattr(torch.Tensor, name, None) is func or getattr(torch._C.TensorBase, name, None) is func)
 
 
-def _holds_tensor(v) -> bool:
+def first_paths(named) -> dict[int, str]:
+    """``id(object) -> its first path`` from ``(path, object)`` pairs (``named_parameters()``, ...):
+    the name torch's own ``remove_duplicate`` listing gives a shared object."""
+    paths: dict[int, str] = {}
+    for path, obj in named:
+        paths.setdefault(id(obj), path)
+    return paths
+
+
+def holds_tensor(v) -> bool:
     import torch
 
     if isinstance(v, torch.Tensor):
         return True
     if isinstance(v, (tuple, list)):
-        return any(_holds_tensor(a) for a in v)
+        return any(holds_tensor(a) for a in v)
     return False
