@@ -5,7 +5,7 @@ random weights), on the CPU. Per net:
   turn; bytecode cached as after an install): in a fresh Python process that has imported torch
   and built the model (random weights), the wall time of ``import zfprobe`` +
   ``zfprobe.attach(model, example)``, i.e. capture, the capture's check, fusion and the Probe;
-  native capture (torch.fx, the default) and the ONNX route (``capture="onnx"``, what attach
+  native capture (one recorded forward, the default) and the ONNX route (``capture="onnx"``, what attach
   did before); and, in another fresh process, the model's own first forward pass (under
   ``torch.no_grad()``, which includes torch's one-time kernel set-up, as attach's own forward
   does). Ratio = cold attach / first forward (the issue's bound: <= 5; resnet50 at 224 px <= 1 s).
@@ -212,7 +212,7 @@ def main() -> None:
     warnings.simplefilter("ignore")  # Captum's note that it set requires_grad
     print(f"CPU, {torch.get_num_threads()} threads, {os.cpu_count()} cores; warm = best of {args.repeats}; "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print("net | px | first forward s | cold attach fx s (x forward) | cold attach ONNX route s (x forward) | "
+    print("net | px | first forward s | cold attach native s (x forward) | cold attach ONNX route s (x forward) | "
           "default/full per layer ('= (full)': the cost model chose the full program) | zfprobe vs Captum batched, 16 units of the deepest layer: "
           "cold s, warm s, speed-up warm")
     worst = 0.0
