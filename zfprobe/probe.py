@@ -14,7 +14,7 @@ import numpy as np
 
 from zfprobe.engine.rules import AUTO, DECONVNET, LRN_IDENTITY
 from zfprobe.errors import ImageError, LayerNotFoundError
-from zfprobe.engine.graph import Graph
+from zfprobe.engine.graph import Graph, build_forward
 # The deconvnet builder (zfprobe.engine.deconv, and with it the inverse rules of every op) is
 # imported where a deconvnet is first needed, not with the Probe: attaching a model and computing
 # activations do without it (~5 ms of a cold attach, as much as the forward of a small net).
@@ -136,8 +136,7 @@ class Probe:
     def forward_program(self, tensors: Sequence[str]) -> Graph:
         key = ("forward", tuple(tensors))
         if key not in self._programs:
-            self._programs[key] = self.graph.subgraph(list(tensors))  # (engine.deconv.build_forward)
-            self._programs[key].name = f"forward({self.graph.name}:{','.join(tensors)})"
+            self._programs[key] = build_forward(self.graph, list(tensors))
         return self._programs[key]
 
     def activations(self, images: np.ndarray, layer: str | Sequence[str],

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from zfprobe.adapters.frontends.torch_record import first_paths, holds_tensor
+from zfprobe.adapters.frontends.torch_record import first_paths, holds_tensor, note_result
 from zfprobe.engine.graph import Graph, Node
 from zfprobe.errors import ZfprobeError
 
@@ -405,7 +405,7 @@ def _linear(b, call, x, w, bias):
 
 
 def _transposed(b: _Builder, w: str) -> str:
-    """The constant ``w.T``; live (a :class:`LiveComputation`) when ``w`` is a parameter."""
+    """The constant ``w.T``; live (a :class:`LiveMethod`) when ``w`` is a parameter."""
     return _derived(b, w, f"{w}.T", b.constants[w].T, "t")
 
 
@@ -969,11 +969,7 @@ def _trusted_types():
 def _run_once(root, graph, x):
     """One forward pass through the traced graph: per node, the shapes of its tensor output(s),
     the value of every node that is not an activation, and a copy of each trusted module call's
-    input and output (for the check). Returns the model's output too.
-
-    A plain loop rather than ``fx.Interpreter``, whose per-node bookkeeping (current-node context,
-    argument mapping through its environment) cost ~1.5x the model's own forward on small nets;
-    the semantics per node kind are the same (``torch/fx/interpreter.py``)."""
+    input and output (for the check). Returns the model's output too."""
     import torch
     import torch.fx as fx
 
@@ -981,60 +977,25 @@ def _run_once(root, graph, x):
     for n in graph.nodes:
         if n.op == "placeholder" or any(a in active for a in n.all_input_nodes):
             active.add(n)
-    last_use: dict = {}  # node -> the last node reading it (its value is dropped after)
-    for n in graph.nodes:
-        for a in n.all_input_nodes:
-            last_use[a] = n
-    dropped_after: dict = {}
-    for a, user in last_use.items():
-        dropped_after.setdefault(user, []).append(a)
     values: dict = {}
     trusted = _trusted_types()
     modules = dict(root.named_modules())
     kept: dict = {}
-    env: dict = {}
-    load = env.__getitem__
-    out = None
 
-    def attr(target: str):
-        obj = root
-        for part in target.split("."):
-            obj = getattr(obj, part)
-        return obj
-
-    with torch.no_grad():
-        for n in graph.nodes:
-            op = n.op
-            if op == "placeholder":
-                result = x
-            elif op == "get_attr":
-                result = attr(n.target)
-            elif op == "output":
-                out = fx.node.map_arg(n.args[0], load)
-                break
-            else:
-                args = fx.node.map_arg(n.args, load)
-                kwargs = fx.node.map_arg(n.kwargs, load)
-                if op == "call_function":
-                    result = n.target(*args, **kwargs)
-                elif op == "call_method":
-                    result = getattr(args[0], n.target)(*args[1:], **kwargs)
-                else:  # call_module
-                    result = modules[n.target](*args, **kwargs)
-            if isinstance(result, torch.Tensor):
-                n.meta["zf_shapes"] = tuple(result.shape)
-                n.meta["zf_dtype"] = result.dtype
-            elif isinstance(result, (tuple, list)) and result and all(isinstance(r, torch.Tensor) for r in result):
-                n.meta["zf_shapes"] = [tuple(r.shape) for r in result]
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            result = super().run_node(n)
+            note_result(n, result)
             if n not in active or not holds_tensor(result):
                 values[n] = result
-            elif op == "call_module" and isinstance(modules.get(n.target), trusted) and isinstance(result, torch.Tensor):
-                inp = env.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
+            elif n.op == "call_module" and isinstance(modules.get(n.target), trusted) and isinstance(result, torch.Tensor):
+                inp = self.env.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
                 if isinstance(inp, torch.Tensor):  # copies: a later in-place op may overwrite them
                     kept[n] = (inp.clone(), result.clone())
-            env[n] = result
-            for a in dropped_after.get(n, ()):
-                env.pop(a, None)
+            return result
+
+    with torch.no_grad():
+        out = Recorder(root, graph=graph).run(x)
     return active, values, kept, out
 
 
@@ -1065,17 +1026,17 @@ def capture_graph(model, x, verify: bool = True) -> Graph:
     from zfprobe.adapters.frontends import torch_record as _rec
 
     _ensure_table()
-    try:  # one watched forward of the module (torch_record.py); else fx's symbolic trace
-        with inference_flags(model):
-            try:
-                recorded = _rec.record(model, x, CONVERTERS, _trusted_types())
-            except _rec.RecordError as exc:
-                raise CaptureError(str(exc)) from None
-            except Exception as exc:
-                raise CaptureError(f"the module's forward fails: {type(exc).__name__}: {_first_line(exc)}") from None
-        return _convert(model, x, *recorded, verify=verify, how=RECORDED)
-    except CaptureError:
-        pass
+    with inference_flags(model):  # one watched forward of the module (torch_record.py) ...
+        try:
+            recorded = _rec.record(model, x, CONVERTERS, _trusted_types())
+        except Exception:  # a RecordError, or a forward that fails while watched: the trace decides
+            recorded = None
+    if recorded is not None:
+        try:
+            return _convert(model, x, *recorded, verify=verify, how=RECORDED)
+        except CaptureError:
+            pass
+    # ... else fx's symbolic trace
     with inference_flags(model):
         root, graph = _trace(model)
         try:

@@ -77,7 +77,7 @@ def record(model, x, leaves, trusted: tuple):
     graph = fx.Graph()
     paths = first_paths(model.named_modules())
     named = first_paths(itertools.chain(model.named_parameters(), model.named_buffers()))
-    attributes: set[int] = set()  # plain tensor attributes of modules (filled when first needed)
+    attributes: list[set[int]] = []  # ids of the modules' plain tensor attributes, collected when first needed
 
     tensors: dict[int, tuple] = {}  # id(tensor) -> (weak reference, the node that made it last)
     attr_nodes: dict[str, Any] = {}
@@ -104,9 +104,8 @@ def record(model, x, leaves, trusted: tuple):
                 values[node] = t
             return node
         if not attributes:
-            attributes.update(id(v) for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor))
-            attributes.add(-1)  # (filled)
-        if id(t) in attributes:
+            attributes.append({id(v) for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)})
+        if id(t) in attributes[0]:
             node = graph.create_node("call_function", _Constant(t), (), {}, name="constant")
             values[node] = t
             remember(t, node)
@@ -125,16 +124,13 @@ def record(model, x, leaves, trusted: tuple):
         is_active = any(a in active for a in node.all_input_nodes)
         if is_active:
             active.add(node)
+        pieces = note_result(node, result)
         if isinstance(result, torch.Tensor):
-            node.meta["zf_shapes"] = tuple(result.shape)
-            node.meta["zf_dtype"] = result.dtype
             remember(result, node)
-        elif isinstance(result, (tuple, list)) and result and all(isinstance(r, torch.Tensor) for r in result):
-            node.meta["zf_shapes"] = [tuple(r.shape) for r in result]
+        elif pieces:
             for i, r in enumerate(result):  # as fx does: one getitem node per piece
                 piece = graph.create_node("call_function", operator.getitem, (node, i), {}, name="getitem")
-                piece.meta["zf_shapes"] = tuple(r.shape)
-                piece.meta["zf_dtype"] = r.dtype
+                note_result(piece, r)
                 piece.meta["nn_module_stack"] = node.meta.get("nn_module_stack", {})
                 if is_active:
                     active.add(piece)
@@ -282,6 +278,20 @@ def first_paths(named) -> dict[int, str]:
     for path, obj in named:
         paths.setdefault(id(obj), path)
     return paths
+
+
+def note_result(node, result) -> bool:
+    """Records the static shape(s) of a node's tensor output(s) in its meta (``zf_shapes``, and
+    ``zf_dtype`` for one tensor); True where the result is a tuple / list of tensors."""
+    import torch
+
+    if isinstance(result, torch.Tensor):
+        node.meta["zf_shapes"] = tuple(result.shape)
+        node.meta["zf_dtype"] = result.dtype
+    elif isinstance(result, (tuple, list)) and result and all(isinstance(r, torch.Tensor) for r in result):
+        node.meta["zf_shapes"] = [tuple(r.shape) for r in result]
+        return True
+    return False
 
 
 def holds_tensor(v) -> bool:

@@ -58,34 +58,30 @@ def test_recorded_graph_is_the_symbolic_trace_graph(name):
     assert got.shapes == want.shapes
 
 
-class _Branchy(nn.Module):
-    """Python reads the activation's values: the recording would bake this example's branch in."""
+class _Conv(nn.Module):
+    """A conv, then what each subclass's forward does with its output."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3)
+
+
+class _Branchy(_Conv):
+    """Python reads the activation's values: the recording would bake this example's branch in."""
 
     def forward(self, x):
         y = self.conv(x)
         return torch.relu(y) if y.mean() > 0 else -y
 
 
-class _Item(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-
+class _Item(_Conv):
     def forward(self, x):
         y = self.conv(x)
         return y * float(y.max().item())
 
 
-class _Write(nn.Module):
+class _Write(_Conv):
     """An in-place write into an activation that returns nothing."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
 
     def forward(self, x):
         y = self.conv(x)
@@ -106,12 +102,11 @@ def test_recording_refuses_python_that_reads_activation_values(module, why):
         torch_fx.capture_graph(model, x)
 
 
-class _ListHeld(nn.Module):
+class _ListHeld(_Conv):
     """A constant tensor held where a recording cannot tell it from a value made elsewhere."""
 
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
         self.held = [torch.linspace(0.5, 2.0, 4).reshape(1, 4, 1, 1)]
 
     def forward(self, x):
@@ -128,12 +123,11 @@ def test_an_unknown_tensor_is_refused_and_the_fx_trace_takes_over():
     assert graph.metadata["frontend"] == torch_fx.TRACED
 
 
-class _Attribute(nn.Module):
+class _Attribute(_Conv):
     """A plain tensor attribute (neither parameter nor buffer) and a reflected operator."""
 
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
         self.scale = torch.linspace(0.5, 2.0, 4).reshape(1, 4, 1, 1)
 
     def forward(self, x):
@@ -156,11 +150,7 @@ def test_tensor_attributes_and_reflected_operators_are_recorded():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
-class _KeywordCall(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-
+class _KeywordCall(_Conv):
     def forward(self, x):
         return self.conv(input=x)
 
@@ -175,11 +165,7 @@ def test_a_converter_that_meets_unexpected_arguments_is_a_capture_error_not_a_cr
 
 
 def test_hooks_are_removed_after_a_recording_that_fails_inside_the_forward():
-    class Fails(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3)
-
+    class Fails(_Conv):
         def forward(self, x):
             raise ValueError("boom")
 

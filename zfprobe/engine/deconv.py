@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zfprobe.errors import OptionError, UnsupportedOpError
-from zfprobe.engine.graph import Graph, Node
+from zfprobe.engine.graph import Graph, Node, build_forward  # noqa: F401  (build_forward re-exported)
 from zfprobe.engine.inverses import INVERSES, InverseContext, check_invertible
 from zfprobe.engine.program import ProgramBuilder
 
@@ -104,10 +104,3 @@ def build_deconvnet(graph: Graph, layer: str, options: DeconvOptions = DeconvOpt
         metadata={"layer": layer, "rule": options.rule, "lrn": options.lrn, "image_input": image,
                   "single_image": single_image},
     )
-
-
-def build_forward(graph: Graph, layers: list[str]) -> Graph:
-    """A program that computes only what ``layers`` need (the truncated network)."""
-    sub = graph.subgraph(list(layers))
-    sub.name = f"forward({graph.name}:{','.join(layers)})"
-    return sub

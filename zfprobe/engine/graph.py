@@ -121,3 +121,11 @@ class Graph:
             name=self.name,
             metadata=self.metadata,
         )
+
+
+def build_forward(graph: Graph, layers: list[str]) -> Graph:
+    """A program that computes only what ``layers`` need (the truncated network). Here, not in
+    the deconvnet builder, so that forward-only work does not import every op's inverse rule."""
+    sub = graph.subgraph(list(layers))
+    sub.name = f"forward({graph.name}:{','.join(layers)})"
+    return sub
